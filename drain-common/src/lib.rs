@@ -1,0 +1,27 @@
+//! The contract between the sk_lookup program and its userspace loader.
+//!
+//! Both sides name the same maps and globals; keeping the names and sizes in one
+//! `no_std` crate means a change is seen by both sides instead of failing in the kernel.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Name of the sk_lookup program in the object file.
+pub const PROGRAM_NAME: &str = "drain_steer";
+
+/// Name of the read-only global (u16, host byte order) holding the port under drain.
+/// One program instance is loaded per drained port, so the port is a load-time constant.
+pub const PORT_GLOBAL: &str = "DRAIN_PORT";
+
+/// Name of the SOCKHASH `slot (u32) -> listening socket` holding the draining listeners
+/// of the port.
+///
+/// The kernel removes a socket from every SOCKHASH when the socket is closed, so an
+/// entry cannot outlive the listener it refers to: the refusal is keyed on these entries.
+pub const LISTENERS_MAP: &str = "DRAIN_LISTENERS";
+
+/// Name of the one-entry per-CPU array counting the connections refused.
+pub const REFUSED_MAP: &str = "REFUSED";
+
+/// How many listening sockets one port can have under drain: an IPv4 and an IPv6
+/// listener, or every member of a SO_REUSEPORT group.
+pub const MAX_LISTENERS_PER_PORT: u32 = 64;

@@ -1,0 +1,618 @@
+//! `drainctl`: the command line over the drain library.
+//!
+//! Parses arguments, sets up logging, runs one command and turns its result into an
+//! exit code a service manager can act on ([`Exit`]). It holds no drain logic.
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use tracing::{debug, info, warn};
+
+use crate::{
+    control::{self, Client, ErrorKind, Reply, Request},
+    drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Progress},
+    steer,
+};
+
+/// Exit codes of `drainctl`, documented in the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The port is drained: nothing of the old listener is left.
+    Drained = 0,
+    /// The deadline passed with connections still open (listed on stdout).
+    Remaining = 1,
+    /// Bad arguments (also what clap uses).
+    Usage = 2,
+    /// The machine or the target is not as required: no listener, not root, kernel
+    /// without sk_lookup.
+    Environment = 3,
+    /// Anything else: an unexpected system error (the message says which call).
+    Failure = 4,
+    /// Interrupted (SIGINT/SIGTERM) before the drain finished.
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drainctl",
+    version,
+    about = "Drain a TCP port without losing requests: refuse new connections, close idle \
+             keep-alive ones gracefully, let in-flight requests finish"
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// The drain-daemon control socket. Without this option drainctl uses the daemon at
+    /// /run/drain-daemon/control.sock if one answers and drains on its own otherwise;
+    /// with it, an unreachable daemon is an error.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        conflicts_with = "standalone"
+    )]
+    pub daemon_socket: Option<PathBuf>,
+    /// Never use drain-daemon: drain from this process.
+    #[arg(long, global = true)]
+    pub standalone: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Drain a port: refuse new connections, close idle ones, wait for the rest.
+    ///
+    /// Exits 0 when nothing of the listener is left, 1 at the deadline with connections
+    /// still open. New connections stay refused after exit until the listener closes.
+    Drain(DrainArgs),
+    /// Stop refusing new connections to a port (undo a drain whose listener stays).
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// The TCP port whose listener is drained (1-65535).
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Give up after this long and report what remains (e.g. 30s, 500ms, 2m, 1m30s).
+    #[arg(short, long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How often the port's sockets are scanned.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    /// The TCP port to stop refusing (1-65535).
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {text:?}: expected a number at {rest:?}"
+            ));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.saturating_mul(60)),
+            "h" => Duration::from_secs(value.saturating_mul(3600)),
+            "" => {
+                return Err(format!(
+                    "invalid duration {text:?}: a unit (ms, s, m, h) must follow {value}"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                ))
+            }
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Entry point of the `drainctl` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => Exit::Usage.into(),
+            };
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("drainctl: cannot start the async runtime: {err}");
+            return Exit::Failure.into();
+        }
+    };
+    runtime.block_on(run(cli)).into()
+}
+
+async fn run(cli: Cli) -> Exit {
+    let route = match Route::choose(&cli).await {
+        Ok(route) => route,
+        Err(exit) => return exit,
+    };
+    match cli.command {
+        Command::Drain(args) => run_drain(args, route).await,
+        Command::Release(args) => run_release(args, route).await,
+    }
+}
+
+/// Who does the work: the daemon, or this process.
+enum Route {
+    Daemon(Client),
+    Standalone,
+}
+
+impl Route {
+    async fn choose(cli: &Cli) -> Result<Route, Exit> {
+        if cli.standalone {
+            return Ok(Route::Standalone);
+        }
+        let path = cli
+            .daemon_socket
+            .as_deref()
+            .unwrap_or(Path::new(control::DEFAULT_SOCKET));
+        match Client::connect(path).await {
+            Ok(client) => {
+                debug!(socket = %path.display(), "using drain-daemon");
+                Ok(Route::Daemon(client))
+            }
+            Err(err) if cli.daemon_socket.is_some() => {
+                eprintln!(
+                    "drainctl: {err}: is drain-daemon running? (--standalone drains without it)"
+                );
+                Err(Exit::Environment)
+            }
+            Err(_) => {
+                debug!(socket = %path.display(), "no drain-daemon answers; draining standalone");
+                Ok(Route::Standalone)
+            }
+        }
+    }
+}
+
+/// A failed command: its exit code and a one-line message.
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl Failure {
+    fn from_kind(kind: ErrorKind, message: String) -> Self {
+        let exit = match kind {
+            ErrorKind::Environment => Exit::Environment,
+            ErrorKind::Failure | ErrorKind::OtherNamespace => Exit::Failure,
+        };
+        Failure { exit, message }
+    }
+
+    fn daemon(err: control::ControlError) -> Self {
+        Failure {
+            exit: Exit::Failure,
+            message: err.to_string(),
+        }
+    }
+}
+
+async fn run_drain(args: DrainArgs, route: Route) -> Exit {
+    let plan = DrainPlan {
+        port: args.port,
+        timeout: args.timeout,
+        poll_interval: args.poll_interval,
+    };
+    let mut progress = ProgressLog::new(plan.port);
+    let via_daemon = match route {
+        Route::Daemon(client) => drain_via_daemon(client, &plan, &mut progress).await,
+        Route::Standalone => Ok(None),
+    };
+    let result = match via_daemon {
+        Ok(Some(report)) => Ok(report),
+        Ok(None) => drain::drain(&plan, interrupted(), |p: &Progress| progress.log(p))
+            .await
+            .map_err(|err| Failure {
+                exit: if err.is_environment() {
+                    Exit::Environment
+                } else {
+                    Exit::Failure
+                },
+                message: err.to_string(),
+            }),
+        Err(failure) => Err(failure),
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(failure) => {
+            eprintln!("drainctl: {}", failure.message);
+            return failure.exit;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("drainctl: cannot encode the report: {err}");
+                return Exit::Failure;
+            }
+        }
+    } else {
+        print_report(&report);
+    }
+    match report.outcome {
+        Outcome::Drained => Exit::Drained,
+        Outcome::DeadlineReached => Exit::Remaining,
+        Outcome::Cancelled => Exit::Interrupted,
+    }
+}
+
+/// Runs the drain in the daemon. `Ok(None)`: the daemon serves another network
+/// namespace, so the caller drains standalone.
+async fn drain_via_daemon(
+    mut client: Client,
+    plan: &DrainPlan,
+    progress: &mut ProgressLog,
+) -> Result<Option<DrainReport>, Failure> {
+    let netns_inode = control::current_netns_inode().map_err(|err| Failure {
+        exit: Exit::Failure,
+        message: format!("reading /proc/self/ns/net: {err}"),
+    })?;
+    let request = Request::Drain {
+        port: plan.port,
+        timeout_ms: plan.timeout.as_millis() as u64,
+        poll_interval_ms: plan.poll_interval.as_millis() as u64,
+        netns_inode,
+    };
+    client.send(&request).await.map_err(Failure::daemon)?;
+    let cancel = interrupted();
+    tokio::pin!(cancel);
+    let mut cancelled = false;
+    loop {
+        let reply = tokio::select! {
+            reply = client.next_reply() => reply.map_err(Failure::daemon)?,
+            mode = &mut cancel, if !cancelled => {
+                cancelled = true;
+                let abort = mode == Cancel::Abort;
+                client.send(&Request::Cancel { abort }).await.map_err(Failure::daemon)?;
+                continue;
+            }
+        };
+        match reply {
+            Reply::Progress(update) => progress.log(&update),
+            Reply::Report(report) => return Ok(Some(report)),
+            Reply::Error {
+                kind: ErrorKind::OtherNamespace,
+                message,
+            } => {
+                info!("{message}; draining standalone");
+                return Ok(None);
+            }
+            Reply::Error { kind, message } => return Err(Failure::from_kind(kind, message)),
+            Reply::Released { .. } => {
+                return Err(Failure {
+                    exit: Exit::Failure,
+                    message: "drain-daemon answered a drain with a release".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Logs a progress line whenever the counts change.
+struct ProgressLog {
+    port: u16,
+    last: Option<(usize, usize, u32)>,
+}
+
+impl ProgressLog {
+    fn new(port: u16) -> Self {
+        Self { port, last: None }
+    }
+
+    fn log(&mut self, progress: &Progress) {
+        let counts = (progress.idle, progress.in_flight, progress.accept_queue);
+        if self.last == Some(counts) {
+            return;
+        }
+        self.last = Some(counts);
+        info!(
+            idle = progress.idle,
+            in_flight = progress.in_flight,
+            accept_queue = progress.accept_queue,
+            closed = progress.closed,
+            refused = progress.refused,
+            time_left_ms = progress.time_left_ms,
+            "draining port {}",
+            self.port
+        );
+    }
+}
+
+async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
+    let released = match route {
+        Route::Daemon(mut client) => release_via_daemon(&mut client, args.port).await,
+        Route::Standalone => Ok(None),
+    };
+    let released = match released {
+        Ok(Some(released)) => Ok(released),
+        Ok(None) if !nix::unistd::geteuid().is_root() => Err(Failure {
+            exit: Exit::Environment,
+            message: "releasing a drain needs root: run drainctl as root".into(),
+        }),
+        Ok(None) => steer::release(args.port).map_err(|err| Failure {
+            exit: Exit::Failure,
+            message: err.to_string(),
+        }),
+        Err(failure) => Err(failure),
+    };
+    match released {
+        Ok(true) => {
+            println!("port {}: new connections are accepted again", args.port);
+            Exit::Drained
+        }
+        Ok(false) => {
+            println!(
+                "port {}: no drain to release in this network namespace",
+                args.port
+            );
+            Exit::Drained
+        }
+        Err(failure) => {
+            eprintln!("drainctl: {}", failure.message);
+            failure.exit
+        }
+    }
+}
+
+/// `Ok(None)`: the daemon serves another network namespace.
+async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<bool>, Failure> {
+    let netns_inode = control::current_netns_inode().map_err(|err| Failure {
+        exit: Exit::Failure,
+        message: format!("reading /proc/self/ns/net: {err}"),
+    })?;
+    client
+        .send(&Request::Release { port, netns_inode })
+        .await
+        .map_err(Failure::daemon)?;
+    match client.next_reply().await.map_err(Failure::daemon)? {
+        Reply::Released { released } => Ok(Some(released)),
+        Reply::Error {
+            kind: ErrorKind::OtherNamespace,
+            ..
+        } => Ok(None),
+        Reply::Error { kind, message } => Err(Failure::from_kind(kind, message)),
+        other => Err(Failure {
+            exit: Exit::Failure,
+            message: format!("drain-daemon answered a release with {other:?}"),
+        }),
+    }
+}
+
+/// Resolves when the drain should stop early: SIGINT (a person aborting: stop refusing)
+/// or SIGTERM (the service manager stopping us: keep refusing until the listener closes).
+/// The handlers are installed when this is called, not when the future is first polled,
+/// so a signal right after the steering is in place is not lost.
+fn interrupted() -> impl std::future::Future<Output = Cancel> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = signal(SignalKind::interrupt()).and_then(|interrupt| {
+        signal(SignalKind::terminate()).map(|terminate| (interrupt, terminate))
+    });
+    async move {
+        let Ok((mut interrupt, mut terminate)) = handlers else {
+            warn!("cannot install signal handlers; SIGINT and SIGTERM end drainctl at once");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => Cancel::Abort,
+            _ = terminate.recv() => Cancel::Stop,
+        }
+    }
+}
+
+fn print_report(report: &DrainReport) {
+    let seconds = report.elapsed_ms as f64 / 1000.0;
+    let closed = report.closed_gracefully + report.closed_abortively;
+    let headline = match report.outcome {
+        Outcome::Drained => format!("port {}: drained in {seconds:.2}s", report.port),
+        Outcome::DeadlineReached => format!(
+            "port {}: deadline reached after {seconds:.2}s, {} connection(s) still open, {} waiting to be accepted",
+            report.port,
+            report.remaining.len(),
+            report.accept_queue
+        ),
+        Outcome::Cancelled => format!(
+            "port {}: interrupted after {seconds:.2}s, {} connection(s) still open",
+            report.port,
+            report.remaining.len()
+        ),
+    };
+    println!("{headline}");
+    println!(
+        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}",
+        report.closed_gracefully,
+        report.closed_abortively,
+        report.finished_on_their_own,
+        report.refused_connections
+    );
+    if !report.remaining.is_empty() {
+        println!(
+            "  {:<40} {:<11} {:<12} {:>10} {:>10}  ACTIVITY",
+            "PEER", "STATE", "OWNER", "LAST DATA", "TRACKED"
+        );
+        for remaining in &report.remaining {
+            let owner = match (remaining.owner_pid, &remaining.owner_command) {
+                (Some(pid), Some(command)) => format!("{pid}/{command}"),
+                _ => "-".to_string(),
+            };
+            let last_data = remaining.last_data_ms.map_or("-".to_string(), |ms| {
+                format!("{:.1}s ago", f64::from(ms) / 1000.0)
+            });
+            println!(
+                "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}",
+                remaining.peer.to_string(),
+                remaining.state,
+                owner,
+                last_data,
+                remaining.tracked_ms as f64 / 1000.0,
+                remaining.activity
+            );
+        }
+    }
+    if report.still_refusing {
+        println!(
+            "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
+            report.port, report.port
+        );
+    }
+}
+
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // `init` also routes `log` records (aya-log's eBPF records) into tracing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("drainctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn drain_defaults() {
+        let cli = parse(&["drain", "--port", "8080"]).unwrap();
+        let Command::Drain(args) = cli.command else {
+            panic!("expected drain")
+        };
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.timeout, Duration::from_secs(30));
+        assert_eq!(args.poll_interval, Duration::from_millis(100));
+        assert!(!args.json);
+    }
+
+    #[test]
+    fn drain_options() {
+        let cli = parse(&["drain", "-p", "443", "--timeout", "2m", "--json", "-v"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        let Command::Drain(args) = cli.command else {
+            panic!("expected drain")
+        };
+        assert_eq!(
+            (args.port, args.timeout, args.json),
+            (443, Duration::from_secs(120), true)
+        );
+    }
+
+    #[test]
+    fn ports_out_of_range_are_usage_errors() {
+        for bad in ["0", "65536", "http"] {
+            let err = parse(&["drain", "--port", bad]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "port {bad}"
+            );
+            assert_eq!(err.exit_code(), Exit::Usage as i32);
+        }
+        // Taken for an option, which is a usage error all the same.
+        let err = parse(&["drain", "--port", "-1"]).unwrap_err();
+        assert_eq!(err.exit_code(), Exit::Usage as i32);
+        assert_eq!(
+            parse(&["drain"]).unwrap_err().kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn bad_timeout_is_a_usage_error() {
+        let err = parse(&["drain", "--port", "80", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+}

@@ -1,0 +1,93 @@
+//! Closing an idle connection from outside the server, without losing a request.
+//!
+//! The graceful way: borrow the server's socket ([`crate::pidfd`]) and `shutdown()` it.
+//! The peer receives a FIN and reads EOF, exactly as if the server had closed an idle
+//! keep-alive connection; the server's blocked read returns EOF too, so it closes its
+//! side normally. SOCK_DESTROY (RST, the server sees ECONNABORTED) is the fallback when
+//! no owner is visible or ptrace rights are missing.
+//!
+//! Immediately before closing, the connection is re-read by its exact identity and
+//! closed only if it is still idle: a request that arrived since the scan is served.
+
+use std::os::fd::AsFd as _;
+
+use rustix::net::{shutdown, Shutdown};
+use tracing::debug;
+
+use crate::{
+    inventory::{sock_diag::SockDiagError, Activity, Busy, Connection, Inventory, InventoryError},
+    pidfd::{self, PidfdError},
+};
+
+/// How a connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMethod {
+    /// FIN through the owner's socket: the peer reads EOF.
+    Graceful,
+    /// SOCK_DESTROY: the peer gets a RST.
+    Abortive,
+}
+
+/// What happened to a connection the drain chose to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseOutcome {
+    Closed(CloseMethod),
+    /// It was gone by the time of the re-check.
+    AlreadyClosed,
+    /// A request arrived since the scan: left alone.
+    BecameBusy(Busy),
+}
+
+/// Why a connection could not be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error("re-reading the connection: {0}")]
+    Recheck(#[source] InventoryError),
+    #[error("shutdown() of the borrowed socket: {0}")]
+    Shutdown(#[source] rustix::io::Errno),
+    #[error("SOCK_DESTROY: {destroy} (graceful close was not possible: {graceful})")]
+    Destroy {
+        destroy: InventoryError,
+        graceful: String,
+    },
+}
+
+/// Closes `connection` if it is still idle: gracefully when its owner's socket can be
+/// borrowed, abortively otherwise.
+pub fn close_if_idle(
+    inventory: &mut Inventory,
+    connection: &Connection,
+) -> Result<CloseOutcome, CloseError> {
+    let id = &connection.socket.id;
+    match inventory.recheck(id).map_err(CloseError::Recheck)? {
+        None => return Ok(CloseOutcome::AlreadyClosed),
+        Some(Activity::InFlight(busy)) => return Ok(CloseOutcome::BecameBusy(busy)),
+        Some(Activity::Idle) => {}
+    }
+    let graceful = match &connection.owner {
+        Some(owner) => {
+            match pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
+                Ok(socket) => {
+                    shutdown(socket.as_fd(), Shutdown::Both).map_err(CloseError::Shutdown)?;
+                    return Ok(CloseOutcome::Closed(CloseMethod::Graceful));
+                }
+                Err(err) => describe(&err),
+            }
+        }
+        None => "no process holding it is visible".to_string(),
+    };
+    debug!(peer = %id.remote, "graceful close not possible ({graceful}); using SOCK_DESTROY");
+    match inventory.destroy(id) {
+        Ok(()) => Ok(CloseOutcome::Closed(CloseMethod::Abortive)),
+        Err(InventoryError::SockDiag(SockDiagError::NotFound)) => Ok(CloseOutcome::AlreadyClosed),
+        Err(destroy) => Err(CloseError::Destroy { destroy, graceful }),
+    }
+}
+
+fn describe(err: &PidfdError) -> String {
+    if err.is_permission() {
+        format!("{err} (no ptrace rights over the owner)")
+    } else {
+        err.to_string()
+    }
+}

@@ -1,0 +1,299 @@
+//! The control API between `drainctl` and `drain-daemon`: JSON lines over a Unix socket.
+//!
+//! The daemon holds the steering state of its network namespace and runs drains for
+//! clients; `drainctl` talks to it when its socket answers and drains on its own
+//! otherwise. One connection carries one request: the client sends a [`Request`] line,
+//! may later send a [`Request::Cancel`] line, and reads [`Reply`] lines until a final
+//! one. A client that disconnects cancels its drain the way SIGTERM does (the refusal
+//! stays until the listener closes). Only root peers are served (SO_PEERCRED).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+        UnixListener, UnixStream,
+    },
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
+    steer,
+};
+
+/// Where `drain-daemon` listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/drain-daemon/control.sock";
+
+/// What a client asks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Drain {
+        port: u16,
+        timeout_ms: u64,
+        poll_interval_ms: u64,
+        /// The client's network namespace; the daemon only drains its own.
+        netns_inode: u64,
+    },
+    Release {
+        port: u16,
+        netns_inode: u64,
+    },
+    /// Sent during a drain: stop it. `abort` also stops refusing new connections.
+    Cancel {
+        abort: bool,
+    },
+}
+
+/// What the daemon answers. Every reply but `Progress` is final.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Progress(Progress),
+    Report(DrainReport),
+    Released { released: bool },
+    Error { kind: ErrorKind, message: String },
+}
+
+/// The class of a failed request, which decides `drainctl`'s exit code.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The target or the machine is not as required (exit 3).
+    Environment,
+    /// Anything else (exit 4).
+    Failure,
+    /// The daemon serves another network namespace: drain standalone instead.
+    OtherNamespace,
+}
+
+/// Why talking to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("connecting to drain-daemon at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to drain-daemon: {0}")]
+    Io(#[from] io::Error),
+    #[error("drain-daemon sent an invalid reply: {0}")]
+    Protocol(#[from] serde_json::Error),
+    #[error("drain-daemon closed the connection before its final reply")]
+    Closed,
+}
+
+/// The inode of the caller's network namespace.
+pub fn current_netns_inode() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
+}
+
+/// A client connection carrying one request.
+pub struct Client {
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, ControlError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let (reader, writer) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(reader).lines(),
+            writer,
+        })
+    }
+
+    pub async fn send(&mut self, request: &Request) -> Result<(), ControlError> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// The next reply; [`ControlError::Closed`] if the daemon hung up.
+    pub async fn next_reply(&mut self) -> Result<Reply, ControlError> {
+        match self.lines.next_line().await? {
+            Some(line) => Ok(serde_json::from_str(&line)?),
+            None => Err(ControlError::Closed),
+        }
+    }
+}
+
+/// Serves clients on `listener` until the process ends.
+pub async fn serve(listener: UnixListener) -> io::Result<()> {
+    let own_netns = current_netns_inode()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Err(err) = handle(stream, own_netns).await {
+                warn!("control connection: {err}");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> {
+    let peer_uid = stream.peer_cred()?.uid();
+    let (reader, mut writer) = stream.into_split();
+    let mut lines = BufReader::new(reader).lines();
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(err) => {
+            let reply = error_reply(ErrorKind::Failure, format!("invalid request: {err}"));
+            return write_reply(&mut writer, &reply).await;
+        }
+    };
+    if peer_uid != 0 {
+        let reply = error_reply(
+            ErrorKind::Environment,
+            "drain-daemon serves root only: run drainctl as root".into(),
+        );
+        return write_reply(&mut writer, &reply).await;
+    }
+    let reply = match request {
+        Request::Drain { netns_inode, .. } | Request::Release { netns_inode, .. }
+            if netns_inode != own_netns =>
+        {
+            error_reply(
+                ErrorKind::OtherNamespace,
+                format!("drain-daemon serves network namespace {own_netns}, not {netns_inode}"),
+            )
+        }
+        Request::Drain {
+            port,
+            timeout_ms,
+            poll_interval_ms,
+            ..
+        } => {
+            let plan = DrainPlan {
+                port,
+                timeout: Duration::from_millis(timeout_ms),
+                poll_interval: Duration::from_millis(poll_interval_ms.max(1)),
+            };
+            info!(port, timeout_ms, "drain requested");
+            return run_drain(plan, lines, writer).await;
+        }
+        Request::Release { port, .. } => match steer::release(port) {
+            Ok(released) => Reply::Released { released },
+            Err(err) => error_reply(ErrorKind::Failure, err.to_string()),
+        },
+        Request::Cancel { .. } => error_reply(
+            ErrorKind::Failure,
+            "nothing to cancel: no drain runs on this connection".into(),
+        ),
+    };
+    write_reply(&mut writer, &reply).await
+}
+
+async fn run_drain(
+    plan: DrainPlan,
+    mut lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    mut writer: OwnedWriteHalf,
+) -> Result<(), ControlError> {
+    // A cancel line, or the client going away, ends the drain early.
+    let cancel = async move {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => match serde_json::from_str(&line) {
+                    Ok(Request::Cancel { abort: true }) => return Cancel::Abort,
+                    Ok(Request::Cancel { abort: false }) => return Cancel::Stop,
+                    _ => continue,
+                },
+                Ok(None) | Err(_) => return Cancel::Stop,
+            }
+        }
+    };
+    // Progress is forwarded from the drain's callback through a channel, dropping
+    // updates if the client reads slowly: progress is advisory, the report is not.
+    let (progress_tx, mut progress_rx) = mpsc::channel::<Reply>(16);
+    let drain = drain::drain(&plan, cancel, move |progress: &Progress| {
+        let _ = progress_tx.try_send(Reply::Progress(*progress));
+    });
+    tokio::pin!(drain);
+    let result = loop {
+        tokio::select! {
+            result = &mut drain => break result,
+            Some(progress) = progress_rx.recv() => {
+                // A client that left still gets its drain finished.
+                let _ = write_reply(&mut writer, &progress).await;
+            }
+        }
+    };
+    let reply = match result {
+        Ok(report) => Reply::Report(report),
+        Err(err) => drain_error_reply(&err),
+    };
+    write_reply(&mut writer, &reply).await
+}
+
+fn drain_error_reply(err: &DrainError) -> Reply {
+    let kind = if err.is_environment() {
+        ErrorKind::Environment
+    } else {
+        ErrorKind::Failure
+    };
+    error_reply(kind, err.to_string())
+}
+
+fn error_reply(kind: ErrorKind, message: String) -> Reply {
+    Reply::Error { kind, message }
+}
+
+async fn write_reply(writer: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlError> {
+    let mut line = serde_json::to_vec(reply)?;
+    line.push(b'\n');
+    writer.write_all(&line).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_tagged_json_object() {
+        let request = Request::Drain {
+            port: 8080,
+            timeout_ms: 30_000,
+            poll_interval_ms: 100,
+            netns_inode: 4026531840,
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            line,
+            r#"{"request":"drain","port":8080,"timeout_ms":30000,"poll_interval_ms":100,"netns_inode":4026531840}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
+        let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();
+        assert_eq!(cancel, Request::Cancel { abort: true });
+    }
+
+    #[test]
+    fn error_replies_carry_their_kind() {
+        let reply = error_reply(ErrorKind::OtherNamespace, "x".into());
+        let line = serde_json::to_string(&reply).unwrap();
+        assert_eq!(
+            line,
+            r#"{"reply":"error","kind":"other_namespace","message":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Inventory: what a port's listeners still hold, read from the kernel.
+//!
+//! For one port in the current network namespace: the listening sockets with their
+//! owner processes and accept queues, and every connection those processes accepted on
+//! it, each classified idle or in flight ([`classify`]). Sockets come from netlink
+//! sock_diag with TCP_INFO, filtered by port in the kernel ([`sock_diag`]); owners come
+//! from procfs ([`owners`]).
+//!
+//! A connection counts for the listener when its owner is one of the listener's owners.
+//! With steering the kernel may hand a connection to port P to another listener (one
+//! bound to another port, in another process): such sockets have the local port P too,
+//! so ownership, not the port, tells them apart. Established sockets no process holds
+//! yet are in an accept queue; they are counted by the listener's queue length.
+
+pub mod classify;
+pub mod owners;
+pub mod sock_diag;
+
+use std::collections::HashSet;
+
+pub use classify::{classify, Activity, Busy};
+pub use owners::SocketOwner;
+use sock_diag::{SockDiag, SockDiagError, SocketId, TcpSocket, TcpState, TcpStates};
+
+/// Why the inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    SockDiag(#[from] SockDiagError),
+}
+
+/// A listening socket and the processes holding it.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub socket: TcpSocket,
+    pub owners: Vec<SocketOwner>,
+}
+
+impl Listener {
+    /// Connections the kernel completed that no process has accepted yet.
+    pub fn accept_queue(&self) -> u32 {
+        self.socket.recv_queue
+    }
+
+    /// The accept-queue limit (the listen backlog).
+    pub fn accept_queue_limit(&self) -> u32 {
+        self.socket.send_queue
+    }
+}
+
+/// An accepted connection of the drained listener.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub socket: TcpSocket,
+    /// Who holds it; `None` when no visible process does (another PID namespace).
+    pub owner: Option<SocketOwner>,
+    pub activity: Activity,
+}
+
+/// A port's listeners and connections at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct PortInventory {
+    pub port: u16,
+    pub listeners: Vec<Listener>,
+    pub connections: Vec<Connection>,
+}
+
+impl PortInventory {
+    /// Connections completed by the kernel and waiting in the listeners' accept queues.
+    pub fn accept_queue(&self) -> u32 {
+        self.listeners.iter().map(Listener::accept_queue).sum()
+    }
+
+    pub fn idle(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.iter().filter(|c| c.activity.is_idle())
+    }
+
+    pub fn in_flight(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.iter().filter(|c| !c.activity.is_idle())
+    }
+}
+
+/// States in which a connection still belongs to the server: it may carry a request.
+/// Sockets the server (or a drain) already shut down are on their way out.
+fn open_states() -> TcpStates {
+    TcpStates::ESTABLISHED.with(TcpState::CloseWait)
+}
+
+/// Reads port inventories; keeps the netlink socket and the known owner processes
+/// between scans so repeated scans of a drain stay cheap.
+pub struct Inventory {
+    diag: SockDiag,
+    owner_pids: Vec<i32>,
+}
+
+impl Inventory {
+    pub fn new() -> Result<Self, InventoryError> {
+        Ok(Self {
+            diag: SockDiag::open()?,
+            owner_pids: Vec::new(),
+        })
+    }
+
+    /// The port's listeners and connections now.
+    pub fn scan(&mut self, port: u16) -> Result<PortInventory, InventoryError> {
+        let states = open_states().with(TcpState::Listen);
+        let sockets = self.diag.dump_port(port, states)?;
+        let inodes: HashSet<u64> = sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+
+        // Cheap path: only the processes known to own the listener. Any socket not found
+        // among them sends us through all of /proc once (new owner, first scan).
+        let known = (!self.owner_pids.is_empty()).then_some(self.owner_pids.as_slice());
+        let mut owners = owners::find_owners(&inodes, known);
+        if known.is_some() && owners.len() < inodes.len() {
+            owners = owners::find_owners(&inodes, None);
+        }
+
+        let (listening, accepted): (Vec<_>, Vec<_>) = sockets
+            .into_iter()
+            .partition(|s| s.state == TcpState::Listen);
+        let listeners: Vec<Listener> = listening
+            .into_iter()
+            .map(|socket| Listener {
+                owners: owners.get(&socket.inode).cloned().unwrap_or_default(),
+                socket,
+            })
+            .collect();
+        let mut listener_pids: Vec<i32> = listeners
+            .iter()
+            .flat_map(|l| l.owners.iter().map(|o| o.pid))
+            .collect();
+        listener_pids.sort_unstable();
+        listener_pids.dedup();
+
+        let connections = accepted
+            .into_iter()
+            .filter(|socket| socket.inode != 0)
+            .filter_map(|socket| {
+                let owner = owners
+                    .get(&socket.inode)
+                    .and_then(|found| found.first().cloned());
+                let belongs = owner
+                    .as_ref()
+                    .is_none_or(|owner| listener_pids.binary_search(&owner.pid).is_ok());
+                belongs.then(|| Connection {
+                    activity: classify(&socket),
+                    owner,
+                    socket,
+                })
+            })
+            .collect();
+        self.owner_pids = listener_pids;
+        Ok(PortInventory {
+            port,
+            listeners,
+            connections,
+        })
+    }
+
+    /// Re-reads one connection by its exact identity (4-tuple and cookie): its activity
+    /// now, or `None` once it is closed or no longer open.
+    pub fn recheck(&mut self, id: &SocketId) -> Result<Option<Activity>, InventoryError> {
+        Ok(self
+            .diag
+            .get(id)?
+            .filter(|socket| open_states().contains(socket.state))
+            .map(|socket| classify(&socket)))
+    }
+
+    /// SOCK_DESTROY one connection (abortive close; the peer gets a RST).
+    pub fn destroy(&mut self, id: &SocketId) -> Result<(), InventoryError> {
+        Ok(self.diag.destroy(id)?)
+    }
+}

@@ -1,0 +1,19 @@
+//! drain-daemon: drain a TCP listener from outside the server that owns it.
+//!
+//! The modules follow a drain's life: [`steer`] keeps new connections away from the
+//! draining listener (eBPF sk_lookup), [`inventory`] lists and classifies what the
+//! listener still holds (sock_diag with TCP_INFO, procfs for owners), [`close`] closes
+//! idle connections gracefully from outside the owning process (borrowing its socket
+//! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
+//! [`cli`] is `drainctl`'s command line; [`daemon`] is `drain-daemon`, serving
+//! `drainctl` through the [`control`] API.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod close;
+pub mod control;
+pub mod daemon;
+pub mod drain;
+pub mod inventory;
+pub mod pidfd;
+pub mod steer;

@@ -1,0 +1,432 @@
+//! Steering: new connections stay away from a draining listener.
+//!
+//! An eBPF sk_lookup program (drain-ebpf; Linux 5.9+) is attached to the current network
+//! namespace, one instance per drained port. It refuses (RST, the client sees
+//! ECONNREFUSED at once) every new connection that would reach one of the port's
+//! draining listeners, which it finds in a SOCKHASH. The kernel deletes a socket from
+//! every SOCKHASH when the socket closes, so the refusal cannot outlive the listener:
+//! a service started later on the same port gets its connections again.
+//!
+//! The program, its maps and its link are pinned in bpffs under
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/`, so the refusal lasts after
+//! `drainctl` exits (between the end of `ExecStop=` and the service's exit, new clients
+//! are refused rather than accepted and then cut). A pinned drain whose listeners are
+//! all gone is stale and is removed by the next [`Steering::refuse`] or
+//! [`sweep_stale`] in any namespace. Where bpffs cannot be mounted, the refusal is held
+//! by this process only, and the caller is told through [`Persistence`].
+
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    os::fd::{AsRawFd, BorrowedFd},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData, MapError, PerCpuArray, SockHash},
+    programs::{links::FdLink, links::PinnedLink, ProgramError, SkLookup},
+    EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use drain_common::{LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, REFUSED_MAP};
+use tracing::{debug, info, warn};
+
+/// The sk_lookup program, built by this crate's build script.
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+const PIN_ROOT: &str = "/sys/fs/bpf/drain-daemon";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Why steering could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("opening this network namespace (/proc/self/ns/net): {0}")]
+    Netns(#[source] io::Error),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("not allowed to load BPF programs (needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
+    PermissionDenied(#[source] ProgramError),
+    #[error("this kernel cannot run sk_lookup programs (needs Linux 5.9+ with BPF; BPF_PROG_LOAD or bpf_link_create was refused): {0}")]
+    Unsupported(#[source] ProgramError),
+    #[error("sk_lookup program: {0}")]
+    Program(#[source] ProgramError),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("adding a listener to {LISTENERS_MAP} (BPF_MAP_UPDATE_ELEM): {0}")]
+    AddListener(#[source] MapError),
+    #[error("port {port} has more than {MAX_LISTENERS_PER_PORT} listeners to drain")]
+    TooManyListeners { port: u16 },
+    #[error("pinning under {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+}
+
+/// How long the refusal lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// Pinned in bpffs at this directory: the refusal lasts until the draining listeners
+    /// close (or [`release`]), whatever happens to this process.
+    Pinned(PathBuf),
+    /// bpffs was not available: the refusal lasts while this [`Steering`] lives.
+    Process,
+}
+
+/// The refusal of new connections to one port's draining listeners.
+pub struct Steering {
+    port: u16,
+    listeners: SockHash<MapData, u32>,
+    refused: PerCpuArray<MapData, u64>,
+    persistence: Persistence,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// Holds the link when it is not pinned; dropping it detaches the program.
+    _link: Option<FdLink>,
+}
+
+impl Steering {
+    /// Starts refusing new connections to `port` that would reach one of `listeners`
+    /// (descriptors of the draining listening sockets, duplicated into this process).
+    ///
+    /// Reuses the pinned program of an earlier drain of the same port in this namespace
+    /// if its listeners are still open. Minimum kernel: 5.9 (sk_lookup, bpf_link for
+    /// network namespaces, listening sockets in SOCKHASH).
+    pub fn refuse(port: u16, listeners: &[BorrowedFd<'_>]) -> Result<Self, SteerError> {
+        if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
+            return Err(SteerError::TooManyListeners { port });
+        }
+        let netns = fs::File::open("/proc/self/ns/net").map_err(SteerError::Netns)?;
+        let netns_inode = netns.metadata().map_err(SteerError::Netns)?.ino();
+        let pin_dir = match ensure_bpffs() {
+            Ok(()) => {
+                sweep_stale();
+                Some(pin_dir(netns_inode, port))
+            }
+            Err(err) => {
+                warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
+                None
+            }
+        };
+        let mut steering = match pin_dir.as_deref().map(open_pinned).transpose()? {
+            Some(Some(pinned)) => {
+                info!(port, dir = %pin_dir.as_ref().unwrap().display(), "reusing the pinned steering of an earlier drain");
+                pinned
+            }
+            _ => load_and_attach(port, &netns, pin_dir)?,
+        };
+        steering.replace_listeners(listeners)?;
+        Ok(steering)
+    }
+
+    /// The port whose listeners are refused.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How long the refusal lasts.
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
+    }
+
+    /// How many draining listeners are still open (the kernel forgets closed ones).
+    pub fn open_listeners(&self) -> usize {
+        self.listeners.keys().filter(Result::is_ok).count()
+    }
+
+    /// Connections refused so far by this port's program, summed over CPUs.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// The reader of the program's log records (aya-log), to be polled by the caller.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// Stops refusing now: unpins and detaches the program.
+    pub fn release(self) -> io::Result<()> {
+        if let Persistence::Pinned(dir) = &self.persistence {
+            remove_pin_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `listeners` into free slots first and only then removes the previous entries,
+    /// so a listener refused before stays refused throughout.
+    fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
+        let previous: BTreeSet<u32> = self.listeners.keys().filter_map(Result::ok).collect();
+        let mut free = (0..MAX_LISTENERS_PER_PORT).filter(|slot| !previous.contains(slot));
+        for listener in listeners {
+            let slot = free
+                .next()
+                .ok_or(SteerError::TooManyListeners { port: self.port })?;
+            self.listeners
+                .insert(slot, listener.as_raw_fd(), 0)
+                .map_err(SteerError::AddListener)?;
+        }
+        for slot in previous {
+            // Gone already if that listener closed meanwhile: nothing to undo.
+            let _ = self.listeners.remove(&slot);
+        }
+        Ok(())
+    }
+}
+
+/// Stops refusing connections to `port` in this network namespace (a pinned drain set up
+/// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
+pub fn release(port: u16) -> Result<bool, SteerError> {
+    let netns_inode = fs::metadata("/proc/self/ns/net")
+        .map_err(SteerError::Netns)?
+        .ino();
+    let dir = pin_dir(netns_inode, port);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    remove_pin_dir(&dir).map_err(|err| SteerError::Pin {
+        path: dir.clone(),
+        message: err.to_string(),
+    })?;
+    Ok(true)
+}
+
+/// Removes every pinned drain, in any network namespace, whose listeners are all closed.
+/// Their programs no longer refuse anything; this frees them.
+pub fn sweep_stale() {
+    let Ok(namespaces) = fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for namespace in namespaces.filter_map(Result::ok) {
+        let Ok(ports) = fs::read_dir(namespace.path()) else {
+            continue;
+        };
+        for dir in ports.filter_map(Result::ok).map(|entry| entry.path()) {
+            if !has_open_listeners(&dir) {
+                debug!(dir = %dir.display(), "removing a stale pinned drain");
+                if let Err(err) = remove_pin_dir(&dir) {
+                    warn!(dir = %dir.display(), "cannot remove a stale pinned drain: {err}");
+                }
+            }
+        }
+        // Fails while other ports of that namespace remain: that is intended.
+        let _ = fs::remove_dir(namespace.path());
+    }
+}
+
+fn pin_dir(netns_inode: u64, port: u16) -> PathBuf {
+    Path::new(PIN_ROOT).join(format!("netns-{netns_inode}/port-{port}"))
+}
+
+fn has_open_listeners(dir: &Path) -> bool {
+    open_listeners_map(dir)
+        .map(|map| map.keys().any(|key| key.is_ok()))
+        .unwrap_or(false)
+}
+
+fn open_listeners_map(dir: &Path) -> Result<SockHash<MapData, u32>, MapError> {
+    let data = MapData::from_pin(dir.join("listeners"))?;
+    SockHash::try_from(Map::SockHash(data))
+}
+
+/// Opens the pinned drain at `dir` if it still refuses something; removes it if stale.
+fn open_pinned(dir: &Path) -> Result<Option<Steering>, SteerError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let pinned = (|| {
+        let listeners = open_listeners_map(dir).ok()?;
+        listeners.keys().next()?.ok()?;
+        let refused = MapData::from_pin(dir.join("refused")).ok()?;
+        let refused = PerCpuArray::try_from(Map::PerCpuArray(refused)).ok()?;
+        let link = FdLink::from(PinnedLink::from_pin(dir.join("link")).ok()?);
+        let logger = link
+            .info()
+            .ok()
+            .and_then(|info| EbpfLogger::init_from_id(info.program_id()).ok());
+        Some((listeners, refused, logger))
+    })();
+    match pinned {
+        Some((listeners, refused, logger)) => Ok(Some(Steering {
+            port: port_of_pin_dir(dir),
+            listeners,
+            refused,
+            persistence: Persistence::Pinned(dir.to_path_buf()),
+            logger,
+            _link: None,
+        })),
+        None => {
+            remove_pin_dir(dir).map_err(|err| SteerError::Pin {
+                path: dir.to_path_buf(),
+                message: format!("removing a stale pinned drain: {err}"),
+            })?;
+            Ok(None)
+        }
+    }
+}
+
+fn port_of_pin_dir(dir: &Path) -> u16 {
+    dir.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_prefix("port-"))
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(0)
+}
+
+fn load_and_attach(
+    port: u16,
+    netns: &fs::File,
+    pin_dir: Option<PathBuf>,
+) -> Result<Steering, SteerError> {
+    let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
+        aya_log::Level::Debug
+    } else {
+        aya_log::Level::Info
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(PORT_GLOBAL, &port, true)
+        .override_global(aya_log::LEVEL, &(log_level as u8), true)
+        .load(PROGRAM_OBJECT)?;
+    // Must outlive the program load: it owns the log map the program refers to.
+    let logger = match EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(err) => {
+            warn!("eBPF log records are not available: {err}");
+            None
+        }
+    };
+    let program: &mut SkLookup = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| SteerError::Program(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(SteerError::Program)?;
+    program.load().map_err(classify_program_error)?;
+    let link_id = program.attach(netns).map_err(classify_program_error)?;
+    let link = FdLink::from(program.take_link(link_id).map_err(SteerError::Program)?);
+
+    let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+        ebpf.take_map(name).ok_or(SteerError::Map {
+            name,
+            source: MapError::InvalidName {
+                name: name.to_string(),
+            },
+        })
+    };
+    let listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
+    let refused_map = take(&mut ebpf, REFUSED_MAP)?;
+
+    let (persistence, link) = match pin_dir {
+        Some(dir) => match pin_all(&dir, &listeners_map, &refused_map, link) {
+            Ok(()) => (Persistence::Pinned(dir), None),
+            Err((err, Some(link))) => {
+                warn!(dir = %dir.display(), "cannot pin the steering program ({err}); new connections are refused only while this process runs");
+                let _ = remove_pin_dir(&dir);
+                (Persistence::Process, Some(link))
+            }
+            Err((message, None)) => {
+                let _ = remove_pin_dir(&dir);
+                return Err(SteerError::Pin { path: dir, message });
+            }
+        },
+        None => (Persistence::Process, Some(link)),
+    };
+    let listeners = SockHash::try_from(listeners_map).map_err(|source| SteerError::Map {
+        name: LISTENERS_MAP,
+        source,
+    })?;
+    let refused = PerCpuArray::try_from(refused_map).map_err(|source| SteerError::Map {
+        name: REFUSED_MAP,
+        source,
+    })?;
+    info!(port, ?persistence, "attached the sk_lookup program");
+    Ok(Steering {
+        port,
+        listeners,
+        refused,
+        persistence,
+        logger,
+        _link: link,
+    })
+}
+
+/// Pins the maps, then the link. If the maps cannot be pinned the link is handed back so
+/// the caller can hold it; aya consumes the link when pinning it, so a failure there is
+/// final.
+fn pin_all(
+    dir: &Path,
+    listeners: &Map,
+    refused: &Map,
+    link: FdLink,
+) -> Result<(), (String, Option<FdLink>)> {
+    let maps = fs::create_dir_all(dir)
+        .map_err(|err| format!("mkdir {}: {err}", dir.display()))
+        .and_then(|()| {
+            listeners
+                .pin(dir.join("listeners"))
+                .map_err(|err| err.to_string())
+        })
+        .and_then(|()| {
+            refused
+                .pin(dir.join("refused"))
+                .map_err(|err| err.to_string())
+        });
+    if let Err(err) = maps {
+        return Err((err, Some(link)));
+    }
+    link.pin(dir.join("link"))
+        .map(drop)
+        .map_err(|err| (err.to_string(), None))
+}
+
+fn remove_pin_dir(dir: &Path) -> io::Result<()> {
+    // The link first: unpinning it detaches the program at once.
+    for name in ["link", "listeners", "refused"] {
+        match fs::remove_file(dir.join(name)) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// Makes sure a bpffs is mounted at /sys/fs/bpf, mounting one if needed (root only).
+fn ensure_bpffs() -> io::Result<()> {
+    let is_bpffs = |path: &str| {
+        nix::sys::statfs::statfs(path)
+            .map(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    if is_bpffs(BPFFS) {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS)?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+fn classify_program_error(err: ProgramError) -> SteerError {
+    let errno = match &err {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+        ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EPERM) | Some(libc::EACCES) => SteerError::PermissionDenied(err),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            SteerError::Unsupported(err)
+        }
+        _ => SteerError::Program(err),
+    }
+}

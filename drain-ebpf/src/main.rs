@@ -1,0 +1,144 @@
+//! The sk_lookup program that refuses new connections to a draining listener.
+//!
+//! sk_lookup runs when the kernel looks for the listening socket of an incoming SYN
+//! (Linux 5.9+). For the port under drain, if one of the draining listeners would match
+//! the packet's destination, the program returns `SK_DROP`: the kernel answers the SYN
+//! with a RST and the client's `connect()` fails at once with ECONNREFUSED, so load
+//! balancers and clients retry elsewhere instead of queueing on a listener that is going
+//! away. Established connections are untouched: sk_lookup only runs for listener lookup.
+//!
+//! The refusal is keyed on the draining listeners' presence in a SOCKHASH. The kernel
+//! drops a socket from every SOCKHASH when it is closed, so the refusal ends by itself
+//! when the draining listener closes, whatever happened to the process that set it up.
+#![no_std]
+#![no_main]
+
+use core::{cell::UnsafeCell, mem::size_of};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_map_def,
+        bpf_map_type::BPF_MAP_TYPE_SOCKHASH,
+        bpf_sock,
+        sk_action::{SK_DROP, SK_PASS},
+    },
+    helpers::{bpf_map_lookup_elem, bpf_sk_release},
+    macros::{map, sk_lookup},
+    maps::PerCpuArray,
+    programs::SkLookupContext,
+    Global,
+};
+use aya_log_ebpf::debug;
+use drain_common::MAX_LISTENERS_PER_PORT;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+
+/// Set by the loader (`drain_common::PORT_GLOBAL`).
+#[unsafe(no_mangle)]
+static DRAIN_PORT: Global<u16> = Global::new(0);
+
+#[map(name = "REFUSED")]
+static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
+/// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
+/// its bound address with the packet's destination.
+#[repr(transparent)]
+struct ListenerSockets(UnsafeCell<bpf_map_def>);
+
+// SAFETY: the kernel owns the map; the program only passes its address to helpers.
+unsafe impl Sync for ListenerSockets {}
+
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "DRAIN_LISTENERS")]
+static DRAIN_LISTENERS: ListenerSockets = ListenerSockets(UnsafeCell::new(bpf_map_def {
+    type_: BPF_MAP_TYPE_SOCKHASH,
+    key_size: size_of::<u32>() as u32,
+    value_size: size_of::<u32>() as u32,
+    max_entries: MAX_LISTENERS_PER_PORT,
+    map_flags: 0,
+    id: 0,
+    pinning: 0,
+}));
+
+#[sk_lookup]
+pub fn drain_steer(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid bpf_sk_lookup for the duration of the call.
+    let lookup = unsafe { &*ctx.lookup };
+    let port = DRAIN_PORT.load();
+    if lookup.protocol != IPPROTO_TCP || lookup.local_port != u32::from(port) {
+        return SK_PASS;
+    }
+    let destination = Destination {
+        family: lookup.family,
+        ip4: lookup.local_ip4,
+        ip6: lookup.local_ip6,
+    };
+    for slot in 0..MAX_LISTENERS_PER_PORT {
+        if draining_listener_matches(slot, &destination) {
+            count_refused();
+            debug!(&ctx, "refused a connection to draining port {}", port);
+            return SK_DROP;
+        }
+    }
+    SK_PASS
+}
+
+/// Where the incoming SYN is going. Addresses are in network byte order, as the kernel
+/// hands them over in both `bpf_sk_lookup` and `bpf_sock`.
+struct Destination {
+    family: u32,
+    ip4: u32,
+    ip6: [u32; 4],
+}
+
+fn draining_listener_matches(slot: u32, destination: &Destination) -> bool {
+    let map = DRAIN_LISTENERS.0.get().cast();
+    // SAFETY: `map` is this program's SOCKHASH and `slot` lives on the stack for the call.
+    let sk = unsafe { bpf_map_lookup_elem(map, (&slot as *const u32).cast()) }.cast::<bpf_sock>();
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null result of a SOCKHASH lookup is a referenced socket, readable
+    // until it is released.
+    let matches = listener_accepts(unsafe { &*sk }, destination);
+    // SAFETY: releases the reference taken by the lookup above, exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    matches
+}
+
+/// Would the kernel's own lookup consider this listener for the destination? A listener
+/// bound to the wildcard address takes every address of its family, and an IPv6 wildcard
+/// listener (dual stack, the Linux default) takes IPv4 too.
+fn listener_accepts(listener: &bpf_sock, destination: &Destination) -> bool {
+    let ip6 = listener.src_ip6;
+    match (listener.family, destination.family) {
+        (AF_INET, AF_INET) => listener.src_ip4 == 0 || listener.src_ip4 == destination.ip4,
+        (AF_INET6, AF_INET6) => ip6 == [0; 4] || ip6 == destination.ip6,
+        (AF_INET6, AF_INET) => {
+            let v4_mapped = [0, 0, 0xffff_u32.to_be(), destination.ip4];
+            ip6 == [0; 4] || ip6 == v4_mapped
+        }
+        _ => false,
+    }
+}
+
+fn count_refused() {
+    if let Some(count) = REFUSED.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot: no other CPU writes it, and the program is not
+        // preempted on this one while it runs.
+        unsafe { *count += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

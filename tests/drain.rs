@@ -1,0 +1,369 @@
+//! End-to-end drains of a real server process with real clients, each test in its own
+//! network namespace, with the real eBPF program and the real `drainctl` binary.
+
+use std::{
+    net::SocketAddr,
+    os::unix::process::CommandExt as _,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use drain_tests::{
+    bin_path, connect_refused_quickly, run_drainctl, spawn_demo_server, spawn_drainctl,
+    spawn_drainctl_with, Closed, ConnectOutcome, Drainctl, EventReader, KeepAliveClient, Netns,
+};
+use nix::sys::signal::Signal;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn start_server(listen: &str) -> (drain_tests::ChildGuard, EventReader, SocketAddr) {
+    let (server, events) = spawn_demo_server(["--listen", listen]);
+    let addr = events
+        .wait_listening(5 * SECOND)
+        .expect("demo server is listening");
+    (server, events, addr)
+}
+
+/// A keep-alive client that made one request and now sits idle.
+fn idle_client(addr: SocketAddr) -> KeepAliveClient {
+    let mut client = KeepAliveClient::connect(addr).expect("connect");
+    let response = client.request("GET", "/", b"").expect("first request");
+    assert_eq!(response.status, 200);
+    client
+}
+
+/// Waits until the server has read a request for `path_prefix` (it is now in flight).
+fn wait_request_read(events: &EventReader, path_prefix: &str) {
+    events
+        .wait_for_line(5 * SECOND, |line| {
+            line.starts_with("request ") && line.contains(path_prefix)
+        })
+        .unwrap_or_else(|| panic!("the server never read a request for {path_prefix}"));
+}
+
+/// Waits until drainctl says the steering is in place.
+fn wait_until_refusing(drainctl: &Drainctl) {
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("new connections are refused")
+        })
+        .expect("drainctl reports that new connections are refused");
+}
+
+fn assert_refused_at_once(addr: SocketAddr) {
+    match connect_refused_quickly(addr) {
+        ConnectOutcome::Refused(elapsed) => assert!(
+            elapsed < Duration::from_millis(500),
+            "refusal took {elapsed:?}"
+        ),
+        other => panic!("expected a refused connection to {addr}, got {other:?}"),
+    }
+}
+
+#[test]
+fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let mut idle = idle_client(addr);
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/1500", b"").unwrap();
+    wait_request_read(&events, "/sleep/");
+
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--timeout",
+        "20s",
+        "--json",
+        "-v",
+    ]);
+    wait_until_refusing(&drainctl);
+    assert_refused_at_once(addr);
+
+    assert_eq!(
+        idle.wait_closed(5 * SECOND),
+        Closed::Eof,
+        "idle client sees a FIN"
+    );
+    let response = busy.read_response().expect("in-flight request is answered");
+    assert_eq!(
+        (response.status, response.body_text()),
+        (200, "slept 1500\n".to_string())
+    );
+    assert_eq!(
+        busy.wait_closed(5 * SECOND),
+        Closed::Eof,
+        "then it is closed gracefully"
+    );
+
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(
+        output.code,
+        Some(0),
+        "drainctl log:\n{}",
+        output.stderr_text()
+    );
+    let report = output.json();
+    assert_eq!(report["outcome"], "drained");
+    assert_eq!(report["closed_gracefully"], 2);
+    assert_eq!(report["closed_abortively"], 0);
+    assert!(report["refused_connections"].as_u64().unwrap() >= 1);
+    assert_eq!(report["remaining"].as_array().unwrap().len(), 0);
+    assert!(
+        output
+            .stderr_text()
+            .contains("refused a connection to draining port 8080"),
+        "the eBPF program's log reaches drainctl's log:\n{}",
+        output.stderr_text()
+    );
+
+    // The server saw EOF on both and closed them itself; it is still serving.
+    let lines = events.all_lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("eof ")).count(),
+        2,
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("error ")), "{lines:?}");
+    // New connections stay refused after drainctl exited: the listener is still open.
+    assert_refused_at_once(addr);
+}
+
+#[test]
+fn drain_reports_an_unfinished_request_at_the_deadline_and_leaves_it_alone() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/60000", b"").unwrap();
+    wait_request_read(&events, "/sleep/");
+
+    let started = Instant::now();
+    let output = run_drainctl(
+        ["drain", "--port", "8080", "--timeout", "1s", "--json"],
+        20 * SECOND,
+    );
+    assert_eq!(output.code, Some(1), "log:\n{}", output.stderr_text());
+    assert!(started.elapsed() >= SECOND);
+    let report = output.json();
+    assert_eq!(report["outcome"], "deadline_reached");
+    let remaining = report["remaining"].as_array().unwrap();
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0]["peer"], busy.local_addr().to_string());
+    assert_eq!(remaining[0]["state"], "ESTAB");
+    assert!(remaining[0]["activity"]
+        .as_str()
+        .unwrap()
+        .starts_with("in flight"));
+    assert_eq!(report["closed_gracefully"], 0);
+
+    assert_eq!(
+        busy.wait_closed(Duration::from_millis(500)),
+        Closed::StillOpen
+    );
+    assert!(!events.all_lines().iter().any(|l| l.starts_with("eof ")));
+}
+
+#[test]
+fn human_report_lists_what_remains() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/60000", b"").unwrap();
+    wait_request_read(&events, "/sleep/");
+
+    let output = run_drainctl(
+        ["drain", "--port", "8080", "--timeout", "500ms"],
+        20 * SECOND,
+    );
+    assert_eq!(output.code, Some(1));
+    assert!(
+        output.stdout.contains("deadline reached"),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stdout.contains(&busy.local_addr().to_string()),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stdout.contains("request read, not yet answered"),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        output.stdout.contains("drain-demo-serv"),
+        "owner command shown: {}",
+        output.stdout
+    );
+}
+
+#[test]
+fn steering_ends_when_the_drained_listener_closes() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (mut old, _events, addr) = start_server("127.0.0.1:8080");
+    let output = run_drainctl(["drain", "--port", "8080", "--json"], 20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["still_refusing"], true);
+    assert_refused_at_once(addr);
+
+    old.terminate(5 * SECOND).unwrap();
+    let (_new, _events, addr) = start_server("127.0.0.1:8080");
+    let mut client = KeepAliveClient::connect(addr).expect("the new listener accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+#[test]
+fn steering_survives_a_killed_drainctl_but_not_the_listener() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (mut old, events, addr) = start_server("127.0.0.1:8080");
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/60000", b"").unwrap();
+    wait_request_read(&events, "/sleep/");
+
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
+    wait_until_refusing(&drainctl);
+    assert_refused_at_once(addr);
+    drainctl.signal(Signal::SIGKILL);
+    let output = drainctl.wait(5 * SECOND);
+    assert_eq!(output.code, None, "killed by a signal");
+    assert_refused_at_once(addr);
+
+    old.terminate(5 * SECOND).unwrap();
+    let (_new, _events, addr) = start_server("127.0.0.1:8080");
+    let mut client = KeepAliveClient::connect(addr).expect("the new listener accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+#[test]
+fn interrupting_a_drain_stops_the_refusal() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/60000", b"").unwrap();
+    wait_request_read(&events, "/sleep/");
+
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
+    wait_until_refusing(&drainctl);
+    assert_refused_at_once(addr);
+    drainctl.signal(Signal::SIGINT);
+    let output = drainctl.wait(10 * SECOND);
+    assert_eq!(output.code, Some(130), "log:\n{}", output.stderr_text());
+    assert!(output.stdout.contains("interrupted"), "{}", output.stdout);
+    let mut client = KeepAliveClient::connect(addr).expect("accepted again after SIGINT");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+#[test]
+fn release_undoes_a_finished_drain() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server("127.0.0.1:8080");
+    assert_eq!(
+        run_drainctl(["drain", "--port", "8080"], 20 * SECOND).code,
+        Some(0)
+    );
+    assert_refused_at_once(addr);
+    let output = run_drainctl(["release", "--port", "8080"], 10 * SECOND);
+    assert_eq!(output.code, Some(0));
+    assert!(
+        output.stdout.contains("accepted again"),
+        "{}",
+        output.stdout
+    );
+    KeepAliveClient::connect(addr).expect("accepted after release");
+}
+
+#[test]
+fn dual_stack_listener_refuses_ipv4_and_ipv6() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, _addr) = start_server("127.0.0.1:8080");
+    let (_server6, _events6, addr6) = start_server("[::1]:8080");
+    let output = run_drainctl(["drain", "--port", "8080"], 20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_refused_at_once("127.0.0.1:8080".parse().unwrap());
+    assert_refused_at_once(addr6);
+}
+
+#[test]
+fn other_ports_are_untouched() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_drained, _events, _addr) = start_server("127.0.0.1:8080");
+    let (_other, _events2, other) = start_server("127.0.0.1:9090");
+    let mut other_client = idle_client(other);
+    assert_eq!(
+        run_drainctl(["drain", "--port", "8080"], 20 * SECOND).code,
+        Some(0)
+    );
+    assert_eq!(other_client.request("GET", "/", b"").unwrap().status, 200);
+    let mut new_client = KeepAliveClient::connect(other).expect("other port accepts");
+    assert_eq!(new_client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+#[test]
+fn bad_ports_are_usage_errors() {
+    for port in ["0", "65536", "eighty"] {
+        let output = run_drainctl(["drain", "--port", port], 10 * SECOND);
+        assert_eq!(
+            output.code,
+            Some(2),
+            "port {port}: {}",
+            output.stderr_text()
+        );
+    }
+}
+
+#[test]
+fn no_listener_is_an_environment_error() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let output = run_drainctl(["drain", "--port", "8080"], 10 * SECOND);
+    assert_eq!(output.code, Some(3));
+    let message = output.stderr_text();
+    assert!(
+        message.contains("no TCP listener on port 8080"),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "one-line error: {message}");
+}
+
+#[test]
+fn unprivileged_user_is_told_to_run_as_root() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, _addr) = start_server("127.0.0.1:8080");
+    let output = spawn_drainctl_with(
+        Command::new(bin_path("drainctl"))
+            .args(["drain", "--port", "8080"])
+            .uid(65534)
+            .gid(65534),
+    )
+    .wait(10 * SECOND);
+    assert_eq!(output.code, Some(3));
+    assert!(
+        output.stderr_text().contains("run drainctl as root"),
+        "{}",
+        output.stderr_text()
+    );
+}

@@ -1,0 +1,132 @@
+//! Running the real `drainctl` binary from tests and the demo.
+//!
+//! End-to-end tests must exercise what users run, exit codes and output included, so
+//! they spawn the built binary (in the caller's network namespace) rather than calling
+//! the library.
+
+use std::{
+    ffi::OsStr,
+    io::Read,
+    process::{Command, ExitStatus, Stdio},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{bin_path, ChildGuard, EventReader};
+
+/// A running `drainctl`: its stderr (the log) arrives line by line, its stdout (the
+/// report) is collected whole.
+pub struct Drainctl {
+    child: ChildGuard,
+    log: EventReader,
+    stdout: Option<JoinHandle<String>>,
+}
+
+/// How a `drainctl` run ended.
+#[derive(Debug)]
+pub struct DrainctlOutput {
+    /// The exit code, `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: Vec<String>,
+}
+
+impl DrainctlOutput {
+    /// The report of `drainctl drain --json`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("drainctl stdout is not JSON ({e}): {:?}", self.stdout))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+}
+
+/// Starts `drainctl ARGS...` in the calling thread's network namespace.
+/// Panics if the binary is missing (test helper contract).
+pub fn spawn_drainctl<I, S>(args: I) -> Drainctl
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    spawn_drainctl_with(Command::new(bin_path("drainctl")).args(args))
+}
+
+/// Like [`spawn_drainctl`] for a prepared command (to set a uid or environment).
+pub fn spawn_drainctl_with(command: &mut Command) -> Drainctl {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn drainctl: {e}"));
+    let label = format!("drainctl {}", child.id());
+    let log = EventReader::from_reader(&label, child.stderr.take().expect("stderr pipe"));
+    let mut out = child.stdout.take().expect("stdout pipe");
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        text
+    });
+    Drainctl {
+        child: ChildGuard(child),
+        log,
+        stdout: Some(stdout),
+    }
+}
+
+/// Runs `drainctl ARGS...` to its end (at most `timeout`, then it is killed).
+pub fn run_drainctl<I, S>(args: I, timeout: Duration) -> DrainctlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    spawn_drainctl(args).wait(timeout)
+}
+
+impl Drainctl {
+    /// The log lines (stderr) as they arrive.
+    pub fn log(&self) -> &EventReader {
+        &self.log
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Sends a signal (SIGINT, SIGTERM, SIGKILL…).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.child
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("signal drainctl: {e}"));
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit (killing it after `timeout`) and collects the output.
+    pub fn wait(mut self, timeout: Duration) -> DrainctlOutput {
+        let status: Option<ExitStatus> = self
+            .child
+            .wait_timeout(timeout)
+            .unwrap_or_else(|e| panic!("wait for drainctl: {e}"));
+        if status.is_none() {
+            let _ = self.child.0.kill();
+            let _ = self.child.0.wait();
+        }
+        let stdout = self
+            .stdout
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default();
+        self.log.wait_ended(Duration::from_secs(2));
+        DrainctlOutput {
+            code: status.and_then(|s| s.code()),
+            stdout,
+            stderr: self.log.all_lines(),
+        }
+    }
+}

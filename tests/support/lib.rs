@@ -1,0 +1,50 @@
+//! Test support for drain-daemon: everything an end-to-end test needs to drain a real
+//! server without touching the host, kept in one crate so every test builds on the same,
+//! self-tested pieces instead of ad-hoc sleeps and sockets.
+//!
+//! - [`Netns`]: a private network namespace for the test thread (and the processes it spawns).
+//! - [`http`]: a real HTTP/1.1 keep-alive server (in-process, or as the `drain-demo-server`
+//!   process) that logs every connection event, plus keep-alive client helpers.
+//! - [`bin_path`], [`ChildGuard`], [`spawn_demo_server`]: running workspace binaries.
+//! - [`EventReader`]: waiting for event lines with a timeout.
+//!
+//! A privileged end-to-end test looks like:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use drain_tests::{spawn_demo_server, KeepAliveClient, Netns};
+//!
+//! let Some(_ns) = Netns::require() else { return };
+//! let (_server, events) = spawn_demo_server(["--listen", "127.0.0.1:8080"]);
+//! let addr = events.wait_listening(Duration::from_secs(5)).expect("demo server listening");
+//! let mut client = KeepAliveClient::connect(addr).unwrap();
+//! assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+//! ```
+
+pub mod drainctl;
+pub mod events;
+pub mod http;
+pub mod netns;
+pub mod process;
+
+pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
+pub use events::{EventReader, EventWriter};
+pub use http::{
+    bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,
+    KeepAliveClient, Response, Server,
+};
+pub use netns::{current_thread_netns_inode, Netns};
+pub use process::{bin_path, spawn_demo_server, ChildGuard};
+
+static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether child output and server events are echoed to stderr as `[label] line` (on by
+/// default: the test harness shows them only for failing tests). The demo turns it off
+/// to print its own narrative.
+pub fn set_echo(enabled: bool) {
+    ECHO.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn echo_enabled() -> bool {
+    ECHO.load(std::sync::atomic::Ordering::Relaxed)
+}

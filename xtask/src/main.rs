@@ -1,0 +1,88 @@
+//! Project automation, run as `cargo xtask <command>` (an alias in .cargo/config.toml).
+//!
+//! `setup` prepares a fresh machine, `demo` sets up and shows a drain end to end in a
+//! private network namespace, `test` sets up and runs every test. These are the
+//! README's commands, and `.ci/run` runs `cargo xtask test`.
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent).
+    Setup,
+    /// Setup, build, then drain a demo server in a private network namespace.
+    Demo,
+    /// Setup, build, then run every test (as root: the privileged tests need it).
+    Test,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Task::Setup => setup::setup(),
+        Task::Demo => setup::setup()
+            .and_then(|()| build())
+            .and_then(|()| demo::run()),
+        Task::Test => setup::setup().and_then(|()| build()).and_then(|()| test()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds every binary the tests and the demo run (drainctl, drain-demo-server).
+fn build() -> Result<()> {
+    run(Command::new(cargo()).args(["build", "--workspace", "--exclude", "drain-ebpf", "--bins"]))
+}
+
+fn test() -> Result<()> {
+    run(Command::new(cargo()).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "drain-ebpf",
+        "--no-fail-fast",
+    ]))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Runs a command with inherited output; fails unless it exits 0.
+pub(crate) fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; fails unless it exits 0.
+pub(crate) fn output_of(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
