@@ -367,3 +367,58 @@ fn unprivileged_user_is_told_to_run_as_root() {
         output.stderr_text()
     );
 }
+
+#[test]
+fn a_response_streamed_in_pieces_is_delivered_whole() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let mut streaming = KeepAliveClient::connect(addr).unwrap();
+    // 20 chunks of 1 KiB, 100 ms apart: between chunks the socket looks answered.
+    streaming.send_request("GET", "/stream/20", b"").unwrap();
+    wait_request_read(&events, "/stream/");
+
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "20s", "--json"]);
+    let response = streaming.read_response().expect("the stream is answered");
+    assert_eq!((response.status, response.body.len()), (200, 20 * 1024));
+    assert_eq!(streaming.wait_closed(10 * SECOND), Closed::Eof);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["closed_gracefully"], 1);
+}
+
+#[test]
+fn a_request_arriving_with_the_previous_answer_is_not_taken_for_idle() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    // Pipelined: the second request is on the wire before the first answer left, so
+    // both TCP_INFO stamps fall in the same millisecond.
+    let mut client = KeepAliveClient::connect(addr).unwrap();
+    client.send_request("GET", "/", b"").unwrap();
+    client
+        .send_request("POST", "/sleep/1500", b"amount=10")
+        .unwrap();
+    wait_request_read(&events, "/sleep/");
+    let output = run_drainctl(
+        [
+            "drain",
+            "--port",
+            "8080",
+            "--timeout",
+            "20s",
+            "--quiet-period",
+            "0s",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(client.read_response().unwrap().status, 200);
+    let second = client
+        .read_response()
+        .expect("the POST is answered, not cut");
+    assert_eq!(second.body_text(), "slept 1500 received 9\n");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+}

@@ -96,6 +96,13 @@ pub struct DrainArgs {
     /// How often the port's sockets are scanned.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// A connection counts as idle only after moving no data for this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub quiet_period: Duration,
+    /// After the server was made to read EOF on an idle connection, how long it may keep
+    /// it open before drainctl sends the FIN itself.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub close_grace: Duration,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -259,6 +266,8 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
         port: args.port,
         timeout: args.timeout,
         poll_interval: args.poll_interval,
+        quiet_period: args.quiet_period,
+        close_grace: args.close_grace,
     };
     let mut progress = ProgressLog::new(plan.port);
     let via_daemon = match route {
@@ -319,6 +328,8 @@ async fn drain_via_daemon(
         port: plan.port,
         timeout_ms: plan.timeout.as_millis() as u64,
         poll_interval_ms: plan.poll_interval.as_millis() as u64,
+        quiet_period_ms: plan.quiet_period.as_millis() as u64,
+        close_grace_ms: plan.close_grace.as_millis() as u64,
         netns_inode,
     };
     client.send(&request).await.map_err(Failure::daemon)?;
@@ -574,6 +585,8 @@ mod tests {
         assert_eq!(args.port, 8080);
         assert_eq!(args.timeout, Duration::from_secs(30));
         assert_eq!(args.poll_interval, Duration::from_millis(100));
+        assert_eq!(args.quiet_period, Duration::from_secs(1));
+        assert_eq!(args.close_grace, Duration::from_secs(2));
         assert!(!args.json);
     }
 

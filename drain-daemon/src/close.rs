@@ -1,10 +1,14 @@
 //! Closing an idle connection from outside the server, without losing a request.
 //!
-//! The graceful way: borrow the server's socket ([`crate::pidfd`]) and `shutdown()` it.
-//! The peer receives a FIN and reads EOF, exactly as if the server had closed an idle
-//! keep-alive connection; the server's blocked read returns EOF too, so it closes its
-//! side normally. SOCK_DESTROY (RST, the server sees ECONNABORTED) is the fallback when
-//! no owner is visible or ptrace rights are missing.
+//! The graceful way borrows the server's socket ([`crate::pidfd`]) and shuts down its
+//! *read* side only. The server's next read returns EOF, after any request already
+//! queued, so it finishes whatever it is writing, reads EOF and closes the connection
+//! itself, exactly as when a keep-alive client leaves; the client reads the server's FIN.
+//! Writes are untouched, so a response still being produced (a stream between two
+//! chunks, a slow answer that looked idle) is delivered whole. If the server has not
+//! closed the connection after a grace period, [`send_fin`] shuts down the write side
+//! too: the client gets the FIN from us. SOCK_DESTROY (RST; the server sees
+//! ECONNABORTED) is the fallback when no owner is visible or ptrace rights are missing.
 //!
 //! Immediately before closing, the connection is re-read by its exact identity and
 //! closed only if it is still idle: a request that arrived since the scan is served.
@@ -22,7 +26,7 @@ use crate::{
 /// How a connection was closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseMethod {
-    /// FIN through the owner's socket: the peer reads EOF.
+    /// The server was made to read EOF and close it: the peer reads EOF.
     Graceful,
     /// SOCK_DESTROY: the peer gets a RST.
     Abortive,
@@ -68,7 +72,7 @@ pub fn close_if_idle(
         Some(owner) => {
             match pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
                 Ok(socket) => {
-                    shutdown(socket.as_fd(), Shutdown::Both).map_err(CloseError::Shutdown)?;
+                    shutdown(socket.as_fd(), Shutdown::Read).map_err(CloseError::Shutdown)?;
                     return Ok(CloseOutcome::Closed(CloseMethod::Graceful));
                 }
                 Err(err) => describe(&err),
@@ -81,6 +85,29 @@ pub fn close_if_idle(
         Ok(()) => Ok(CloseOutcome::Closed(CloseMethod::Abortive)),
         Err(InventoryError::SockDiag(SockDiagError::NotFound)) => Ok(CloseOutcome::AlreadyClosed),
         Err(destroy) => Err(CloseError::Destroy { destroy, graceful }),
+    }
+}
+
+/// Sends the FIN of a connection whose server was asked to close it ([`close_if_idle`])
+/// but did not: shuts down the write side of its socket, if it is still idle. Returns
+/// whether a FIN was sent.
+pub fn send_fin(inventory: &mut Inventory, connection: &Connection) -> Result<bool, CloseError> {
+    if inventory
+        .recheck(&connection.socket.id)
+        .map_err(CloseError::Recheck)?
+        != Some(Activity::Idle)
+    {
+        return Ok(false);
+    }
+    let Some(owner) = &connection.owner else {
+        return Ok(false);
+    };
+    match pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
+        Ok(socket) => {
+            shutdown(socket.as_fd(), Shutdown::Write).map_err(CloseError::Shutdown)?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
     }
 }
 

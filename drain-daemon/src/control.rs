@@ -40,6 +40,8 @@ pub enum Request {
         port: u16,
         timeout_ms: u64,
         poll_interval_ms: u64,
+        quiet_period_ms: u64,
+        close_grace_ms: u64,
         /// The client's network namespace; the daemon only drains its own.
         netns_inode: u64,
     },
@@ -182,12 +184,16 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
             port,
             timeout_ms,
             poll_interval_ms,
+            quiet_period_ms,
+            close_grace_ms,
             ..
         } => {
             let plan = DrainPlan {
                 port,
                 timeout: Duration::from_millis(timeout_ms),
                 poll_interval: Duration::from_millis(poll_interval_ms.max(1)),
+                quiet_period: Duration::from_millis(quiet_period_ms),
+                close_grace: Duration::from_millis(close_grace_ms),
             };
             info!(port, timeout_ms, "drain requested");
             return run_drain(plan, lines, writer).await;
@@ -275,12 +281,14 @@ mod tests {
             port: 8080,
             timeout_ms: 30_000,
             poll_interval_ms: 100,
+            quiet_period_ms: 1000,
+            close_grace_ms: 2000,
             netns_inode: 4026531840,
         };
         let line = serde_json::to_string(&request).unwrap();
         assert_eq!(
             line,
-            r#"{"request":"drain","port":8080,"timeout_ms":30000,"poll_interval_ms":100,"netns_inode":4026531840}"#
+            r#"{"request":"drain","port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"netns_inode":4026531840}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
-    close::{close_if_idle, CloseMethod, CloseOutcome},
+    close::{close_if_idle, send_fin, CloseMethod, CloseOutcome},
     inventory::{Connection, Inventory, InventoryError, Listener, PortInventory},
     pidfd::{self, PidfdError},
     steer::{Persistence, SteerError, Steering},
@@ -35,6 +35,11 @@ pub struct DrainPlan {
     pub timeout: Duration,
     /// How often the port is scanned.
     pub poll_interval: Duration,
+    /// How long a connection must have moved no data to count as idle.
+    pub quiet_period: Duration,
+    /// How long a server asked to close an idle connection (it read EOF) may keep it
+    /// open before the drain sends the FIN itself.
+    pub close_grace: Duration,
 }
 
 /// Why a drain could not start or go on. Each message says what to do.
@@ -165,7 +170,7 @@ pub async fn drain(
         return Err(DrainError::NotRoot);
     }
     let port = plan.port;
-    let mut inventory = Inventory::new()?;
+    let mut inventory = Inventory::new(plan.quiet_period)?;
     let before = inventory.scan(port)?;
     if before.listeners.is_empty() {
         return Err(DrainError::NoListener { port });
@@ -198,7 +203,7 @@ pub async fn drain(
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
         }
-        let closed_now = close_idle(&mut inventory, &snapshot, &mut tally);
+        let closed_now = close_idle(&mut inventory, &snapshot, &mut tally, plan.close_grace);
         let now = Instant::now();
         progress(&Progress {
             elapsed_ms: (now - started).as_millis() as u64,
@@ -268,19 +273,37 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
         .collect()
 }
 
-/// Closes the snapshot's idle connections; returns the cookies of those it closed.
+/// Closes the snapshot's idle connections; returns the cookies of those it closed now.
+/// A connection whose server was asked before and still holds it gets its FIN once
+/// `close_grace` has passed.
 fn close_idle(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
     tally: &mut Tally,
+    close_grace: Duration,
 ) -> HashSet<u64> {
     let mut closed = HashSet::new();
     for connection in snapshot.idle() {
+        let cookie = connection.socket.id.cookie;
+        if let Some(asked) = tally.asked_at.get(&cookie) {
+            if asked.elapsed() >= close_grace && tally.fin_sent.insert(cookie) {
+                match send_fin(inventory, connection) {
+                    Ok(true) => {
+                        info!(peer = %connection.socket.id.remote, "the server kept an idle connection open after EOF; sent its FIN")
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        warn!(peer = %connection.socket.id.remote, "cannot send a FIN: {err}")
+                    }
+                }
+            }
+            continue;
+        }
         match close_if_idle(inventory, connection) {
             Ok(CloseOutcome::Closed(method)) => {
                 debug!(peer = %connection.socket.id.remote, ?method, "closed an idle connection");
                 tally.closed(connection, method);
-                closed.insert(connection.socket.id.cookie);
+                closed.insert(cookie);
             }
             Ok(CloseOutcome::AlreadyClosed) => {}
             Ok(CloseOutcome::BecameBusy(busy)) => {
@@ -305,7 +328,10 @@ fn close_idle(
 #[derive(Default)]
 struct Tally {
     first_seen: HashMap<u64, Instant>,
-    closed_by_drain: HashSet<u64>,
+    /// When the drain asked each server to close a connection (by cookie).
+    asked_at: HashMap<u64, Instant>,
+    /// Connections whose FIN the drain sent after the grace period.
+    fin_sent: HashSet<u64>,
     closed_gracefully: u64,
     closed_abortively: u64,
 }
@@ -321,7 +347,8 @@ impl Tally {
     }
 
     fn closed(&mut self, connection: &Connection, method: CloseMethod) {
-        self.closed_by_drain.insert(connection.socket.id.cookie);
+        self.asked_at
+            .insert(connection.socket.id.cookie, Instant::now());
         match method {
             CloseMethod::Graceful => self.closed_gracefully += 1,
             CloseMethod::Abortive => self.closed_abortively += 1,
@@ -348,7 +375,7 @@ impl Tally {
         let finished_on_their_own = self
             .first_seen
             .keys()
-            .filter(|cookie| !open.contains(cookie) && !self.closed_by_drain.contains(cookie))
+            .filter(|cookie| !open.contains(cookie) && !self.asked_at.contains_key(cookie))
             .count() as u64;
         let remaining = last
             .connections

@@ -21,11 +21,20 @@
 //!    tie-break assumes an answer is not split over more data segments than its request
 //!    (one write of under one MSS); a server that answers in several segments can hide
 //!    a request that arrived in the same millisecond as its previous answer.
-//! 5. **Unknown**: no TCP_INFO was reported; the drain never closes what it cannot see.
+//! 5. **Recently active**: data moved either way less than the quiet period ago. From
+//!    the socket, a response written in pieces (a stream, a slow backend) looks answered
+//!    between two pieces; so does a keep-alive connection whose client is about to send
+//!    its next request. Waiting until the connection has been quiet for a while keeps
+//!    both alone. The default (`drainctl drain --quiet-period`, 1 s) is far above the
+//!    gap between writes of a streamed response in the tests (100 ms) and below any
+//!    useful drain window.
+//! 6. **Unknown**: no TCP_INFO was reported; the drain never closes what it cannot see.
 //!
 //! Otherwise the connection is **idle**: everything received was answered and delivered,
-//! or nothing was ever received. See `../shared/PLATFORM.md` for the TCP_INFO values
+//! or nothing was ever received, and nothing moved for the quiet period. See `../shared/PLATFORM.md` for the TCP_INFO values
 //! measured in each case.
+
+use std::time::Duration;
 
 use super::sock_diag::TcpSocket;
 
@@ -45,6 +54,8 @@ pub enum Busy {
     UndeliveredResponse { bytes: u32 },
     /// A request was read and its answer has not been sent.
     RequestBeingServed,
+    /// Data moved this many milliseconds ago, less than the quiet period.
+    RecentlyActive { ms: u32 },
     /// No TCP_INFO: the state cannot be judged.
     Unknown,
 }
@@ -72,13 +83,14 @@ impl std::fmt::Display for Busy {
                 write!(f, "{bytes} bytes sent, not yet acknowledged")
             }
             Busy::RequestBeingServed => f.write_str("request read, not yet answered"),
+            Busy::RecentlyActive { ms } => write!(f, "data moved {ms} ms ago"),
             Busy::Unknown => f.write_str("no TCP_INFO"),
         }
     }
 }
 
 /// Classifies a connection by the rules in this module's documentation.
-pub fn classify(socket: &TcpSocket) -> Activity {
+pub fn classify(socket: &TcpSocket, quiet_period: Duration) -> Activity {
     if socket.recv_queue > 0 {
         return Activity::InFlight(Busy::UnreadRequest {
             bytes: socket.recv_queue,
@@ -99,6 +111,10 @@ pub fn classify(socket: &TcpSocket) -> Activity {
     if received_after_last_send || same_millisecond_unanswered {
         return Activity::InFlight(Busy::RequestBeingServed);
     }
+    let quiet_for = info.last_data_recv_ms.min(info.last_data_sent_ms);
+    if u128::from(quiet_for) < quiet_period.as_millis() {
+        return Activity::InFlight(Busy::RecentlyActive { ms: quiet_for });
+    }
     Activity::Idle
 }
 
@@ -108,6 +124,13 @@ mod tests {
 
     use super::*;
     use crate::inventory::sock_diag::{SocketId, TcpInfo, TcpState};
+
+    /// Below every stamp in these fixtures, so only rules 1 to 4 and 6 decide.
+    const QUIET: Duration = Duration::from_millis(100);
+
+    fn classify(socket: &TcpSocket) -> Activity {
+        super::classify(socket, QUIET)
+    }
 
     fn socket(recv_queue: u32, send_queue: u32, info: Option<TcpInfo>) -> TcpSocket {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
@@ -280,6 +303,35 @@ mod tests {
             ..answered()
         };
         assert!(!classify(&socket(0, 0, Some(info))).is_idle());
+    }
+
+    #[test]
+    fn data_within_the_quiet_period_is_in_flight() {
+        let info = TcpInfo {
+            last_data_sent_ms: 80,
+            last_data_recv_ms: 2412,
+            ..answered()
+        };
+        let socket = socket(0, 0, Some(info));
+        assert_eq!(
+            super::classify(&socket, Duration::from_millis(100)),
+            Activity::InFlight(Busy::RecentlyActive { ms: 80 })
+        );
+        assert_eq!(
+            super::classify(&socket, Duration::from_millis(80)),
+            Activity::Idle
+        );
+        assert_eq!(super::classify(&socket, Duration::ZERO), Activity::Idle);
+    }
+
+    #[test]
+    fn a_fresh_silent_connection_waits_for_the_quiet_period() {
+        let info = TcpInfo {
+            last_data_sent_ms: 30,
+            last_data_recv_ms: 30,
+            ..TcpInfo::default()
+        };
+        assert!(!super::classify(&socket(0, 0, Some(info)), Duration::from_secs(1)).is_idle());
     }
 
     #[test]

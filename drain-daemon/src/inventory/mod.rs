@@ -16,7 +16,7 @@ pub mod classify;
 pub mod owners;
 pub mod sock_diag;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 pub use classify::{classify, Activity, Busy};
 pub use owners::SocketOwner;
@@ -91,13 +91,16 @@ fn open_states() -> TcpStates {
 pub struct Inventory {
     diag: SockDiag,
     owner_pids: Vec<i32>,
+    quiet_period: Duration,
 }
 
 impl Inventory {
-    pub fn new() -> Result<Self, InventoryError> {
+    /// An inventory judging connections with `quiet_period` ([`classify`], rule 5).
+    pub fn new(quiet_period: Duration) -> Result<Self, InventoryError> {
         Ok(Self {
             diag: SockDiag::open()?,
             owner_pids: Vec::new(),
+            quiet_period,
         })
     }
 
@@ -136,6 +139,7 @@ impl Inventory {
         listener_pids.sort_unstable();
         listener_pids.dedup();
 
+        let quiet_period = self.quiet_period;
         let connections = accepted
             .into_iter()
             .filter(|socket| socket.inode != 0)
@@ -147,7 +151,7 @@ impl Inventory {
                     .as_ref()
                     .is_none_or(|owner| listener_pids.binary_search(&owner.pid).is_ok());
                 belongs.then(|| Connection {
-                    activity: classify(&socket),
+                    activity: classify(&socket, quiet_period),
                     owner,
                     socket,
                 })
@@ -168,7 +172,7 @@ impl Inventory {
             .diag
             .get(id)?
             .filter(|socket| open_states().contains(socket.state))
-            .map(|socket| classify(&socket)))
+            .map(|socket| classify(&socket, self.quiet_period)))
     }
 
     /// SOCK_DESTROY one connection (abortive close; the peer gets a RST).
