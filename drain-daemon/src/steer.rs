@@ -110,12 +110,16 @@ impl Steering {
                 None
             }
         };
-        let mut steering = match pin_dir.as_deref().map(open_pinned).transpose()? {
-            Some(Some(pinned)) => {
-                info!(port, dir = %pin_dir.as_ref().unwrap().display(), "reusing the pinned steering of an earlier drain");
+        let reused = match pin_dir.as_deref() {
+            Some(dir) => open_pinned(dir)?,
+            None => None,
+        };
+        let mut steering = match reused {
+            Some(pinned) => {
+                info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
                 pinned
             }
-            _ => load_and_attach(port, &netns, pin_dir)?,
+            None => load_and_attach(port, &netns, pin_dir)?,
         };
         steering.replace_listeners(listeners)?;
         Ok(steering)
@@ -428,5 +432,46 @@ fn classify_program_error(err: ProgramError) -> SteerError {
             SteerError::Unsupported(err)
         }
         _ => SteerError::Program(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syscall_error(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn kernel_refusals_are_told_apart() {
+        assert!(matches!(
+            classify_program_error(syscall_error(libc::EPERM)),
+            SteerError::PermissionDenied(_)
+        ));
+        // What a kernel without sk_lookup (before 5.9) answers to the program type or
+        // the attach type.
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP] {
+            let err = classify_program_error(syscall_error(errno));
+            assert!(matches!(err, SteerError::Unsupported(_)), "{err}");
+            assert!(err.to_string().contains("Linux 5.9"), "{err}");
+        }
+        assert!(matches!(
+            classify_program_error(syscall_error(libc::ENOMEM)),
+            SteerError::Program(_)
+        ));
+    }
+
+    #[test]
+    fn pin_directories_name_namespace_and_port() {
+        let dir = pin_dir(4026531840, 8080);
+        assert_eq!(
+            dir,
+            Path::new("/sys/fs/bpf/drain-daemon/netns-4026531840/port-8080")
+        );
+        assert_eq!(port_of_pin_dir(&dir), 8080);
     }
 }

@@ -612,7 +612,7 @@ impl SockDiag {
         }
         let bytecode = port_filter_bytecode(port);
         for family in [AF_INET, AF_INET6] {
-            self.dump_family(family, states, &bytecode, &mut f)?;
+            self.dump_family(family, states, Some(&bytecode), &mut f)?;
         }
         Ok(())
     }
@@ -707,11 +707,23 @@ impl SockDiag {
     }
 
     /// One dump of `family` with the filter program `bytecode`.
+    /// All TCP sockets, IPv4 and IPv6, whose state is in `states`, with `TCP_INFO` (no port
+    /// filter: meant for small sets such as every listener of the namespace).
+    pub fn dump_all(&mut self, states: TcpStates) -> Result<Vec<TcpSocket>> {
+        let mut sockets = Vec::new();
+        if !states.is_empty() {
+            for family in [AF_INET, AF_INET6] {
+                self.dump_family(family, states, None, &mut |s| sockets.push(s))?;
+            }
+        }
+        Ok(sockets)
+    }
+
     fn dump_family(
         &mut self,
         family: u8,
         states: TcpStates,
-        bytecode: &[u8],
+        bytecode: Option<&[u8]>,
         f: &mut dyn FnMut(TcpSocket),
     ) -> Result<()> {
         let request = if family == AF_INET {
@@ -729,7 +741,7 @@ impl SockDiag {
                 family,
                 states,
                 &[0; INET_DIAG_SOCKID_LEN],
-                Some(bytecode),
+                bytecode,
             );
             this.send(request)?;
             this.read_replies(seq, request, |reply| match reply {
