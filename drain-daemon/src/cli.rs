@@ -16,6 +16,9 @@ use tracing::{debug, info, warn};
 use crate::{
     control::{self, Client, ErrorKind, Reply, Request},
     drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Progress},
+    inventory::{Inventory, SourceKind},
+    netns,
+    status::{self, Status},
     steer,
 };
 
@@ -83,6 +86,42 @@ pub enum Command {
     Drain(DrainArgs),
     /// Stop refusing new connections to a port (undo a drain whose listener stays).
     Release(ReleaseArgs),
+    /// Show each port's listeners, connections (idle / in flight) and drain.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Only this port (default: every port with a TCP listener).
+    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only this local address (listeners bound to it or to the wildcard address).
+    #[arg(short, long, requires = "port")]
+    pub address: Option<std::net::IpAddr>,
+    /// Print one JSON object (the stable format scripts use; see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Where to read sockets from (default: sock_diag, or /proc/net/tcp where it fails).
+    #[arg(long, value_enum)]
+    pub inventory_source: Option<InventorySource>,
+    /// Judge connections idle after this long without data (as `drain` does).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub quiet_period: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InventorySource {
+    SockDiag,
+    Procfs,
+}
+
+impl From<InventorySource> for SourceKind {
+    fn from(source: InventorySource) -> Self {
+        match source {
+            InventorySource::SockDiag => SourceKind::SockDiag,
+            InventorySource::Procfs => SourceKind::Procfs,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,13 +233,18 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Exit {
-    let route = match Route::choose(&cli).await {
-        Ok(route) => route,
-        Err(exit) => return exit,
-    };
+    let route = || Route::choose(cli.daemon_socket.as_deref(), cli.standalone);
     match cli.command {
-        Command::Drain(args) => run_drain(args, route).await,
-        Command::Release(args) => run_release(args, route).await,
+        Command::Drain(args) => match route().await {
+            Ok(route) => run_drain(args, route).await,
+            Err(exit) => exit,
+        },
+        Command::Release(args) => match route().await {
+            Ok(route) => run_release(args, route).await,
+            Err(exit) => exit,
+        },
+        // Status only reads the kernel's tables: no daemon involved.
+        Command::Status(args) => run_status(args),
     }
 }
 
@@ -211,20 +255,17 @@ enum Route {
 }
 
 impl Route {
-    async fn choose(cli: &Cli) -> Result<Route, Exit> {
-        if cli.standalone {
+    async fn choose(daemon_socket: Option<&Path>, standalone: bool) -> Result<Route, Exit> {
+        if standalone {
             return Ok(Route::Standalone);
         }
-        let path = cli
-            .daemon_socket
-            .as_deref()
-            .unwrap_or(Path::new(control::DEFAULT_SOCKET));
+        let path = daemon_socket.unwrap_or(Path::new(control::DEFAULT_SOCKET));
         match Client::connect(path).await {
             Ok(client) => {
                 debug!(socket = %path.display(), "using drain-daemon");
                 Ok(Route::Daemon(client))
             }
-            Err(err) if cli.daemon_socket.is_some() => {
+            Err(err) if daemon_socket.is_some() => {
                 eprintln!(
                     "drainctl: {err}: is drain-daemon running? (--standalone drains without it)"
                 );
@@ -320,7 +361,7 @@ async fn drain_via_daemon(
     plan: &DrainPlan,
     progress: &mut ProgressLog,
 ) -> Result<Option<DrainReport>, Failure> {
-    let netns_inode = control::current_netns_inode().map_err(|err| Failure {
+    let netns_inode = netns::current_inode().map_err(|err| Failure {
         exit: Exit::Failure,
         message: format!("reading /proc/self/ns/net: {err}"),
     })?;
@@ -435,7 +476,7 @@ async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
 
 /// `Ok(None)`: the daemon serves another network namespace.
 async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<bool>, Failure> {
-    let netns_inode = control::current_netns_inode().map_err(|err| Failure {
+    let netns_inode = netns::current_inode().map_err(|err| Failure {
         exit: Exit::Failure,
         message: format!("reading /proc/self/ns/net: {err}"),
     })?;
@@ -454,6 +495,109 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
             exit: Exit::Failure,
             message: format!("drain-daemon answered a release with {other:?}"),
         }),
+    }
+}
+
+fn run_status(args: StatusArgs) -> Exit {
+    let status = Inventory::with_source(args.quiet_period, args.inventory_source.map(Into::into))
+        .and_then(|mut inventory| status::status(&mut inventory, args.port, args.address));
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("drainctl: {err}");
+            return Exit::Failure;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&status) {
+            Ok(json) => println!("{json}"),
+            Err(err) => {
+                eprintln!("drainctl: cannot encode the status: {err}");
+                return Exit::Failure;
+            }
+        }
+    } else {
+        print_status(&status);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        warn!("not root: owners in other users' processes are not shown");
+    }
+    Exit::Drained
+}
+
+fn print_status(status: &Status) {
+    if status.ports.is_empty() {
+        println!("no TCP listener in this network namespace");
+        return;
+    }
+    println!(
+        "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  DRAIN",
+        "PORT", "LISTENER", "OWNERS", "ACCEPT-Q", "CONNS", "IDLE", "IN-FLIGHT"
+    );
+    for port in &status.ports {
+        let drain = match (&port.drain, port.refusing_new_connections) {
+            (Some(drain), _) if drain.running => format!(
+                "draining {:.1}s of {:.0}s, {} closed, {} refused (pid {})",
+                drain.elapsed_ms as f64 / 1000.0,
+                drain.timeout_ms as f64 / 1000.0,
+                drain.closed,
+                drain.refused,
+                drain.pid
+            ),
+            (Some(drain), refusing) => format!(
+                "{:?} after {:.1}s, {} closed{}",
+                drain.phase,
+                drain.elapsed_ms as f64 / 1000.0,
+                drain.closed,
+                if refusing {
+                    "; refusing new connections"
+                } else {
+                    ""
+                }
+            ),
+            (None, true) => "refusing new connections".to_string(),
+            (None, false) => "-".to_string(),
+        };
+        let mut listeners = port.listeners.iter();
+        let first = listeners.next();
+        let listener_row = |listener: Option<&status::ListenerStatus>| match listener {
+            Some(listener) => (
+                listener.address.to_string(),
+                listener
+                    .owners
+                    .iter()
+                    .map(|owner| format!("{}/{}", owner.pid, owner.command))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match listener.accept_queue_limit {
+                    Some(limit) => format!("{}/{limit}", listener.accept_queue),
+                    None => listener.accept_queue.to_string(),
+                },
+            ),
+            None => (
+                "(no listener)".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+            ),
+        };
+        let (address, owners, queue) = listener_row(first);
+        println!(
+            "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  {drain}",
+            port.port,
+            address,
+            owners,
+            queue,
+            port.connections.total,
+            port.connections.idle,
+            port.connections.in_flight
+        );
+        for listener in listeners {
+            let (address, owners, queue) = listener_row(Some(listener));
+            println!("{:<6} {address:<28} {owners:<24} {queue:>9}", "");
+        }
+    }
+    if status.source == SourceKind::Procfs {
+        println!("(read from /proc/net/tcp: without TCP_INFO no connection is judged idle)");
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
-    steer,
+    netns, steer,
 };
 
 /// Where `drain-daemon` listens unless told otherwise.
@@ -94,12 +94,6 @@ pub enum ControlError {
     Closed,
 }
 
-/// The inode of the caller's network namespace.
-pub fn current_netns_inode() -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata("/proc/self/ns/net")?.ino())
-}
-
 /// A client connection carrying one request.
 pub struct Client {
     lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
@@ -139,7 +133,7 @@ impl Client {
 
 /// Serves clients on `listener` until the process ends.
 pub async fn serve(listener: UnixListener) -> io::Result<()> {
-    let own_netns = current_netns_inode()?;
+    let own_netns = netns::current_inode()?;
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {

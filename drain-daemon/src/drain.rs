@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
+    announce::Announcer,
     close::{close_if_idle, send_fin, CloseMethod, CloseOutcome},
     inventory::{Connection, Inventory, InventoryError, Listener, PortInventory},
+    netns,
     pidfd::{self, PidfdError},
     steer::{Persistence, SteerError, Steering},
 };
@@ -190,6 +192,9 @@ pub async fn drain(
         "new connections are refused; draining"
     );
 
+    let mut announcer = netns::current_inode()
+        .ok()
+        .map(|inode| Announcer::new(inode, port, plan.timeout));
     let started = Instant::now();
     let deadline = started + plan.timeout;
     let mut tally = Tally::default();
@@ -205,7 +210,7 @@ pub async fn drain(
         }
         let closed_now = close_idle(&mut inventory, &snapshot, &mut tally, plan.close_grace);
         let now = Instant::now();
-        progress(&Progress {
+        let pass = Progress {
             elapsed_ms: (now - started).as_millis() as u64,
             time_left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
             idle: snapshot.idle().count() - closed_now.len(),
@@ -213,7 +218,11 @@ pub async fn drain(
             accept_queue: snapshot.accept_queue(),
             closed: tally.closed_gracefully + tally.closed_abortively,
             refused: steering.refused_connections(),
-        });
+        };
+        if let Some(announcer) = &mut announcer {
+            announcer.progress(&pass);
+        }
+        progress(&pass);
         if now >= deadline {
             let mut remaining = snapshot;
             remaining
@@ -228,6 +237,9 @@ pub async fn drain(
     };
 
     let refused_connections = steering.refused_connections();
+    if let Some(announcer) = &mut announcer {
+        announcer.finish(outcome, refused_connections);
+    }
     let pinned_at = match steering.persistence() {
         Persistence::Pinned(dir) => Some(dir.display().to_string()),
         Persistence::Process => None,

@@ -5,15 +5,19 @@
 //! listener still holds (sock_diag with TCP_INFO, procfs for owners), [`close`] closes
 //! idle connections gracefully from outside the owning process (borrowing its socket
 //! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
-//! [`cli`] is `drainctl`'s command line; [`daemon`] is `drain-daemon`, serving
+//! [`status`] reports what ports hold and which drains run. [`cli`] is `drainctl`'s
+//! command line; [`daemon`] is `drain-daemon`, serving
 //! `drainctl` through the [`control`] API.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod cli;
 pub mod close;
 pub mod control;
 pub mod daemon;
 pub mod drain;
 pub mod inventory;
+pub mod netns;
 pub mod pidfd;
+pub mod status;
 pub mod steer;

@@ -19,7 +19,6 @@ use std::{
     collections::BTreeSet,
     fs, io,
     os::fd::{AsRawFd, BorrowedFd},
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -31,6 +30,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use drain_common::{LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, REFUSED_MAP};
 use tracing::{debug, info, warn};
+
+use crate::netns;
 
 /// The sk_lookup program, built by this crate's build script.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
@@ -98,8 +99,7 @@ impl Steering {
         if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
             return Err(SteerError::TooManyListeners { port });
         }
-        let netns = fs::File::open("/proc/self/ns/net").map_err(SteerError::Netns)?;
-        let netns_inode = netns.metadata().map_err(SteerError::Netns)?.ino();
+        let (netns, netns_inode) = netns::open_current().map_err(SteerError::Netns)?;
         let pin_dir = match ensure_bpffs() {
             Ok(()) => {
                 sweep_stale();
@@ -185,9 +185,7 @@ impl Steering {
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
 /// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
 pub fn release(port: u16) -> Result<bool, SteerError> {
-    let netns_inode = fs::metadata("/proc/self/ns/net")
-        .map_err(SteerError::Netns)?
-        .ino();
+    let netns_inode = netns::current_inode().map_err(SteerError::Netns)?;
     let dir = pin_dir(netns_inode, port);
     if !dir.exists() {
         return Ok(false);
@@ -220,6 +218,12 @@ pub fn sweep_stale() {
         // Fails while other ports of that namespace remain: that is intended.
         let _ = fs::remove_dir(namespace.path());
     }
+}
+
+/// Whether new connections to `port` are refused in this network namespace by a pinned
+/// drain (one whose listeners are still open).
+pub fn is_refusing(port: u16) -> bool {
+    netns::current_inode().is_ok_and(|inode| has_open_listeners(&pin_dir(inode, port)))
 }
 
 fn pin_dir(netns_inode: u64, port: u16) -> PathBuf {

@@ -3,8 +3,9 @@
 //! For one port in the current network namespace: the listening sockets with their
 //! owner processes and accept queues, and every connection those processes accepted on
 //! it, each classified idle or in flight ([`classify`]). Sockets come from netlink
-//! sock_diag with TCP_INFO, filtered by port in the kernel ([`sock_diag`]); owners come
-//! from procfs ([`owners`]).
+//! sock_diag with TCP_INFO, filtered by port in the kernel ([`sock_diag`]), or where
+//! that is unavailable from `/proc/net/tcp{,6}` ([`procfs`], without TCP_INFO); owners
+//! come from procfs ([`owners`]).
 //!
 //! A connection counts for the listener when its owner is one of the listener's owners.
 //! With steering the kernel may hand a connection to port P to another listener (one
@@ -14,9 +15,13 @@
 
 pub mod classify;
 pub mod owners;
+pub mod procfs;
 pub mod sock_diag;
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, io, net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 pub use classify::{classify, Activity, Busy};
 pub use owners::SocketOwner;
@@ -27,6 +32,25 @@ use sock_diag::{SockDiag, SockDiagError, SocketId, TcpSocket, TcpState, TcpState
 pub enum InventoryError {
     #[error(transparent)]
     SockDiag(#[from] SockDiagError),
+    #[error("reading /proc/net/tcp: {0}")]
+    Procfs(#[source] io::Error),
+    #[error("{0} is not available from /proc/net/tcp (needs netlink sock_diag)")]
+    NeedsSockDiag(&'static str),
+}
+
+/// Where the socket lists come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Netlink sock_diag: filtered by port in the kernel, with TCP_INFO and cookies.
+    SockDiag,
+    /// `/proc/net/tcp{,6}`: no TCP_INFO, so no connection is judged idle.
+    Procfs,
+}
+
+enum Source {
+    SockDiag(SockDiag),
+    Procfs,
 }
 
 /// A listening socket and the processes holding it.
@@ -89,25 +113,99 @@ fn open_states() -> TcpStates {
 /// Reads port inventories; keeps the netlink socket and the known owner processes
 /// between scans so repeated scans of a drain stay cheap.
 pub struct Inventory {
-    diag: SockDiag,
+    source: Source,
     owner_pids: Vec<i32>,
     quiet_period: Duration,
 }
 
 impl Inventory {
-    /// An inventory judging connections with `quiet_period` ([`classify`], rule 5).
+    /// An inventory judging connections with `quiet_period` ([`classify`], rule 5),
+    /// reading sock_diag, or `/proc/net/tcp` (with a warning) where sock_diag fails.
     pub fn new(quiet_period: Duration) -> Result<Self, InventoryError> {
+        Self::with_source(quiet_period, None)
+    }
+
+    /// Like [`Inventory::new`], with the source forced when `source` is given.
+    pub fn with_source(
+        quiet_period: Duration,
+        source: Option<SourceKind>,
+    ) -> Result<Self, InventoryError> {
+        let source = match source {
+            Some(SourceKind::Procfs) => Source::Procfs,
+            Some(SourceKind::SockDiag) => Source::SockDiag(open_sock_diag()?),
+            None => match open_sock_diag() {
+                Ok(diag) => Source::SockDiag(diag),
+                Err(err) => {
+                    warn!("netlink sock_diag is unavailable ({err}); reading /proc/net/tcp instead, without TCP_INFO, so no connection is judged idle");
+                    Source::Procfs
+                }
+            },
+        };
         Ok(Self {
-            diag: SockDiag::open()?,
+            source,
             owner_pids: Vec::new(),
             quiet_period,
         })
     }
 
+    /// Which source this inventory reads.
+    pub fn source(&self) -> SourceKind {
+        match self.source {
+            Source::SockDiag(_) => SourceKind::SockDiag,
+            Source::Procfs => SourceKind::Procfs,
+        }
+    }
+
+    /// Every port with a TCP listener in this network namespace, ascending.
+    pub fn listening_ports(&mut self) -> Result<Vec<u16>, InventoryError> {
+        let listeners = match &mut self.source {
+            Source::SockDiag(diag) => diag.dump_all(TcpStates::LISTEN)?,
+            Source::Procfs => {
+                procfs::read_all(TcpStates::LISTEN).map_err(InventoryError::Procfs)?
+            }
+        };
+        let mut ports: Vec<u16> = listeners.iter().map(|l| l.id.local.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Ok(ports)
+    }
+
+    fn read_port(
+        &mut self,
+        port: u16,
+        states: TcpStates,
+    ) -> Result<Vec<TcpSocket>, InventoryError> {
+        match &mut self.source {
+            Source::SockDiag(diag) => Ok(diag.dump_port(port, states)?),
+            Source::Procfs => procfs::read_port(port, states).map_err(InventoryError::Procfs),
+        }
+    }
+
+    /// The port's listeners and connections now, limited to one local address when
+    /// `address` is given (listeners bound to it or to the wildcard address).
+    pub fn scan_address(
+        &mut self,
+        port: u16,
+        address: Option<IpAddr>,
+    ) -> Result<PortInventory, InventoryError> {
+        let mut inventory = self.scan(port)?;
+        if let Some(address) = address {
+            let address = address.to_canonical();
+            inventory.listeners.retain(|listener| {
+                let ip = listener.socket.id.local.ip().to_canonical();
+                ip == address || ip.is_unspecified()
+            });
+            inventory
+                .connections
+                .retain(|c| c.socket.id.local.ip().to_canonical() == address);
+        }
+        Ok(inventory)
+    }
+
     /// The port's listeners and connections now.
     pub fn scan(&mut self, port: u16) -> Result<PortInventory, InventoryError> {
         let states = open_states().with(TcpState::Listen);
-        let sockets = self.diag.dump_port(port, states)?;
+        let sockets = self.read_port(port, states)?;
         let inodes: HashSet<u64> = sockets
             .iter()
             .map(|s| s.inode)
@@ -168,15 +266,32 @@ impl Inventory {
     /// Re-reads one connection by its exact identity (4-tuple and cookie): its activity
     /// now, or `None` once it is closed or no longer open.
     pub fn recheck(&mut self, id: &SocketId) -> Result<Option<Activity>, InventoryError> {
-        Ok(self
-            .diag
-            .get(id)?
+        let socket = match &mut self.source {
+            Source::SockDiag(diag) => diag.get(id)?,
+            Source::Procfs => procfs::read_port(id.local.port(), open_states())
+                .map_err(InventoryError::Procfs)?
+                .into_iter()
+                .find(|socket| socket.id.local == id.local && socket.id.remote == id.remote),
+        };
+        Ok(socket
             .filter(|socket| open_states().contains(socket.state))
             .map(|socket| classify(&socket, self.quiet_period)))
     }
 
     /// SOCK_DESTROY one connection (abortive close; the peer gets a RST).
     pub fn destroy(&mut self, id: &SocketId) -> Result<(), InventoryError> {
-        Ok(self.diag.destroy(id)?)
+        match &mut self.source {
+            Source::SockDiag(diag) => Ok(diag.destroy(id)?),
+            Source::Procfs => Err(InventoryError::NeedsSockDiag("SOCK_DESTROY")),
+        }
     }
+}
+
+/// Opens sock_diag and checks that TCP dumps work (the netlink family can exist without
+/// the inet_diag module).
+fn open_sock_diag() -> Result<SockDiag, InventoryError> {
+    let mut diag = SockDiag::open()?;
+    // Port 0 matches nothing: only the kernel's answer matters.
+    diag.dump_port(0, TcpStates::LISTEN)?;
+    Ok(diag)
 }

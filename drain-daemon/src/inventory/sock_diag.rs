@@ -1719,7 +1719,7 @@ mod tests {
             (v.len() == 2).then_some(v)
         });
         let mut by_eq = Vec::new();
-        diag.dump_family(AF_INET, TcpStates::ALL, &s_eq, &mut |s| by_eq.push(s))
+        diag.dump_family(AF_INET, TcpStates::ALL, Some(&s_eq), &mut |s| by_eq.push(s))
             .unwrap();
         assert_eq!(ids(by_cond), ids(by_eq));
     }
@@ -1732,7 +1732,7 @@ mod tests {
             .dump_family(
                 AF_INET,
                 TcpStates::ALL,
-                &[INET_DIAG_BC_S_COND, 2, 0, 0],
+                Some(&[INET_DIAG_BC_S_COND, 2, 0, 0]),
                 &mut |_| (),
             )
             .unwrap_err();

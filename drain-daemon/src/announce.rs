@@ -1,0 +1,187 @@
+//! Drains announce themselves so `drainctl status` can show them.
+//!
+//! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). Each
+//! pass it rewrites a small JSON record at
+//! `/run/drain-daemon/drains/netns-<inode>/port-<port>.json` (atomically: write, then
+//! rename), and a last time with its outcome. `status` reads the record and checks that
+//! its process is still alive, so a killed drain shows as such instead of running
+//! forever. Announcing is best effort: a drain never fails because it could not write.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::drain::{Outcome, Progress};
+
+const RECORD_ROOT: &str = "/run/drain-daemon/drains";
+
+/// Where a drain stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Refusing new connections, closing idle ones, waiting for the rest.
+    Draining,
+    Drained,
+    DeadlineReached,
+    Cancelled,
+}
+
+impl From<Outcome> for Phase {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Drained => Phase::Drained,
+            Outcome::DeadlineReached => Phase::DeadlineReached,
+            Outcome::Cancelled => Phase::Cancelled,
+        }
+    }
+}
+
+/// What a drain announces.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainRecord {
+    /// The process running the drain.
+    pub pid: u32,
+    pub port: u16,
+    pub phase: Phase,
+    pub started_unix_ms: u64,
+    pub timeout_ms: u64,
+    pub updated_unix_ms: u64,
+    /// Idle connections closed so far.
+    pub closed: u64,
+    /// New connections refused so far.
+    pub refused: u64,
+    pub idle: usize,
+    pub in_flight: usize,
+    pub accept_queue: u32,
+}
+
+impl DrainRecord {
+    /// Whether the process that wrote the record is still alive.
+    pub fn process_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// Keeps a drain's record up to date.
+pub struct Announcer {
+    path: PathBuf,
+    record: DrainRecord,
+}
+
+impl Announcer {
+    pub fn new(netns_inode: u64, port: u16, timeout: Duration) -> Self {
+        let now = unix_ms();
+        Self {
+            path: record_path(netns_inode, port),
+            record: DrainRecord {
+                pid: std::process::id(),
+                port,
+                phase: Phase::Draining,
+                started_unix_ms: now,
+                timeout_ms: timeout.as_millis() as u64,
+                updated_unix_ms: now,
+                closed: 0,
+                refused: 0,
+                idle: 0,
+                in_flight: 0,
+                accept_queue: 0,
+            },
+        }
+    }
+
+    pub fn progress(&mut self, progress: &Progress) {
+        self.record.closed = progress.closed;
+        self.record.refused = progress.refused;
+        self.record.idle = progress.idle;
+        self.record.in_flight = progress.in_flight;
+        self.record.accept_queue = progress.accept_queue;
+        self.write();
+    }
+
+    pub fn finish(&mut self, outcome: Outcome, refused: u64) {
+        self.record.phase = outcome.into();
+        self.record.refused = refused;
+        if outcome == Outcome::Drained {
+            self.record.idle = 0;
+            self.record.in_flight = 0;
+            self.record.accept_queue = 0;
+        }
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.record.updated_unix_ms = unix_ms();
+        if let Err(err) = write_atomically(&self.path, &self.record) {
+            debug!(path = %self.path.display(), "cannot announce the drain: {err}");
+        }
+    }
+}
+
+/// The last record of a drain of `port` in the network namespace `netns_inode`.
+pub fn read(netns_inode: u64, port: u16) -> Option<DrainRecord> {
+    let text = fs::read_to_string(record_path(netns_inode, port)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn record_path(netns_inode: u64, port: u16) -> PathBuf {
+    Path::new(RECORD_ROOT).join(format!("netns-{netns_inode}/port-{port}.json"))
+}
+
+fn write_atomically(path: &Path, record: &DrainRecord) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let temporary = path.with_extension(format!("json.{}", std::process::id()));
+    fs::write(&temporary, serde_json::to_vec(record)?)?;
+    fs::rename(&temporary, path)
+}
+
+/// Milliseconds since the Unix epoch, the time base of the records.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_as_documented_json() {
+        let record = DrainRecord {
+            pid: 42,
+            port: 8080,
+            phase: Phase::DeadlineReached,
+            started_unix_ms: 1,
+            timeout_ms: 30_000,
+            updated_unix_ms: 2,
+            closed: 3,
+            refused: 4,
+            idle: 0,
+            in_flight: 1,
+            accept_queue: 0,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""phase":"deadline_reached""#), "{json}");
+        assert_eq!(serde_json::from_str::<DrainRecord>(&json).unwrap(), record);
+    }
+
+    #[test]
+    fn a_dead_writer_is_detected() {
+        let mut record = serde_json::from_str::<DrainRecord>(
+            r#"{"pid":0,"port":1,"phase":"draining","started_unix_ms":0,"timeout_ms":0,
+                "updated_unix_ms":0,"closed":0,"refused":0,"idle":0,"in_flight":0,"accept_queue":0}"#,
+        )
+        .unwrap();
+        record.pid = std::process::id();
+        assert!(record.process_alive());
+        record.pid = u32::MAX - 1;
+        assert!(!record.process_alive());
+    }
+}
