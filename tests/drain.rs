@@ -290,7 +290,24 @@ fn release_undoes_a_finished_drain() {
 }
 
 #[test]
-fn dual_stack_listener_refuses_ipv4_and_ipv6() {
+fn a_dual_stack_listener_is_refused_over_ipv4_and_ipv6() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events) = spawn_demo_server(["--listen", "[::]:8080", "--dual-stack"]);
+    _events.wait_listening(5 * SECOND).expect("listening");
+    let _v4_client = KeepAliveClient::connect("127.0.0.1:8080").expect("IPv4 reaches [::]");
+    let output = run_drainctl(
+        ["drain", "--port", "8080", "--quiet-period", "0s"],
+        20 * SECOND,
+    );
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_refused_at_once("127.0.0.1:8080".parse().unwrap());
+    assert_refused_at_once("[::1]:8080".parse().unwrap());
+}
+
+#[test]
+fn ipv4_and_ipv6_listeners_of_a_port_are_both_refused() {
     let Some(_netns) = Netns::require() else {
         return;
     };

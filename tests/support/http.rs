@@ -531,9 +531,14 @@ fn respond(w: &mut TcpStream, req: &Request, keep: bool) -> io::Result<(u16, usi
 }
 
 /// Binds a TCP listener the way `TcpListener::bind` does (SO_REUSEADDR, backlog 1024),
-/// plus SO_REUSEPORT when `reuseport` is set, and IPV6_V6ONLY on IPv6 addresses so that
-/// `[::]:P` and `0.0.0.0:P` can be bound side by side (and `[::]` never catches IPv4).
-pub fn bind_listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
+/// plus SO_REUSEPORT when `reuseport` is set. IPv6 listeners are IPv6-only (so `[::]:P`
+/// and `0.0.0.0:P` can be bound side by side) unless `dual_stack` is set: then `[::]:P`
+/// also takes IPv4, whose connections show as v4-mapped sockets.
+pub fn bind_listener(
+    addr: SocketAddr,
+    reuseport: bool,
+    dual_stack: bool,
+) -> io::Result<TcpListener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -544,7 +549,7 @@ pub fn bind_listener(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListene
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
     if addr.is_ipv6() {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!dual_stack)?;
     }
     use std::os::fd::AsRawFd;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;

@@ -2,7 +2,7 @@
 //! separate process like a real server (drain-daemon acts on *another* process's sockets
 //! via pidfd_getfd and sk_lookup, so the server must not live inside the test process).
 //!
-//! Usage: `drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport]`
+//! Usage: `drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack]`
 //!
 //! Prints the events of [`drain_tests::http::serve`] on stdout, one per line, starting with
 //! one `listening <addr>` per listener (port 0 prints the port chosen). Runs until SIGTERM or
@@ -16,11 +16,13 @@ use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, Signal};
 
-const USAGE: &str = "usage: drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport]";
+const USAGE: &str =
+    "usage: drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack]";
 
 fn main() -> ExitCode {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut reuseport = false;
+    let mut dual_stack = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
                 None => return usage("--listen needs an address"),
             },
             "--reuseport" => reuseport = true,
+            "--dual-stack" => dual_stack = true,
             "-h" | "--help" => {
                 let _ = writeln!(std::io::stdout(), "{USAGE}");
                 return ExitCode::SUCCESS;
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
 
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in &addrs {
-        match drain_tests::bind_listener(*addr, reuseport) {
+        match drain_tests::bind_listener(*addr, reuseport, dual_stack) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 eprintln!("drain-demo-server: bind {addr}: {e}");
