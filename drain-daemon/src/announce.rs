@@ -5,7 +5,9 @@
 //! `/run/drain-daemon/drains/netns-<inode>/port-<port>.json` (atomically: write, then
 //! rename), and a last time with its outcome. `status` reads the record and checks that
 //! its process is still alive, so a killed drain shows as such instead of running
-//! forever. Announcing is best effort: a drain never fails because it could not write.
+//! forever. A record names the listeners it drained (socket inodes): namespace inodes
+//! are reused, and a record is only about a listener that still exists. Announcing is
+//! best effort: a drain never fails because it could not write.
 
 use std::{
     fs, io,
@@ -47,6 +49,8 @@ pub struct DrainRecord {
     /// The process running the drain.
     pub pid: u32,
     pub port: u16,
+    /// Socket inodes of the drained listeners.
+    pub listener_inodes: Vec<u64>,
     pub phase: Phase,
     pub started_unix_ms: u64,
     pub timeout_ms: u64,
@@ -61,6 +65,13 @@ pub struct DrainRecord {
 }
 
 impl DrainRecord {
+    /// Whether the record is about one of these listeners (socket inodes).
+    pub fn concerns_any(&self, listener_inodes: &[u64]) -> bool {
+        listener_inodes
+            .iter()
+            .any(|inode| self.listener_inodes.contains(inode))
+    }
+
     /// Whether the process that wrote the record is still alive.
     pub fn process_alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists()
@@ -74,13 +85,14 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    pub fn new(netns_inode: u64, port: u16, timeout: Duration) -> Self {
+    pub fn new(netns_inode: u64, port: u16, listener_inodes: Vec<u64>, timeout: Duration) -> Self {
         let now = unix_ms();
         Self {
             path: record_path(netns_inode, port),
             record: DrainRecord {
                 pid: std::process::id(),
                 port,
+                listener_inodes,
                 phase: Phase::Draining,
                 started_unix_ms: now,
                 timeout_ms: timeout.as_millis() as u64,
@@ -157,6 +169,7 @@ mod tests {
         let record = DrainRecord {
             pid: 42,
             port: 8080,
+            listener_inodes: vec![7],
             phase: Phase::DeadlineReached,
             started_unix_ms: 1,
             timeout_ms: 30_000,
@@ -170,12 +183,14 @@ mod tests {
         let json = serde_json::to_string(&record).unwrap();
         assert!(json.contains(r#""phase":"deadline_reached""#), "{json}");
         assert_eq!(serde_json::from_str::<DrainRecord>(&json).unwrap(), record);
+        assert!(record.concerns_any(&[3, 7]));
+        assert!(!record.concerns_any(&[3]));
     }
 
     #[test]
     fn a_dead_writer_is_detected() {
         let mut record = serde_json::from_str::<DrainRecord>(
-            r#"{"pid":0,"port":1,"phase":"draining","started_unix_ms":0,"timeout_ms":0,
+            r#"{"pid":0,"port":1,"listener_inodes":[],"phase":"draining","started_unix_ms":0,"timeout_ms":0,
                 "updated_unix_ms":0,"closed":0,"refused":0,"idle":0,"in_flight":0,"accept_queue":0}"#,
         )
         .unwrap();

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     control::{self, Client, ErrorKind, Reply, Request},
-    drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Progress},
+    drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Pace, Progress},
     inventory::{Inventory, SourceKind},
     netns,
     status::{self, Status},
@@ -139,12 +139,57 @@ pub struct DrainArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub quiet_period: Duration,
     /// After the server was made to read EOF on an idle connection, how long it may keep
-    /// it open before drainctl sends the FIN itself.
+    /// it open before drainctl sends the FIN itself (and, with --force, how long forced
+    /// connections get before they are reset).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub close_grace: Duration,
+    /// Close the idle connections evenly over this window [default: a third of
+    /// --timeout, at most 10s]; 0s closes them all at once.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "batch")]
+    pub spread: Option<Duration>,
+    /// Instead of --spread: close this percentage (1-100) of the connections idle at
+    /// the start every --interval.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub batch: Option<u8>,
+    /// The batch interval of --batch.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "batch")]
+    pub interval: Duration,
+    /// At the deadline, close what remains: FIN first, RST after --close-grace.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep accepting new connections this long before refusing them (the time load
+    /// balancers need to see the instance leave).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub accept_grace: Duration,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+impl DrainArgs {
+    /// The longest default spread: past it, a wider window only slows stops down.
+    const MAX_DEFAULT_SPREAD: Duration = Duration::from_secs(10);
+
+    pub fn plan(&self) -> DrainPlan {
+        let pace = match (self.batch, self.spread) {
+            (Some(percent), _) => Pace::Batches {
+                percent,
+                interval: self.interval,
+            },
+            (None, Some(window)) => Pace::Spread(window),
+            (None, None) => Pace::Spread((self.timeout / 3).min(Self::MAX_DEFAULT_SPREAD)),
+        };
+        DrainPlan {
+            port: self.port,
+            timeout: self.timeout,
+            poll_interval: self.poll_interval,
+            quiet_period: self.quiet_period,
+            close_grace: self.close_grace,
+            pace,
+            force: self.force,
+            accept_grace: self.accept_grace,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -303,13 +348,7 @@ impl Failure {
 }
 
 async fn run_drain(args: DrainArgs, route: Route) -> Exit {
-    let plan = DrainPlan {
-        port: args.port,
-        timeout: args.timeout,
-        poll_interval: args.poll_interval,
-        quiet_period: args.quiet_period,
-        close_grace: args.close_grace,
-    };
+    let plan = args.plan();
     let mut progress = ProgressLog::new(plan.port);
     let via_daemon = match route {
         Route::Daemon(client) => drain_via_daemon(client, &plan, &mut progress).await,
@@ -366,11 +405,7 @@ async fn drain_via_daemon(
         message: format!("reading /proc/self/ns/net: {err}"),
     })?;
     let request = Request::Drain {
-        port: plan.port,
-        timeout_ms: plan.timeout.as_millis() as u64,
-        poll_interval_ms: plan.poll_interval.as_millis() as u64,
-        quiet_period_ms: plan.quiet_period.as_millis() as u64,
-        close_grace_ms: plan.close_grace.as_millis() as u64,
+        plan: plan.clone(),
         netns_inode,
     };
     client.send(&request).await.map_err(Failure::daemon)?;
@@ -731,6 +766,10 @@ mod tests {
         assert_eq!(args.poll_interval, Duration::from_millis(100));
         assert_eq!(args.quiet_period, Duration::from_secs(1));
         assert_eq!(args.close_grace, Duration::from_secs(2));
+        let plan = args.plan();
+        assert_eq!(plan.pace, Pace::Spread(Duration::from_secs(10)));
+        assert!(!plan.force);
+        assert_eq!(plan.accept_grace, Duration::ZERO);
         assert!(!args.json);
     }
 
@@ -745,6 +784,39 @@ mod tests {
             (args.port, args.timeout, args.json),
             (443, Duration::from_secs(120), true)
         );
+    }
+
+    #[test]
+    fn pacing_options() {
+        let drain_args = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Drain(args) => args,
+            other => panic!("expected drain, got {other:?}"),
+        };
+        let short = drain_args(&["drain", "-p", "80", "--timeout", "6s"]);
+        assert_eq!(short.plan().pace, Pace::Spread(Duration::from_secs(2)));
+        let spread = drain_args(&["drain", "-p", "80", "--spread", "0s", "--force"]);
+        assert_eq!(spread.plan().pace, Pace::Spread(Duration::ZERO));
+        assert!(spread.plan().force);
+        let batches = drain_args(&["drain", "-p", "80", "--batch", "25", "--interval", "200ms"]);
+        assert_eq!(
+            batches.plan().pace,
+            Pace::Batches {
+                percent: 25,
+                interval: Duration::from_millis(200)
+            }
+        );
+        for bad in [
+            &["drain", "-p", "80", "--batch", "0"][..],
+            &["drain", "-p", "80", "--batch", "101"],
+            &["drain", "-p", "80", "--batch", "10", "--spread", "1s"],
+            &["drain", "-p", "80", "--interval", "1s"],
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().exit_code(),
+                Exit::Usage as i32,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ use rustix::net::{shutdown, Shutdown};
 use tracing::debug;
 
 use crate::{
-    inventory::{sock_diag::SockDiagError, Activity, Busy, Connection, Inventory, InventoryError},
+    inventory::{
+        sock_diag::{SockDiagError, SocketId},
+        Activity, Busy, Connection, Inventory, InventoryError,
+    },
     pidfd::{self, PidfdError},
 };
 
@@ -108,6 +111,35 @@ pub fn send_fin(inventory: &mut Inventory, connection: &Connection) -> Result<bo
             Ok(true)
         }
         Err(_) => Ok(false),
+    }
+}
+
+/// Shuts a connection down in both directions, in flight or not: the deadline passed and
+/// the user asked for `--force`. The server's next read returns EOF and its writes fail;
+/// the client reads a FIN. Without a visible owner, the connection is reset at once.
+pub fn force(
+    inventory: &mut Inventory,
+    connection: &Connection,
+) -> Result<CloseMethod, CloseError> {
+    if let Some(owner) = &connection.owner {
+        if let Ok(socket) = pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
+            shutdown(socket.as_fd(), Shutdown::Both).map_err(CloseError::Shutdown)?;
+            return Ok(CloseMethod::Graceful);
+        }
+    }
+    reset(inventory, &connection.socket.id)?;
+    Ok(CloseMethod::Abortive)
+}
+
+/// SOCK_DESTROY by exact identity; `Ok(false)` when the socket was already gone.
+pub fn reset(inventory: &mut Inventory, id: &SocketId) -> Result<bool, CloseError> {
+    match inventory.destroy(id) {
+        Ok(()) => Ok(true),
+        Err(InventoryError::SockDiag(SockDiagError::NotFound)) => Ok(false),
+        Err(destroy) => Err(CloseError::Destroy {
+            destroy,
+            graceful: "not attempted".into(),
+        }),
     }
 }
 

@@ -37,11 +37,7 @@ pub const DEFAULT_SOCKET: &str = "/run/drain-daemon/control.sock";
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Drain {
-        port: u16,
-        timeout_ms: u64,
-        poll_interval_ms: u64,
-        quiet_period_ms: u64,
-        close_grace_ms: u64,
+        plan: DrainPlan,
         /// The client's network namespace; the daemon only drains its own.
         netns_inode: u64,
     },
@@ -174,22 +170,9 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
                 format!("drain-daemon serves network namespace {own_netns}, not {netns_inode}"),
             )
         }
-        Request::Drain {
-            port,
-            timeout_ms,
-            poll_interval_ms,
-            quiet_period_ms,
-            close_grace_ms,
-            ..
-        } => {
-            let plan = DrainPlan {
-                port,
-                timeout: Duration::from_millis(timeout_ms),
-                poll_interval: Duration::from_millis(poll_interval_ms.max(1)),
-                quiet_period: Duration::from_millis(quiet_period_ms),
-                close_grace: Duration::from_millis(close_grace_ms),
-            };
-            info!(port, timeout_ms, "drain requested");
+        Request::Drain { mut plan, .. } => {
+            plan.poll_interval = plan.poll_interval.max(Duration::from_millis(1));
+            info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
             return run_drain(plan, lines, writer).await;
         }
         Request::Release { port, .. } => match steer::release(port) {
@@ -272,17 +255,25 @@ mod tests {
     #[test]
     fn requests_are_one_tagged_json_object() {
         let request = Request::Drain {
-            port: 8080,
-            timeout_ms: 30_000,
-            poll_interval_ms: 100,
-            quiet_period_ms: 1000,
-            close_grace_ms: 2000,
+            plan: DrainPlan {
+                port: 8080,
+                timeout: Duration::from_secs(30),
+                poll_interval: Duration::from_millis(100),
+                quiet_period: Duration::from_secs(1),
+                close_grace: Duration::from_secs(2),
+                pace: crate::drain::Pace::Batches {
+                    percent: 25,
+                    interval: Duration::from_millis(500),
+                },
+                force: true,
+                accept_grace: Duration::ZERO,
+            },
             netns_inode: 4026531840,
         };
         let line = serde_json::to_string(&request).unwrap();
         assert_eq!(
             line,
-            r#"{"request":"drain","port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"netns_inode":4026531840}"#
+            r#"{"request":"drain","plan":{"port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{"batches":{"percent":25,"interval_ms":500}},"force":true,"accept_grace_ms":0},"netns_inode":4026531840}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();

@@ -29,7 +29,7 @@ pub struct PortStatus {
     pub connections: ConnectionCounts,
     /// New connections to the port are refused by a drain (pinned, listener still open).
     pub refusing_new_connections: bool,
-    /// The last drain of the port in this namespace, if its record is there.
+    /// The last drain of one of the port's current listeners, if its record is there.
     pub drain: Option<DrainStatus>,
 }
 
@@ -86,7 +86,11 @@ pub fn status(
         .into_iter()
         .map(|port| {
             let scanned = inventory.scan_address(port, address)?;
-            let drain = netns_inode.and_then(|inode| announce::read(inode, port));
+            let listener_inodes: Vec<u64> =
+                scanned.listeners.iter().map(|l| l.socket.inode).collect();
+            let drain = netns_inode
+                .and_then(|inode| announce::read(inode, port))
+                .filter(|record| record.concerns_any(&listener_inodes));
             Ok(port_status(&scanned, drain, inventory.source()))
         })
         .collect::<Result<_, InventoryError>>()?;

@@ -87,6 +87,8 @@ pub struct PortInventory {
     pub port: u16,
     pub listeners: Vec<Listener>,
     pub connections: Vec<Connection>,
+    /// Established sockets no process holds yet: the accept queues' members.
+    pub queued: Vec<TcpSocket>,
 }
 
 impl PortInventory {
@@ -114,7 +116,7 @@ fn open_states() -> TcpStates {
 /// between scans so repeated scans of a drain stay cheap.
 pub struct Inventory {
     source: Source,
-    owner_pids: Vec<i32>,
+    owners: owners::OwnerFinder,
     quiet_period: Duration,
 }
 
@@ -143,7 +145,7 @@ impl Inventory {
         };
         Ok(Self {
             source,
-            owner_pids: Vec::new(),
+            owners: owners::OwnerFinder::default(),
             quiet_period,
         })
     }
@@ -206,19 +208,14 @@ impl Inventory {
     pub fn scan(&mut self, port: u16) -> Result<PortInventory, InventoryError> {
         let states = open_states().with(TcpState::Listen);
         let sockets = self.read_port(port, states)?;
-        let inodes: HashSet<u64> = sockets
-            .iter()
-            .map(|s| s.inode)
-            .filter(|&i| i != 0)
-            .collect();
-
-        // Cheap path: only the processes known to own the listener. Any socket not found
-        // among them sends us through all of /proc once (new owner, first scan).
-        let known = (!self.owner_pids.is_empty()).then_some(self.owner_pids.as_slice());
-        let mut owners = owners::find_owners(&inodes, known);
-        if known.is_some() && owners.len() < inodes.len() {
-            owners = owners::find_owners(&inodes, None);
-        }
+        let inodes_of = |listening: bool| -> HashSet<u64> {
+            sockets
+                .iter()
+                .filter(|s| s.inode != 0 && (s.state == TcpState::Listen) == listening)
+                .map(|s| s.inode)
+                .collect()
+        };
+        let owners = self.owners.find(&inodes_of(true), &inodes_of(false));
 
         let (listening, accepted): (Vec<_>, Vec<_>) = sockets
             .into_iter()
@@ -238,6 +235,9 @@ impl Inventory {
         listener_pids.dedup();
 
         let quiet_period = self.quiet_period;
+        let (queued, accepted): (Vec<_>, Vec<_>) = accepted
+            .into_iter()
+            .partition(|socket| socket.inode == 0 && socket.state == TcpState::Established);
         let connections = accepted
             .into_iter()
             .filter(|socket| socket.inode != 0)
@@ -255,11 +255,11 @@ impl Inventory {
                 })
             })
             .collect();
-        self.owner_pids = listener_pids;
         Ok(PortInventory {
             port,
             listeners,
             connections,
+            queued,
         })
     }
 

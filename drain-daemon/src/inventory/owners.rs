@@ -3,10 +3,30 @@
 //! sock_diag names a socket by inode but not by process; closing a connection gracefully
 //! and putting a listener in the steering map both need a (pid, fd) that holds it. A
 //! listener shared by a process tree (nginx master and workers) has several owners.
+//!
+//! Reading descriptors is the expensive part of an inventory on a busy host: the kernel
+//! spends microseconds per `/proc/<pid>/fd/<n>`, so 400k descriptors take seconds. The
+//! walk therefore reads as few processes as it can:
+//!
+//! 1. To find the listeners' owners it visits processes in the caller's network
+//!    namespace first, then the others, and stops as soon as every listener has one
+//!    owner.
+//! 2. The other owners of a listener are its first owner's family (a listener is
+//!    shared by fork, or handed down by a supervisor): ancestors and descendants, from
+//!    one read of every process's parent id. Only they are read for the remaining
+//!    owners and for the connections, which the listener's owners accepted.
+//!
+//! Sockets held by unrelated processes (other ports, other services) are never read, so
+//! the cost does not grow with them. A connection handed to a process outside that
+//! family has no known owner; the drain then closes it with SOCK_DESTROY.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CStr,
+    os::fd::OwnedFd,
+};
 
-use procfs::process::{all_processes, FDTarget, Process};
+use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags, CWD};
 
 /// One process's descriptor for a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,47 +37,282 @@ pub struct SocketOwner {
     pub command: String,
 }
 
-/// Maps each of `inodes` to the descriptors that hold it. When `only_pids` is given, only
-/// those processes are read (the cheap path once the listener owners are known).
-/// Processes that vanish or cannot be read while walking are skipped.
-pub fn find_owners(
-    inodes: &HashSet<u64>,
-    only_pids: Option<&[i32]>,
-) -> HashMap<u64, Vec<SocketOwner>> {
-    let mut owners: HashMap<u64, Vec<SocketOwner>> = HashMap::new();
-    if inodes.is_empty() {
+/// Socket inode -> the descriptors holding it.
+pub type Owners = HashMap<u64, Vec<SocketOwner>>;
+
+/// Finds socket owners, remembering the listener owners' family between scans.
+#[derive(Debug, Default)]
+pub struct OwnerFinder {
+    /// The processes that may hold the listeners and their connections.
+    family: Vec<i32>,
+    listeners_seen: HashSet<u64>,
+}
+
+impl OwnerFinder {
+    /// The owners of `listeners` and `connections` (socket inodes). Connections are only
+    /// looked for in the listener owners' family.
+    pub fn find(&mut self, listeners: &HashSet<u64>, connections: &HashSet<u64>) -> Owners {
+        let known = !self.family.is_empty() && listeners.is_subset(&self.listeners_seen);
+        let wanted: HashSet<u64> = listeners.union(connections).copied().collect();
+        if known {
+            let owners = read_processes(&wanted, &self.family, None);
+            if listeners.iter().all(|inode| owners.contains_key(inode)) {
+                // New children (a reloaded worker) show up in the next family.
+                self.family = family_of(&owners, listeners);
+                return owners;
+            }
+        }
+        let first = find_first_owners(listeners);
+        self.family = family_of(&first, listeners);
+        self.listeners_seen = listeners.clone();
+        read_processes(&wanted, &self.family, None)
+    }
+}
+
+/// Visits processes (this network namespace first) until every listener has an owner.
+fn find_first_owners(listeners: &HashSet<u64>) -> Owners {
+    let mut owners = Owners::new();
+    if listeners.is_empty() {
         return owners;
     }
-    let processes: Box<dyn Iterator<Item = Process>> = match only_pids {
-        Some(pids) => Box::new(pids.iter().filter_map(|&pid| Process::new(pid).ok())),
-        None => match all_processes() {
-            Ok(all) => Box::new(all.filter_map(Result::ok)),
-            Err(_) => return owners,
-        },
-    };
-    for process in processes {
-        let Ok(fds) = process.fd() else { continue };
-        let mut command = None;
-        for info in fds.filter_map(Result::ok) {
-            let FDTarget::Socket(inode) = info.target else {
-                continue;
-            };
-            if !inodes.contains(&inode) {
-                continue;
-            }
-            let command = command
-                .get_or_insert_with(|| {
-                    std::fs::read_to_string(format!("/proc/{}/comm", process.pid))
-                        .map(|comm| comm.trim_end().to_string())
-                        .unwrap_or_default()
-                })
-                .clone();
-            owners.entry(inode).or_default().push(SocketOwner {
-                pid: process.pid,
-                fd: info.fd,
-                command,
-            });
+    let own_netns = statat(CWD, "/proc/self/ns/net", AtFlags::empty()).map(|s| s.st_ino);
+    let (near, far): (Vec<i32>, Vec<i32>) = all_pids().into_iter().partition(|pid| {
+        let netns = statat(
+            CWD,
+            format!("/proc/{pid}/ns/net").as_str(),
+            AtFlags::empty(),
+        );
+        matches!((&netns, &own_netns), (Ok(theirs), Ok(ours)) if theirs.st_ino == *ours)
+    });
+    let mut missing = listeners.clone();
+    for pid in near.into_iter().chain(far) {
+        if missing.is_empty() {
+            break;
+        }
+        for (inode, found) in read_processes(&missing, &[pid], Some(1)) {
+            missing.remove(&inode);
+            owners.entry(inode).or_default().extend(found);
         }
     }
     owners
+}
+
+/// The owners of the listeners, their ancestors and their descendants, ascending.
+fn family_of(owners: &Owners, listeners: &HashSet<u64>) -> Vec<i32> {
+    let roots: HashSet<i32> = listeners
+        .iter()
+        .filter_map(|inode| owners.get(inode))
+        .flatten()
+        .map(|owner| owner.pid)
+        .collect();
+    if roots.is_empty() {
+        return Vec::new();
+    }
+    let parents = parent_map();
+    let mut family = roots.clone();
+    for &root in &roots {
+        let mut pid = root;
+        while let Some(&parent) = parents.get(&pid) {
+            // pid 0 is the kernel; pid 1 holds no server sockets worth a look but may
+            // (socket activation), so it stays in.
+            if parent == 0 || !family.insert(parent) {
+                break;
+            }
+            pid = parent;
+        }
+    }
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (&child, &parent) in &parents {
+        children.entry(parent).or_default().push(child);
+    }
+    let mut stack: Vec<i32> = roots.into_iter().collect();
+    while let Some(pid) = stack.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            if family.insert(child) {
+                stack.push(child);
+            }
+        }
+    }
+    let mut family: Vec<i32> = family.into_iter().collect();
+    family.sort_unstable();
+    family
+}
+
+/// pid -> parent pid, from `/proc/<pid>/stat`.
+fn parent_map() -> HashMap<i32, i32> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            let ppid = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// Maps each of `inodes` to the descriptors of `pids` that hold it. With `per_process`,
+/// stops reading a process after that many matches. Processes that vanish or cannot be
+/// read are skipped.
+fn read_processes(inodes: &HashSet<u64>, pids: &[i32], per_process: Option<usize>) -> Owners {
+    let mut owners = Owners::new();
+    if inodes.is_empty() {
+        return owners;
+    }
+    let mut link = Vec::with_capacity(64);
+    for &pid in pids {
+        let Ok(fd_dir) = open_dir(&format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let Ok(entries) = Dir::read_from(&fd_dir) else {
+            continue;
+        };
+        let mut command = None;
+        let mut matches = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let Some(fd) = parse_number::<i32>(entry.file_name()) else {
+                continue;
+            };
+            let Ok(target) = readlinkat(&fd_dir, entry.file_name(), std::mem::take(&mut link))
+            else {
+                continue;
+            };
+            let inode = socket_inode(target.as_bytes());
+            link = target.into_bytes_with_nul();
+            link.clear();
+            let Some(inode) = inode.filter(|inode| inodes.contains(inode)) else {
+                continue;
+            };
+            let command = command.get_or_insert_with(|| command_of(pid)).clone();
+            owners
+                .entry(inode)
+                .or_default()
+                .push(SocketOwner { pid, fd, command });
+            matches += 1;
+            if per_process.is_some_and(|limit| matches >= limit) {
+                break;
+            }
+        }
+    }
+    owners
+}
+
+fn all_pids() -> Vec<i32> {
+    let Ok(proc_dir) = open_dir("/proc") else {
+        return Vec::new();
+    };
+    let Ok(entries) = Dir::read_from(&proc_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| parse_number(entry.file_name()))
+        .collect()
+}
+
+fn open_dir(path: &str) -> rustix::io::Result<OwnedFd> {
+    openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn command_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+fn parse_number<T: std::str::FromStr>(name: &CStr) -> Option<T> {
+    name.to_str().ok()?.parse().ok()
+}
+
+/// `socket:[12345]` -> 12345.
+fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+
+    use super::*;
+
+    fn inode_of(fd: i32) -> u64 {
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn socket_links_are_parsed() {
+        assert_eq!(socket_inode(b"socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode(b"pipe:[4026]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[]"), None);
+    }
+
+    #[test]
+    fn finds_this_process_as_owner_of_its_listener_and_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let me = std::process::id() as i32;
+        let listener_inode = inode_of(listener.as_raw_fd());
+        let accepted_inode = inode_of(accepted.as_raw_fd());
+        let mut finder = OwnerFinder::default();
+        for _ in 0..2 {
+            let owners = finder.find(
+                &HashSet::from([listener_inode]),
+                &HashSet::from([accepted_inode]),
+            );
+            assert_eq!(
+                owners[&listener_inode],
+                vec![SocketOwner {
+                    pid: me,
+                    fd: listener.as_raw_fd(),
+                    command: command_of(me)
+                }]
+            );
+            assert_eq!(owners[&accepted_inode][0].fd, accepted.as_raw_fd());
+            assert!(finder.family.contains(&me));
+        }
+        drop(client);
+    }
+
+    #[test]
+    fn a_child_holding_the_listener_is_found_as_second_owner() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener_inode = inode_of(listener.as_raw_fd());
+        // dup(2) does not set CLOEXEC: the child inherits this copy of the listener, as
+        // a forked worker or a socket-activated service does.
+        let inherited = rustix::io::dup(&listener).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        drop(inherited);
+        let owners = OwnerFinder::default().find(&HashSet::from([listener_inode]), &HashSet::new());
+        let mut pids: Vec<i32> = owners[&listener_inode].iter().map(|o| o.pid).collect();
+        pids.sort_unstable();
+        let mut expected = vec![std::process::id() as i32, child.id() as i32];
+        expected.sort_unstable();
+        assert_eq!(pids, expected);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn parents_are_read_from_stat() {
+        let parents = parent_map();
+        let me = std::process::id() as i32;
+        assert_eq!(
+            parents.get(&me),
+            Some(&std::os::unix::process::parent_id().try_into().unwrap())
+        );
+    }
 }

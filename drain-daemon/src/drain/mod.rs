@@ -3,45 +3,86 @@
 //! 1. **Steer**: new connections to the port are refused ([`crate::steer`]) while the
 //!    draining listeners live.
 //! 2. **Scan** the port ([`crate::inventory`]) every poll interval.
-//! 3. **Close** the idle connections ([`crate::close`]); in-flight ones are left to
-//!    finish, and closed once idle.
+//! 3. **Close** the idle connections ([`crate::close`]), paced by a [`Pace`] so clients
+//!    do not all reconnect at once; in-flight ones are left to finish, and closed once
+//!    idle.
 //! 4. **Finish** when no connection of the listener is open and its accept queue is
-//!    empty ([`Outcome::Drained`]), or at the deadline ([`Outcome::DeadlineReached`]),
-//!    with a [`DrainReport`] of what happened and what remains.
+//!    empty ([`Outcome::Drained`]), or at the deadline ([`Outcome::DeadlineReached`];
+//!    with `force`, what remains is then closed), with a [`DrainReport`] of what
+//!    happened and what remains.
+//!
+//! An accept grace may come first: new connections are still accepted for a while, for
+//! load balancers that have not yet seen the instance leave.
+
+pub mod report;
+pub mod schedule;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     future::Future,
-    net::SocketAddr,
     os::fd::{AsFd as _, OwnedFd},
     time::{Duration, Instant},
 };
+
+use report::Tally;
+pub use report::{DrainReport, Remaining};
+use schedule::CloseSchedule;
+pub use schedule::Pace;
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
     announce::Announcer,
-    close::{close_if_idle, send_fin, CloseMethod, CloseOutcome},
+    close::{self, close_if_idle, send_fin, CloseMethod, CloseOutcome},
     inventory::{Connection, Inventory, InventoryError, Listener, PortInventory},
     netns,
     pidfd::{self, PidfdError},
     steer::{Persistence, SteerError, Steering},
 };
 
-/// What to drain and for how long.
-#[derive(Clone, Debug)]
+/// What to drain and how. Serialized (durations in milliseconds) as the body of the
+/// daemon's drain request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainPlan {
     pub port: u16,
     /// After this, the drain stops and reports what remains.
+    #[serde(with = "duration_ms", rename = "timeout_ms")]
     pub timeout: Duration,
     /// How often the port is scanned.
+    #[serde(with = "duration_ms", rename = "poll_interval_ms")]
     pub poll_interval: Duration,
     /// How long a connection must have moved no data to count as idle.
+    #[serde(with = "duration_ms", rename = "quiet_period_ms")]
     pub quiet_period: Duration,
     /// How long a server asked to close an idle connection (it read EOF) may keep it
-    /// open before the drain sends the FIN itself.
+    /// open before the drain sends the FIN itself; with `force`, also how long forced
+    /// connections get to close before they are reset.
+    #[serde(with = "duration_ms", rename = "close_grace_ms")]
     pub close_grace: Duration,
+    /// How closes of idle connections are spread out.
+    pub pace: Pace,
+    /// At the deadline, close what remains (FIN, then RST after `close_grace`).
+    pub force: bool,
+    /// Keep accepting new connections this long before refusing them (the endpoint
+    /// propagation delay of load balancers and Kubernetes).
+    #[serde(with = "duration_ms", rename = "accept_grace_ms")]
+    pub accept_grace: Duration,
+}
+
+/// Durations as whole milliseconds in JSON.
+pub(crate) mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
 }
 
 /// Why a drain could not start or go on. Each message says what to do.
@@ -107,48 +148,6 @@ pub enum Cancel {
     Stop,
 }
 
-/// A connection still open when the drain ended.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Remaining {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// The TCP state as `ss` names it (ESTAB, CLOSE-WAIT).
-    pub state: String,
-    /// "idle" or "in flight (why)".
-    pub activity: String,
-    /// Milliseconds since data last moved either way, from TCP_INFO.
-    pub last_data_ms: Option<u32>,
-    /// How long the drain has known it: a lower bound of its age, which the kernel does
-    /// not report.
-    pub tracked_ms: u64,
-    pub owner_pid: Option<i32>,
-    pub owner_command: Option<String>,
-}
-
-/// What a drain did and what it left.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DrainReport {
-    pub port: u16,
-    pub outcome: Outcome,
-    pub elapsed_ms: u64,
-    /// Idle connections closed with a FIN through the owner's socket.
-    pub closed_gracefully: u64,
-    /// Idle connections closed with SOCK_DESTROY (RST).
-    pub closed_abortively: u64,
-    /// Connections that closed without the drain closing them (finished requests,
-    /// clients leaving).
-    pub finished_on_their_own: u64,
-    /// New connections refused by the steering program during the drain.
-    pub refused_connections: u64,
-    /// Connections still waiting in the accept queue at the end.
-    pub accept_queue: u32,
-    pub remaining: Vec<Remaining>,
-    /// Where the refusal of new connections is pinned, if it outlives this process.
-    pub steering_pinned_at: Option<String>,
-    /// Whether new connections are still refused after the drain returned.
-    pub still_refusing: bool,
-}
-
 /// One pass's counts, for progress output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
@@ -173,6 +172,23 @@ pub async fn drain(
     }
     let port = plan.port;
     let mut inventory = Inventory::new(plan.quiet_period)?;
+    if inventory.scan(port)?.listeners.is_empty() {
+        return Err(DrainError::NoListener { port });
+    }
+    tokio::pin!(cancel);
+    if !plan.accept_grace.is_zero() {
+        info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
+        let started = Instant::now();
+        tokio::select! {
+            () = tokio::time::sleep(plan.accept_grace) => {}
+            mode = &mut cancel => {
+                let empty = PortInventory { port, ..PortInventory::default() };
+                return Ok(Tally::default().report(port, Outcome::Cancelled, started, &empty, 0, None))
+                    .inspect(|_| debug!(?mode, "cancelled during the accept grace"));
+            }
+        }
+    }
+    // Listeners opened during the grace are drained too.
     let before = inventory.scan(port)?;
     if before.listeners.is_empty() {
         return Err(DrainError::NoListener { port });
@@ -192,15 +208,14 @@ pub async fn drain(
         "new connections are refused; draining"
     );
 
-    let mut announcer = netns::current_inode()
-        .ok()
-        .map(|inode| Announcer::new(inode, port, plan.timeout));
+    let mut announcer = netns::current_inode().ok().map(|inode| {
+        let listeners = before.listeners.iter().map(|l| l.socket.inode).collect();
+        Announcer::new(inode, port, listeners, plan.timeout)
+    });
     let started = Instant::now();
     let deadline = started + plan.timeout;
+    let mut schedule = CloseSchedule::new(plan.pace, started);
     let mut tally = Tally::default();
-    let mut ticker = tokio::time::interval(plan.poll_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(cancel);
 
     let (outcome, last, cancel_mode) = loop {
         let snapshot = inventory.scan(port)?;
@@ -208,15 +223,21 @@ pub async fn drain(
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
         }
-        let closed_now = close_idle(&mut inventory, &snapshot, &mut tally, plan.close_grace);
         let now = Instant::now();
+        let closed_now = close_idle(
+            &mut inventory,
+            &snapshot,
+            &mut tally,
+            &mut schedule,
+            plan.close_grace,
+        );
         let pass = Progress {
             elapsed_ms: (now - started).as_millis() as u64,
             time_left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
             idle: snapshot.idle().count() - closed_now.len(),
             in_flight: snapshot.in_flight().count(),
             accept_queue: snapshot.accept_queue(),
-            closed: tally.closed_gracefully + tally.closed_abortively,
+            closed: tally.closed_total(),
             refused: steering.refused_connections(),
         };
         if let Some(announcer) = &mut announcer {
@@ -231,11 +252,16 @@ pub async fn drain(
             break (Outcome::DeadlineReached, remaining, None);
         }
         tokio::select! {
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep(jittered(plan.poll_interval)) => {}
             mode = &mut cancel => break (Outcome::Cancelled, snapshot, Some(mode)),
         }
     };
 
+    let last = if outcome == Outcome::DeadlineReached && plan.force {
+        force_remaining(&mut inventory, last, &mut tally, plan.close_grace).await?
+    } else {
+        last
+    };
     let refused_connections = steering.refused_connections();
     if let Some(announcer) = &mut announcer {
         announcer.finish(outcome, refused_connections);
@@ -255,14 +281,120 @@ pub async fn drain(
         _ => pinned_at.is_some() && steering.open_listeners() > 0,
     };
     Ok(tally.report(
-        plan,
+        port,
         outcome,
         started,
         &last,
         refused_connections,
         pinned_at.filter(|_| still_refusing),
-        still_refusing,
     ))
+}
+
+/// The poll interval with ±20 % jitter, so drains started together (a fleet restarting)
+/// do not close connections in lockstep.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// Closes the idle connections the schedule allows now, in random order; returns the
+/// cookies of those closed. A connection whose server was asked before and still holds
+/// it gets its FIN once `close_grace` has passed (outside the schedule: it was counted
+/// when asked).
+fn close_idle(
+    inventory: &mut Inventory,
+    snapshot: &PortInventory,
+    tally: &mut Tally,
+    schedule: &mut CloseSchedule,
+    close_grace: Duration,
+) -> HashSet<u64> {
+    let mut waiting: Vec<&Connection> = Vec::new();
+    for connection in snapshot.idle() {
+        let cookie = connection.socket.id.cookie;
+        match tally.asked_at.get(&cookie) {
+            None => waiting.push(connection),
+            Some(asked) if asked.elapsed() >= close_grace && tally.fin_sent.insert(cookie) => {
+                match send_fin(inventory, connection) {
+                    Ok(true) => {
+                        info!(peer = %connection.socket.id.remote, "the server kept an idle connection open after EOF; sent its FIN")
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        warn!(peer = %connection.socket.id.remote, "cannot send a FIN: {err}")
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    fastrand::shuffle(&mut waiting);
+    let allowed = schedule.allowance(Instant::now(), waiting.len());
+    let mut closed = HashSet::new();
+    for connection in waiting.into_iter().take(allowed) {
+        match close_if_idle(inventory, connection) {
+            Ok(CloseOutcome::Closed(method)) => {
+                debug!(peer = %connection.socket.id.remote, ?method, "closed an idle connection");
+                tally.closed(connection, method);
+                closed.insert(connection.socket.id.cookie);
+            }
+            Ok(CloseOutcome::AlreadyClosed) => {}
+            Ok(CloseOutcome::BecameBusy(busy)) => {
+                debug!(peer = %connection.socket.id.remote, %busy, "a request arrived; leaving it to finish");
+            }
+            Err(err) => {
+                warn!(peer = %connection.socket.id.remote, "cannot close an idle connection: {err}")
+            }
+        }
+    }
+    if !closed.is_empty() {
+        info!(
+            closed = closed.len(),
+            idle_left = snapshot.idle().count() - closed.len(),
+            in_flight = snapshot.in_flight().count(),
+            "closed a batch of idle connections"
+        );
+    }
+    closed
+}
+
+/// `--force` at the deadline: shuts down everything still open (FIN), waits
+/// `close_grace`, then resets what is left and every connection still queued.
+/// Returns the scan after that.
+async fn force_remaining(
+    inventory: &mut Inventory,
+    remaining: PortInventory,
+    tally: &mut Tally,
+    close_grace: Duration,
+) -> Result<PortInventory, DrainError> {
+    let port = remaining.port;
+    for connection in &remaining.connections {
+        match close::force(inventory, connection) {
+            Ok(CloseMethod::Graceful) => tally.forced_gracefully += 1,
+            Ok(CloseMethod::Abortive) => tally.forced_abortively += 1,
+            Err(err) => {
+                warn!(peer = %connection.socket.id.remote, "cannot force a connection closed: {err}")
+            }
+        }
+    }
+    tokio::time::sleep(close_grace).await;
+    let after = inventory.scan(port)?;
+    for id in after
+        .connections
+        .iter()
+        .map(|c| &c.socket.id)
+        .chain(after.queued.iter().map(|s| &s.id))
+    {
+        match close::reset(inventory, id) {
+            Ok(true) => tally.forced_abortively += 1,
+            Ok(false) => {}
+            Err(err) => warn!(peer = %id.remote, "cannot reset a connection: {err}"),
+        }
+    }
+    warn!(
+        gracefully = tally.forced_gracefully,
+        abortively = tally.forced_abortively,
+        "deadline reached: forced the remaining connections closed (--force)"
+    );
+    Ok(inventory.scan(port)?)
 }
 
 /// Duplicates each listening socket from one of its owners.
@@ -283,146 +415,6 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
             })
         })
         .collect()
-}
-
-/// Closes the snapshot's idle connections; returns the cookies of those it closed now.
-/// A connection whose server was asked before and still holds it gets its FIN once
-/// `close_grace` has passed.
-fn close_idle(
-    inventory: &mut Inventory,
-    snapshot: &PortInventory,
-    tally: &mut Tally,
-    close_grace: Duration,
-) -> HashSet<u64> {
-    let mut closed = HashSet::new();
-    for connection in snapshot.idle() {
-        let cookie = connection.socket.id.cookie;
-        if let Some(asked) = tally.asked_at.get(&cookie) {
-            if asked.elapsed() >= close_grace && tally.fin_sent.insert(cookie) {
-                match send_fin(inventory, connection) {
-                    Ok(true) => {
-                        info!(peer = %connection.socket.id.remote, "the server kept an idle connection open after EOF; sent its FIN")
-                    }
-                    Ok(false) => {}
-                    Err(err) => {
-                        warn!(peer = %connection.socket.id.remote, "cannot send a FIN: {err}")
-                    }
-                }
-            }
-            continue;
-        }
-        match close_if_idle(inventory, connection) {
-            Ok(CloseOutcome::Closed(method)) => {
-                debug!(peer = %connection.socket.id.remote, ?method, "closed an idle connection");
-                tally.closed(connection, method);
-                closed.insert(cookie);
-            }
-            Ok(CloseOutcome::AlreadyClosed) => {}
-            Ok(CloseOutcome::BecameBusy(busy)) => {
-                debug!(peer = %connection.socket.id.remote, %busy, "a request arrived; leaving it to finish");
-            }
-            Err(err) => {
-                warn!(peer = %connection.socket.id.remote, "cannot close an idle connection: {err}")
-            }
-        }
-    }
-    if !closed.is_empty() {
-        info!(
-            closed = closed.len(),
-            in_flight = snapshot.in_flight().count(),
-            "closed idle connections"
-        );
-    }
-    closed
-}
-
-/// Counts over the whole drain.
-#[derive(Default)]
-struct Tally {
-    first_seen: HashMap<u64, Instant>,
-    /// When the drain asked each server to close a connection (by cookie).
-    asked_at: HashMap<u64, Instant>,
-    /// Connections whose FIN the drain sent after the grace period.
-    fin_sent: HashSet<u64>,
-    closed_gracefully: u64,
-    closed_abortively: u64,
-}
-
-impl Tally {
-    fn observe(&mut self, snapshot: &PortInventory) {
-        let now = Instant::now();
-        for connection in &snapshot.connections {
-            self.first_seen
-                .entry(connection.socket.id.cookie)
-                .or_insert(now);
-        }
-    }
-
-    fn closed(&mut self, connection: &Connection, method: CloseMethod) {
-        self.asked_at
-            .insert(connection.socket.id.cookie, Instant::now());
-        match method {
-            CloseMethod::Graceful => self.closed_gracefully += 1,
-            CloseMethod::Abortive => self.closed_abortively += 1,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn report(
-        &self,
-        plan: &DrainPlan,
-        outcome: Outcome,
-        started: Instant,
-        last: &PortInventory,
-        refused_connections: u64,
-        steering_pinned_at: Option<String>,
-        still_refusing: bool,
-    ) -> DrainReport {
-        let now = Instant::now();
-        let open: HashSet<u64> = last
-            .connections
-            .iter()
-            .map(|c| c.socket.id.cookie)
-            .collect();
-        let finished_on_their_own = self
-            .first_seen
-            .keys()
-            .filter(|cookie| !open.contains(cookie) && !self.asked_at.contains_key(cookie))
-            .count() as u64;
-        let remaining = last
-            .connections
-            .iter()
-            .map(|c| Remaining {
-                peer: c.socket.id.remote,
-                local: c.socket.id.local,
-                state: c.socket.state.name().to_string(),
-                activity: c.activity.to_string(),
-                last_data_ms: c
-                    .socket
-                    .info
-                    .map(|info| info.last_data_recv_ms.min(info.last_data_sent_ms)),
-                tracked_ms: self
-                    .first_seen
-                    .get(&c.socket.id.cookie)
-                    .map_or(0, |seen| (now - *seen).as_millis() as u64),
-                owner_pid: c.owner.as_ref().map(|o| o.pid),
-                owner_command: c.owner.as_ref().map(|o| o.command.clone()),
-            })
-            .collect();
-        DrainReport {
-            port: plan.port,
-            outcome,
-            elapsed_ms: (now - started).as_millis() as u64,
-            closed_gracefully: self.closed_gracefully,
-            closed_abortively: self.closed_abortively,
-            finished_on_their_own,
-            refused_connections,
-            accept_queue: last.accept_queue(),
-            remaining,
-            steering_pinned_at,
-            still_refusing,
-        }
-    }
 }
 
 /// Carries the program's aya-log records into this process's log (and so into tracing).

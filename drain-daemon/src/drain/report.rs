@@ -1,0 +1,159 @@
+//! What a drain did and what it left: the tally kept over the passes and the report
+//! built from it at the end, the one both `drainctl` and the daemon hand to users.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Instant,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::Outcome;
+use crate::{
+    close::CloseMethod,
+    inventory::{Connection, PortInventory},
+};
+
+/// A connection still open when the drain ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Remaining {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The TCP state as `ss` names it (ESTAB, CLOSE-WAIT).
+    pub state: String,
+    /// "idle" or "in flight (why)".
+    pub activity: String,
+    /// Milliseconds since data last moved either way, from TCP_INFO.
+    pub last_data_ms: Option<u32>,
+    /// How long the drain has known it: a lower bound of its age, which the kernel does
+    /// not report.
+    pub tracked_ms: u64,
+    pub owner_pid: Option<i32>,
+    pub owner_command: Option<String>,
+}
+
+/// What a drain did and what it left.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub port: u16,
+    pub outcome: Outcome,
+    pub elapsed_ms: u64,
+    /// Idle connections closed gracefully: the server read EOF and closed them (or, if
+    /// it did not within the close grace, the drain sent their FIN).
+    pub closed_gracefully: u64,
+    /// Idle connections closed with SOCK_DESTROY (RST): no owner visible, or no rights.
+    pub closed_abortively: u64,
+    /// Connections that closed without the drain closing them (finished requests,
+    /// clients leaving).
+    pub finished_on_their_own: u64,
+    /// With `--force`: connections still open at the deadline that were shut down (FIN).
+    pub forced_gracefully: u64,
+    /// With `--force`: connections (and queued ones) reset after the force grace.
+    pub forced_abortively: u64,
+    /// New connections refused by the steering program during the drain.
+    pub refused_connections: u64,
+    /// Connections still waiting in the accept queue at the end.
+    pub accept_queue: u32,
+    pub remaining: Vec<Remaining>,
+    /// Where the refusal of new connections is pinned, if it outlives this process.
+    pub steering_pinned_at: Option<String>,
+    /// Whether new connections are still refused after the drain returned.
+    pub still_refusing: bool,
+}
+
+/// Counts over the whole drain, by socket cookie.
+#[derive(Default)]
+pub(super) struct Tally {
+    first_seen: HashMap<u64, Instant>,
+    /// When the drain asked each server to close a connection.
+    pub(super) asked_at: HashMap<u64, Instant>,
+    /// Connections whose FIN the drain sent after the close grace.
+    pub(super) fin_sent: HashSet<u64>,
+    pub(super) closed_gracefully: u64,
+    pub(super) closed_abortively: u64,
+    pub(super) forced_gracefully: u64,
+    pub(super) forced_abortively: u64,
+}
+
+impl Tally {
+    pub(super) fn observe(&mut self, snapshot: &PortInventory) {
+        let now = Instant::now();
+        for connection in &snapshot.connections {
+            self.first_seen
+                .entry(connection.socket.id.cookie)
+                .or_insert(now);
+        }
+    }
+
+    pub(super) fn closed(&mut self, connection: &Connection, method: CloseMethod) {
+        self.asked_at
+            .insert(connection.socket.id.cookie, Instant::now());
+        match method {
+            CloseMethod::Graceful => self.closed_gracefully += 1,
+            CloseMethod::Abortive => self.closed_abortively += 1,
+        }
+    }
+
+    pub(super) fn closed_total(&self) -> u64 {
+        self.closed_gracefully + self.closed_abortively
+    }
+
+    /// The report of a drain that ended with `outcome`, `last` being its last scan.
+    pub(super) fn report(
+        &self,
+        port: u16,
+        outcome: Outcome,
+        started: Instant,
+        last: &PortInventory,
+        refused_connections: u64,
+        steering_pinned_at: Option<String>,
+    ) -> DrainReport {
+        let now = Instant::now();
+        let open: HashSet<u64> = last
+            .connections
+            .iter()
+            .map(|c| c.socket.id.cookie)
+            .collect();
+        let finished_on_their_own = self
+            .first_seen
+            .keys()
+            .filter(|cookie| !open.contains(cookie) && !self.asked_at.contains_key(cookie))
+            .count() as u64;
+        let remaining = last
+            .connections
+            .iter()
+            .map(|c| Remaining {
+                peer: c.socket.id.remote,
+                local: c.socket.id.local,
+                state: c.socket.state.name().to_string(),
+                activity: c.activity.to_string(),
+                last_data_ms: c
+                    .socket
+                    .info
+                    .map(|info| info.last_data_recv_ms.min(info.last_data_sent_ms)),
+                tracked_ms: self
+                    .first_seen
+                    .get(&c.socket.id.cookie)
+                    .map_or(0, |seen| (now - *seen).as_millis() as u64),
+                owner_pid: c.owner.as_ref().map(|o| o.pid),
+                owner_command: c.owner.as_ref().map(|o| o.command.clone()),
+            })
+            .collect();
+        DrainReport {
+            port,
+            outcome,
+            elapsed_ms: (now - started).as_millis() as u64,
+            closed_gracefully: self.closed_gracefully,
+            closed_abortively: self.closed_abortively,
+            finished_on_their_own,
+            forced_gracefully: self.forced_gracefully,
+            forced_abortively: self.forced_abortively,
+            refused_connections,
+            accept_queue: last.accept_queue(),
+            remaining,
+            still_refusing: steering_pinned_at.is_some(),
+            steering_pinned_at,
+        }
+    }
+}
