@@ -35,7 +35,7 @@ fn drainctl_status(args: &[&str]) -> Value {
     output.json()
 }
 
-fn port<'a>(status: &'a Value, port: u16) -> &'a Value {
+fn port(status: &Value, port: u16) -> &Value {
     status["ports"]
         .as_array()
         .unwrap()

@@ -34,7 +34,7 @@ pub use http::{
     KeepAliveClient, Response, Server,
 };
 pub use netns::{current_thread_netns_inode, Netns};
-pub use process::{bin_path, spawn_demo_server, ChildGuard};
+pub use process::{bin_path, raise_open_files_limit, spawn_demo_server, ChildGuard};
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

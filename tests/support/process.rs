@@ -155,3 +155,12 @@ fn echo_lines(label: String, source: impl std::io::Read + Send + 'static) {
         eprintln!("echo_lines: cannot spawn thread: {e}");
     }
 }
+
+/// Raises this process's soft limit of open files to its hard limit (tests and servers
+/// holding a thousand connections or more). Returns the new limit.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}

@@ -217,20 +217,27 @@ pub async fn drain(
     let mut schedule = CloseSchedule::new(plan.pace, started);
     let mut tally = Tally::default();
 
+    // A spread's closes are paced within each pass too, over the time to the next one,
+    // so slow passes do not turn into bursts; a batch is closed at once.
+    let paced_within_pass = matches!(plan.pace, Pace::Spread(_));
     let (outcome, last, cancel_mode) = loop {
+        let pass_started = Instant::now();
         let snapshot = inventory.scan(port)?;
         tally.observe(&snapshot);
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
         }
         let now = Instant::now();
+        let close_over = paced_within_pass.then_some(plan.poll_interval);
         let closed_now = close_idle(
             &mut inventory,
             &snapshot,
             &mut tally,
             &mut schedule,
             plan.close_grace,
-        );
+            close_over,
+        )
+        .await;
         let pass = Progress {
             elapsed_ms: (now - started).as_millis() as u64,
             time_left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
@@ -251,8 +258,9 @@ pub async fn drain(
                 .retain(|c| !closed_now.contains(&c.socket.id.cookie));
             break (Outcome::DeadlineReached, remaining, None);
         }
+        let next_pass = jittered(plan.poll_interval).saturating_sub(pass_started.elapsed());
         tokio::select! {
-            () = tokio::time::sleep(jittered(plan.poll_interval)) => {}
+            () = tokio::time::sleep(next_pass) => {}
             mode = &mut cancel => break (Outcome::Cancelled, snapshot, Some(mode)),
         }
     };
@@ -296,16 +304,17 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// Closes the idle connections the schedule allows now, in random order; returns the
-/// cookies of those closed. A connection whose server was asked before and still holds
-/// it gets its FIN once `close_grace` has passed (outside the schedule: it was counted
-/// when asked).
-fn close_idle(
+/// Closes the idle connections the schedule allows now, in random order, evenly over
+/// `close_over` when given; returns the cookies of those closed. A connection whose
+/// server was asked before and still holds it gets its FIN once `close_grace` has passed
+/// (outside the schedule: it was counted when asked).
+async fn close_idle(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
     tally: &mut Tally,
     schedule: &mut CloseSchedule,
     close_grace: Duration,
+    close_over: Option<Duration>,
 ) -> HashSet<u64> {
     let mut waiting: Vec<&Connection> = Vec::new();
     for connection in snapshot.idle() {
@@ -328,8 +337,12 @@ fn close_idle(
     }
     fastrand::shuffle(&mut waiting);
     let allowed = schedule.allowance(Instant::now(), waiting.len());
+    let gap = close_over.map_or(Duration::ZERO, |over| over / allowed.max(1) as u32);
     let mut closed = HashSet::new();
-    for connection in waiting.into_iter().take(allowed) {
+    for (i, connection) in waiting.into_iter().take(allowed).enumerate() {
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
         match close_if_idle(inventory, connection) {
             Ok(CloseOutcome::Closed(method)) => {
                 debug!(peer = %connection.socket.id.remote, ?method, "closed an idle connection");

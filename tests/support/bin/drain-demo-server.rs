@@ -54,6 +54,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    // A thousand connections need more than the usual 1024 descriptors.
+    if let Err(err) = drain_tests::raise_open_files_limit() {
+        eprintln!("drain-demo-server: cannot raise the open files limit: {err}");
+    }
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in &addrs {
         match drain_tests::bind_listener(*addr, reuseport, dual_stack) {
