@@ -407,13 +407,15 @@ fn a_response_streamed_in_pieces_is_delivered_whole() {
 }
 
 #[test]
-fn a_request_arriving_with_the_previous_answer_is_not_taken_for_idle() {
+fn a_pipelined_request_is_served_not_cut() {
     let Some(_netns) = Netns::require() else {
         return;
     };
     let (_server, events, addr) = start_server("127.0.0.1:8080");
-    // Pipelined: the second request is on the wire before the first answer left, so
-    // both TCP_INFO stamps fall in the same millisecond.
+    // Pipelined: the second request arrives before the first answer leaves, so from
+    // TCP_INFO the connection looks answered (a known limit of the classification).
+    // With no quiet period it is closed at once; closing only the server's read side
+    // lets the server finish and deliver the answer before it reads EOF.
     let mut client = KeepAliveClient::connect(addr).unwrap();
     client.send_request("GET", "/", b"").unwrap();
     client

@@ -19,9 +19,20 @@ pub const PORT_GLOBAL: &str = "DRAIN_PORT";
 /// entry cannot outlive the listener it refers to: the refusal is keyed on these entries.
 pub const LISTENERS_MAP: &str = "DRAIN_LISTENERS";
 
-/// Name of the one-entry per-CPU array counting the connections refused.
-pub const REFUSED_MAP: &str = "REFUSED";
+/// Name of the SOCKHASH `slot (u32) -> listening socket` holding the successors: the
+/// listeners new connections are handed to while the port drains. Empty: refuse.
+pub const SUCCESSORS_MAP: &str = "SUCCESSORS";
 
-/// How many listening sockets one port can have under drain: an IPv4 and an IPv6
-/// listener, or every member of a SO_REUSEPORT group.
+/// Name of the per-CPU array counting what the program did, indexed by the `COUNT_*`
+/// constants.
+pub const COUNTS_MAP: &str = "COUNTS";
+
+/// [`COUNTS_MAP`] index: new connections refused (no successor matched).
+pub const COUNT_REFUSED: u32 = 0;
+
+/// [`COUNTS_MAP`] index: new connections handed to a successor.
+pub const COUNT_STEERED: u32 = 1;
+
+/// How many listening sockets one port can have under drain, and how many successors:
+/// an IPv4 and an IPv6 listener, or every member of a SO_REUSEPORT group.
 pub const MAX_LISTENERS_PER_PORT: u32 = 64;

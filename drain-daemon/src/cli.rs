@@ -161,6 +161,12 @@ pub struct DrainArgs {
     /// balancers need to see the instance leave).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub accept_grace: Duration,
+    /// Drain only the listeners of this process and its descendants (the old service);
+    /// the port's other listeners (a successor with SO_REUSEPORT) get the new
+    /// connections. Default: every listener at the start drains, and listeners that
+    /// appear later get the new connections.
+    #[arg(long)]
+    pub pid: Option<i32>,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -188,6 +194,7 @@ impl DrainArgs {
             pace,
             force: self.force,
             accept_grace: self.accept_grace,
+            pid: self.pid,
         }
     }
 }
@@ -676,12 +683,19 @@ fn print_report(report: &DrainReport) {
     };
     println!("{headline}");
     println!(
-        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}",
+        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
         report.closed_gracefully,
         report.closed_abortively,
         report.finished_on_their_own,
-        report.refused_connections
+        report.refused_connections,
+        report.steered_connections
     );
+    if report.forced_gracefully + report.forced_abortively > 0 {
+        println!(
+            "  forced at the deadline (--force): {} with a FIN, {} reset",
+            report.forced_gracefully, report.forced_abortively
+        );
+    }
     if !report.remaining.is_empty() {
         println!(
             "  {:<40} {:<11} {:<12} {:>10} {:>10}  ACTIVITY",

@@ -1,11 +1,12 @@
 //! Steering: new connections stay away from a draining listener.
 //!
 //! An eBPF sk_lookup program (drain-ebpf; Linux 5.9+) is attached to the current network
-//! namespace, one instance per drained port. It refuses (RST, the client sees
-//! ECONNREFUSED at once) every new connection that would reach one of the port's
-//! draining listeners, which it finds in a SOCKHASH. The kernel deletes a socket from
-//! every SOCKHASH when the socket closes, so the refusal cannot outlive the listener:
-//! a service started later on the same port gets its connections again.
+//! namespace, one instance per drained port. Every new connection that would reach one
+//! of the port's draining listeners (kept in a SOCKHASH) is handed to a successor
+//! listener if one is set ([`Steering::set_successors`]), and refused otherwise (RST,
+//! the client sees ECONNREFUSED at once). The kernel deletes a socket from every
+//! SOCKHASH when the socket closes, so the steering cannot outlive the listener: a
+//! service started later on the same port gets its connections again.
 //!
 //! The program, its maps and its link are pinned in bpffs under
 //! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/`, so the refusal lasts after
@@ -28,7 +29,10 @@ use aya::{
     EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use drain_common::{LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, REFUSED_MAP};
+use drain_common::{
+    COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL,
+    PROGRAM_NAME, SUCCESSORS_MAP,
+};
 use tracing::{debug, info, warn};
 
 use crate::netns;
@@ -59,7 +63,7 @@ pub enum SteerError {
         #[source]
         source: MapError,
     },
-    #[error("adding a listener to {LISTENERS_MAP} (BPF_MAP_UPDATE_ELEM): {0}")]
+    #[error("adding a listener to a steering map (BPF_MAP_UPDATE_ELEM): {0}")]
     AddListener(#[source] MapError),
     #[error("port {port} has more than {MAX_LISTENERS_PER_PORT} listeners to drain")]
     TooManyListeners { port: u16 },
@@ -81,7 +85,8 @@ pub enum Persistence {
 pub struct Steering {
     port: u16,
     listeners: SockHash<MapData, u32>,
-    refused: PerCpuArray<MapData, u64>,
+    successors: SockHash<MapData, u32>,
+    counts: PerCpuArray<MapData, u64>,
     persistence: Persistence,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Holds the link when it is not pinned; dropping it detaches the program.
@@ -140,12 +145,27 @@ impl Steering {
         self.listeners.keys().filter(Result::is_ok).count()
     }
 
-    /// Connections refused so far by this port's program, summed over CPUs.
+    /// New connections refused so far (no successor matched), summed over CPUs.
     pub fn refused_connections(&self) -> u64 {
-        self.refused
-            .get(&0, 0)
+        self.count(COUNT_REFUSED)
+    }
+
+    /// New connections handed to a successor so far, summed over CPUs.
+    pub fn steered_connections(&self) -> u64 {
+        self.count(COUNT_STEERED)
+    }
+
+    fn count(&self, index: u32) -> u64 {
+        self.counts
+            .get(&index, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Hands new connections to these listeners (descriptors duplicated into this
+    /// process) instead of refusing them; an empty set refuses again.
+    pub fn set_successors(&mut self, successors: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
+        replace_sockets(&mut self.successors, successors, self.port)
     }
 
     /// The reader of the program's log records (aya-log), to be polled by the caller.
@@ -161,25 +181,30 @@ impl Steering {
         Ok(())
     }
 
-    /// Puts `listeners` into free slots first and only then removes the previous entries,
-    /// so a listener refused before stays refused throughout.
     fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        let previous: BTreeSet<u32> = self.listeners.keys().filter_map(Result::ok).collect();
-        let mut free = (0..MAX_LISTENERS_PER_PORT).filter(|slot| !previous.contains(slot));
-        for listener in listeners {
-            let slot = free
-                .next()
-                .ok_or(SteerError::TooManyListeners { port: self.port })?;
-            self.listeners
-                .insert(slot, listener.as_raw_fd(), 0)
-                .map_err(SteerError::AddListener)?;
-        }
-        for slot in previous {
-            // Gone already if that listener closed meanwhile: nothing to undo.
-            let _ = self.listeners.remove(&slot);
-        }
-        Ok(())
+        replace_sockets(&mut self.listeners, listeners, self.port)
     }
+}
+
+/// Puts `sockets` into free slots of `map` first and only then removes the previous
+/// entries, so a listener steered before stays steered throughout.
+fn replace_sockets(
+    map: &mut SockHash<MapData, u32>,
+    sockets: &[BorrowedFd<'_>],
+    port: u16,
+) -> Result<(), SteerError> {
+    let previous: BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
+    let mut free = (0..MAX_LISTENERS_PER_PORT).filter(|slot| !previous.contains(slot));
+    for socket in sockets {
+        let slot = free.next().ok_or(SteerError::TooManyListeners { port })?;
+        map.insert(slot, socket.as_raw_fd(), 0)
+            .map_err(SteerError::AddListener)?;
+    }
+    for slot in previous {
+        // Gone already if that listener closed meanwhile: nothing to undo.
+        let _ = map.remove(&slot);
+    }
+    Ok(())
 }
 
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
@@ -249,20 +274,23 @@ fn open_pinned(dir: &Path) -> Result<Option<Steering>, SteerError> {
     let pinned = (|| {
         let listeners = open_listeners_map(dir).ok()?;
         listeners.keys().next()?.ok()?;
-        let refused = MapData::from_pin(dir.join("refused")).ok()?;
-        let refused = PerCpuArray::try_from(Map::PerCpuArray(refused)).ok()?;
+        let successors = MapData::from_pin(dir.join("successors")).ok()?;
+        let successors = SockHash::try_from(Map::SockHash(successors)).ok()?;
+        let counts = MapData::from_pin(dir.join("counts")).ok()?;
+        let counts = PerCpuArray::try_from(Map::PerCpuArray(counts)).ok()?;
         let link = FdLink::from(PinnedLink::from_pin(dir.join("link")).ok()?);
         let logger = link
             .info()
             .ok()
             .and_then(|info| EbpfLogger::init_from_id(info.program_id()).ok());
-        Some((listeners, refused, logger))
+        Some((listeners, successors, counts, logger))
     })();
     match pinned {
-        Some((listeners, refused, logger)) => Ok(Some(Steering {
+        Some((listeners, successors, counts, logger)) => Ok(Some(Steering {
             port: port_of_pin_dir(dir),
             listeners,
-            refused,
+            successors,
+            counts,
             persistence: Persistence::Pinned(dir.to_path_buf()),
             logger,
             _link: None,
@@ -325,10 +353,16 @@ fn load_and_attach(
         })
     };
     let listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
-    let refused_map = take(&mut ebpf, REFUSED_MAP)?;
+    let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
+    let counts_map = take(&mut ebpf, COUNTS_MAP)?;
+    let maps = [
+        ("listeners", &listeners_map),
+        ("successors", &successors_map),
+        ("counts", &counts_map),
+    ];
 
     let (persistence, link) = match pin_dir {
-        Some(dir) => match pin_all(&dir, &listeners_map, &refused_map, link) {
+        Some(dir) => match pin_all(&dir, &maps, link) {
             Ok(()) => (Persistence::Pinned(dir), None),
             Err((err, Some(link))) => {
                 warn!(dir = %dir.display(), "cannot pin the steering program ({err}); new connections are refused only while this process runs");
@@ -346,15 +380,20 @@ fn load_and_attach(
         name: LISTENERS_MAP,
         source,
     })?;
-    let refused = PerCpuArray::try_from(refused_map).map_err(|source| SteerError::Map {
-        name: REFUSED_MAP,
+    let successors = SockHash::try_from(successors_map).map_err(|source| SteerError::Map {
+        name: SUCCESSORS_MAP,
+        source,
+    })?;
+    let counts = PerCpuArray::try_from(counts_map).map_err(|source| SteerError::Map {
+        name: COUNTS_MAP,
         source,
     })?;
     info!(port, ?persistence, "attached the sk_lookup program");
     Ok(Steering {
         port,
         listeners,
-        refused,
+        successors,
+        counts,
         persistence,
         logger,
         _link: link,
@@ -366,23 +405,18 @@ fn load_and_attach(
 /// final.
 fn pin_all(
     dir: &Path,
-    listeners: &Map,
-    refused: &Map,
+    maps: &[(&str, &Map)],
     link: FdLink,
 ) -> Result<(), (String, Option<FdLink>)> {
-    let maps = fs::create_dir_all(dir)
+    let pinned = fs::create_dir_all(dir)
         .map_err(|err| format!("mkdir {}: {err}", dir.display()))
         .and_then(|()| {
-            listeners
-                .pin(dir.join("listeners"))
-                .map_err(|err| err.to_string())
-        })
-        .and_then(|()| {
-            refused
-                .pin(dir.join("refused"))
-                .map_err(|err| err.to_string())
+            maps.iter().try_for_each(|(name, map)| {
+                map.pin(dir.join(name))
+                    .map_err(|err| format!("{name}: {err}"))
+            })
         });
-    if let Err(err) = maps {
+    if let Err(err) = pinned {
         return Err((err, Some(link)));
     }
     link.pin(dir.join("link"))
@@ -391,12 +425,14 @@ fn pin_all(
 }
 
 fn remove_pin_dir(dir: &Path) -> io::Result<()> {
-    // The link first: unpinning it detaches the program at once.
-    for name in ["link", "listeners", "refused"] {
-        match fs::remove_file(dir.join(name)) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-            _ => {}
-        }
+    // The link first: unpinning it detaches the program at once. Then whatever else is
+    // pinned there, also what an older version pinned.
+    match fs::remove_file(dir.join("link")) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    for entry in fs::read_dir(dir)? {
+        fs::remove_file(entry?.path())?;
     }
     fs::remove_dir(dir)
 }

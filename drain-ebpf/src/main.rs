@@ -1,11 +1,14 @@
-//! The sk_lookup program that refuses new connections to a draining listener.
+//! The sk_lookup program that takes new connections away from a draining listener.
 //!
 //! sk_lookup runs when the kernel looks for the listening socket of an incoming SYN
 //! (Linux 5.9+). For the port under drain, if one of the draining listeners would match
-//! the packet's destination, the program returns `SK_DROP`: the kernel answers the SYN
-//! with a RST and the client's `connect()` fails at once with ECONNREFUSED, so load
-//! balancers and clients retry elsewhere instead of queueing on a listener that is going
-//! away. Established connections are untouched: sk_lookup only runs for listener lookup.
+//! the packet's destination, the program hands the connection to a successor listener
+//! that matches it (another process on the same port with SO_REUSEPORT, or a listener
+//! on another port), bypassing the reuseport group so the old listener gets none. With
+//! no successor it returns `SK_DROP`: the kernel answers the SYN with a RST and the
+//! client's `connect()` fails at once with ECONNREFUSED, so load balancers and clients
+//! retry elsewhere instead of queueing on a listener that is going away. Established
+//! connections are untouched: sk_lookup only runs for listener lookup.
 //!
 //! The refusal is keyed on the draining listeners' presence in a SOCKHASH. The kernel
 //! drops a socket from every SOCKHASH when it is closed, so the refusal ends by itself
@@ -22,25 +25,27 @@ use aya_ebpf::{
         bpf_sock,
         sk_action::{SK_DROP, SK_PASS},
     },
-    helpers::{bpf_map_lookup_elem, bpf_sk_release},
+    helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
     macros::{map, sk_lookup},
     maps::PerCpuArray,
     programs::SkLookupContext,
     Global,
 };
 use aya_log_ebpf::debug;
-use drain_common::MAX_LISTENERS_PER_PORT;
+use drain_common::{COUNT_REFUSED, COUNT_STEERED, MAX_LISTENERS_PER_PORT};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
+/// `BPF_SK_LOOKUP_F_NO_REUSEPORT`: take the assigned socket, not its reuseport group.
+const NO_REUSEPORT: u64 = 2;
 
 /// Set by the loader (`drain_common::PORT_GLOBAL`).
 #[unsafe(no_mangle)]
 static DRAIN_PORT: Global<u16> = Global::new(0);
 
-#[map(name = "REFUSED")]
-static REFUSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "COUNTS")]
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
@@ -51,17 +56,40 @@ struct ListenerSockets(UnsafeCell<bpf_map_def>);
 // SAFETY: the kernel owns the map; the program only passes its address to helpers.
 unsafe impl Sync for ListenerSockets {}
 
+impl ListenerSockets {
+    const fn new() -> Self {
+        Self(UnsafeCell::new(bpf_map_def {
+            type_: BPF_MAP_TYPE_SOCKHASH,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u32>() as u32,
+            max_entries: MAX_LISTENERS_PER_PORT,
+            map_flags: 0,
+            id: 0,
+            pinning: 0,
+        }))
+    }
+
+    /// The socket in `slot`, referenced until [`Self::release`]; null when empty.
+    fn get(&self, slot: u32) -> *mut bpf_sock {
+        // SAFETY: `self` is a SOCKHASH of this program and `slot` lives on the stack for
+        // the call.
+        unsafe { bpf_map_lookup_elem(self.0.get().cast(), (&slot as *const u32).cast()) }.cast()
+    }
+}
+
+/// Releases the reference a SOCKHASH lookup took.
+fn release(sk: *mut bpf_sock) {
+    // SAFETY: `sk` is a non-null result of one lookup, released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+}
+
 #[unsafe(link_section = "maps")]
 #[unsafe(export_name = "DRAIN_LISTENERS")]
-static DRAIN_LISTENERS: ListenerSockets = ListenerSockets(UnsafeCell::new(bpf_map_def {
-    type_: BPF_MAP_TYPE_SOCKHASH,
-    key_size: size_of::<u32>() as u32,
-    value_size: size_of::<u32>() as u32,
-    max_entries: MAX_LISTENERS_PER_PORT,
-    map_flags: 0,
-    id: 0,
-    pinning: 0,
-}));
+static DRAIN_LISTENERS: ListenerSockets = ListenerSockets::new();
+
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "SUCCESSORS")]
+static SUCCESSORS: ListenerSockets = ListenerSockets::new();
 
 #[sk_lookup]
 pub fn drain_steer(ctx: SkLookupContext) -> u32 {
@@ -76,14 +104,32 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
         ip4: lookup.local_ip4,
         ip6: lookup.local_ip6,
     };
+    if !(0..MAX_LISTENERS_PER_PORT).any(|slot| matches(&DRAIN_LISTENERS, slot, &destination)) {
+        return SK_PASS;
+    }
     for slot in 0..MAX_LISTENERS_PER_PORT {
-        if draining_listener_matches(slot, &destination) {
-            count_refused();
-            debug!(&ctx, "refused a connection to draining port {}", port);
-            return SK_DROP;
+        let successor = SUCCESSORS.get(slot);
+        if successor.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null lookup result is readable until released.
+        let accepts = listener_accepts(unsafe { &*successor }, &destination);
+        // SAFETY: `ctx` is this program's context and `successor` a referenced socket.
+        let assigned = accepts
+            && unsafe { bpf_sk_assign(ctx.lookup.cast(), successor.cast(), NO_REUSEPORT) } == 0;
+        release(successor);
+        if assigned {
+            count(COUNT_STEERED);
+            debug!(
+                &ctx,
+                "handed a connection to draining port {} to a successor", port
+            );
+            return SK_PASS;
         }
     }
-    SK_PASS
+    count(COUNT_REFUSED);
+    debug!(&ctx, "refused a connection to draining port {}", port);
+    SK_DROP
 }
 
 /// Where the incoming SYN is going. Addresses are in network byte order, as the kernel
@@ -94,19 +140,15 @@ struct Destination {
     ip6: [u32; 4],
 }
 
-fn draining_listener_matches(slot: u32, destination: &Destination) -> bool {
-    let map = DRAIN_LISTENERS.0.get().cast();
-    // SAFETY: `map` is this program's SOCKHASH and `slot` lives on the stack for the call.
-    let sk = unsafe { bpf_map_lookup_elem(map, (&slot as *const u32).cast()) }.cast::<bpf_sock>();
+fn matches(sockets: &ListenerSockets, slot: u32, destination: &Destination) -> bool {
+    let sk = sockets.get(slot);
     if sk.is_null() {
         return false;
     }
-    // SAFETY: a non-null result of a SOCKHASH lookup is a referenced socket, readable
-    // until it is released.
-    let matches = listener_accepts(unsafe { &*sk }, destination);
-    // SAFETY: releases the reference taken by the lookup above, exactly once.
-    unsafe { bpf_sk_release(sk.cast()) };
-    matches
+    // SAFETY: a non-null lookup result is readable until released.
+    let accepts = listener_accepts(unsafe { &*sk }, destination);
+    release(sk);
+    accepts
 }
 
 /// Would the kernel's own lookup consider this listener for the destination? A listener
@@ -125,8 +167,8 @@ fn listener_accepts(listener: &bpf_sock, destination: &Destination) -> bool {
     }
 }
 
-fn count_refused() {
-    if let Some(count) = REFUSED.get_ptr_mut(0) {
+fn count(index: u32) {
+    if let Some(count) = COUNTS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot: no other CPU writes it, and the program is not
         // preempted on this one while it runs.
         unsafe { *count += 1 };

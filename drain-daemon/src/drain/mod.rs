@@ -68,6 +68,11 @@ pub struct DrainPlan {
     /// propagation delay of load balancers and Kubernetes).
     #[serde(with = "duration_ms", rename = "accept_grace_ms")]
     pub accept_grace: Duration,
+    /// Drain only the listeners held by this process or its descendants; the port's
+    /// other listeners are successors. `None`: every listener present at the start
+    /// drains, and listeners that appear later are successors.
+    #[serde(default)]
+    pub pid: Option<i32>,
 }
 
 /// Durations as whole milliseconds in JSON.
@@ -94,6 +99,8 @@ pub enum DrainError {
     NotRoot,
     #[error("no TCP listener on port {port} in this network namespace: check the port (ss -tlnp 'sport = :{port}')")]
     NoListener { port: u16 },
+    #[error("process {pid} holds no TCP listener on port {port}: check the pid (ss -tlnp 'sport = :{port}')")]
+    NoListenerOfPid { port: u16, pid: i32 },
     #[error("the listener on port {port} is held by no visible process: run drainctl in the server's PID namespace")]
     ListenerOwnerUnknown { port: u16 },
     #[error("cannot take a reference to the listener on port {port}: {source}")]
@@ -114,6 +121,7 @@ impl DrainError {
         match self {
             DrainError::NotRoot
             | DrainError::NoListener { .. }
+            | DrainError::NoListenerOfPid { .. }
             | DrainError::ListenerOwnerUnknown { .. }
             | DrainError::BorrowListener { .. } => true,
             DrainError::Steer(err) => matches!(
@@ -190,15 +198,15 @@ pub async fn drain(
     }
     // Listeners opened during the grace are drained too.
     let before = inventory.scan(port)?;
-    if before.listeners.is_empty() {
-        return Err(DrainError::NoListener { port });
-    }
+    let draining = draining_listeners(&before, plan.pid)?;
+    let before = before.only_listeners(&draining);
     let listener_sockets = borrow_listeners(port, &before.listeners)?;
     let fds: Vec<_> = listener_sockets.iter().map(|fd| fd.as_fd()).collect();
     let mut steering = Steering::refuse(port, &fds)?;
     // Holding the listeners would keep them open after the server closes them.
     drop(fds);
     drop(listener_sockets);
+    let mut successors = HashSet::new();
     if let Some(logger) = steering.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
@@ -222,7 +230,9 @@ pub async fn drain(
     let paced_within_pass = matches!(plan.pace, Pace::Spread(_));
     let (outcome, last, cancel_mode) = loop {
         let pass_started = Instant::now();
-        let snapshot = inventory.scan(port)?;
+        let everything = inventory.scan(port)?;
+        update_successors(&mut steering, &everything, &draining, &mut successors);
+        let snapshot = everything.only_listeners(&draining);
         tally.observe(&snapshot);
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
@@ -271,6 +281,7 @@ pub async fn drain(
         last
     };
     let refused_connections = steering.refused_connections();
+    tally.steered = steering.steered_connections();
     if let Some(announcer) = &mut announcer {
         announcer.finish(outcome, refused_connections);
     }
@@ -408,6 +419,68 @@ async fn force_remaining(
         "deadline reached: forced the remaining connections closed (--force)"
     );
     Ok(inventory.scan(port)?)
+}
+
+/// The socket inodes of the listeners to drain: those of `pid`'s process tree, or all.
+fn draining_listeners(scan: &PortInventory, pid: Option<i32>) -> Result<HashSet<u64>, DrainError> {
+    let port = scan.port;
+    if scan.listeners.is_empty() {
+        return Err(DrainError::NoListener { port });
+    }
+    let tree = pid.map(crate::inventory::owners::process_tree);
+    debug!(?tree, "the process tree whose listeners drain");
+    let draining: HashSet<u64> = scan
+        .listeners
+        .iter()
+        .filter(|listener| match &tree {
+            Some(tree) => listener
+                .owners
+                .iter()
+                .any(|owner| tree.contains(&owner.pid)),
+            None => true,
+        })
+        .map(|listener| listener.socket.inode)
+        .collect();
+    match pid {
+        Some(pid) if draining.is_empty() => Err(DrainError::NoListenerOfPid { port, pid }),
+        _ => Ok(draining),
+    }
+}
+
+/// Hands new connections to the port's other listeners (successors) when the set of
+/// them changed since the last pass: one started after the drain, or one closed.
+fn update_successors(
+    steering: &mut Steering,
+    scan: &PortInventory,
+    draining: &HashSet<u64>,
+    current: &mut HashSet<u64>,
+) {
+    let found: Vec<&Listener> = scan
+        .listeners
+        .iter()
+        .filter(|listener| !draining.contains(&listener.socket.inode))
+        .collect();
+    let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
+    if inodes == *current {
+        return;
+    }
+    let sockets: Vec<OwnedFd> = found
+        .iter()
+        .filter_map(|listener| borrow_listeners(scan.port, std::slice::from_ref(*listener)).ok())
+        .flatten()
+        .collect();
+    let fds: Vec<_> = sockets.iter().map(|fd| fd.as_fd()).collect();
+    match steering.set_successors(&fds) {
+        Ok(()) => {
+            info!(
+                port = scan.port,
+                successors = fds.len(),
+                "new connections go to the successor listeners"
+            );
+            *current = inodes;
+        }
+        Err(err) => warn!("cannot hand new connections to the successors: {err}"),
+    }
 }
 
 /// Duplicates each listening socket from one of its owners.

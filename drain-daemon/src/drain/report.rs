@@ -53,6 +53,8 @@ pub struct DrainReport {
     pub forced_abortively: u64,
     /// New connections refused by the steering program during the drain.
     pub refused_connections: u64,
+    /// New connections handed to a successor listener during the drain.
+    pub steered_connections: u64,
     /// Connections still waiting in the accept queue at the end.
     pub accept_queue: u32,
     pub remaining: Vec<Remaining>,
@@ -74,6 +76,7 @@ pub(super) struct Tally {
     pub(super) closed_abortively: u64,
     pub(super) forced_gracefully: u64,
     pub(super) forced_abortively: u64,
+    pub(super) steered: u64,
 }
 
 impl Tally {
@@ -150,6 +153,7 @@ impl Tally {
             forced_gracefully: self.forced_gracefully,
             forced_abortively: self.forced_abortively,
             refused_connections,
+            steered_connections: self.steered,
             accept_queue: last.accept_queue(),
             remaining,
             still_refusing: steering_pinned_at.is_some(),

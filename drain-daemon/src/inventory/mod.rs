@@ -104,6 +104,21 @@ impl PortInventory {
     pub fn in_flight(&self) -> impl Iterator<Item = &Connection> {
         self.connections.iter().filter(|c| !c.activity.is_idle())
     }
+
+    /// Only the listeners whose socket inode is in `inodes`, and the connections their
+    /// owners hold (or whose owner is unknown). Used when a port has a draining and a
+    /// successor service: the successor's connections are not the drain's.
+    pub fn only_listeners(mut self, inodes: &HashSet<u64>) -> PortInventory {
+        self.listeners.retain(|l| inodes.contains(&l.socket.inode));
+        let owners: HashSet<i32> = self
+            .listeners
+            .iter()
+            .flat_map(|l| l.owners.iter().map(|o| o.pid))
+            .collect();
+        self.connections
+            .retain(|c| c.owner.as_ref().is_none_or(|o| owners.contains(&o.pid)));
+        self
+    }
 }
 
 /// States in which a connection still belongs to the server: it may carry a request.

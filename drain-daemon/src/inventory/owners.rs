@@ -138,6 +138,24 @@ fn family_of(owners: &Owners, listeners: &HashSet<u64>) -> Vec<i32> {
     family
 }
 
+/// `pid` and every process descending from it.
+pub fn process_tree(pid: i32) -> HashSet<i32> {
+    let parents = parent_map();
+    let mut tree = HashSet::from([pid]);
+    // Parents precede children in no particular order: repeat until nothing is added.
+    loop {
+        let before = tree.len();
+        for (&child, parent) in &parents {
+            if tree.contains(parent) {
+                tree.insert(child);
+            }
+        }
+        if tree.len() == before {
+            return tree;
+        }
+    }
+}
+
 /// pid -> parent pid, from `/proc/<pid>/stat`.
 fn parent_map() -> HashMap<i32, i32> {
     all_pids()
@@ -297,11 +315,27 @@ mod tests {
             .unwrap();
         drop(inherited);
         let owners = OwnerFinder::default().find(&HashSet::from([listener_inode]), &HashSet::new());
-        let mut pids: Vec<i32> = owners[&listener_inode].iter().map(|o| o.pid).collect();
-        pids.sort_unstable();
-        let mut expected = vec![std::process::id() as i32, child.id() as i32];
-        expected.sort_unstable();
-        assert_eq!(pids, expected);
+        let pids: HashSet<i32> = owners[&listener_inode].iter().map(|o| o.pid).collect();
+        // A child another test thread spawns meanwhile inherits the copy too: more
+        // owners are possible, these two are certain.
+        let expected = HashSet::from([std::process::id() as i32, child.id() as i32]);
+        assert!(pids.is_superset(&expected), "{pids:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_process_tree_holds_the_process_and_its_descendants_only() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let child_pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        let tree = process_tree(me);
+        assert!(tree.contains(&me) && tree.contains(&child_pid), "{tree:?}");
+        assert!(!tree.contains(&1), "{tree:?}");
+        assert_eq!(process_tree(child_pid), HashSet::from([child_pid]));
         let _ = child.kill();
         let _ = child.wait();
     }
