@@ -133,6 +133,7 @@ pub struct Inventory {
     source: Source,
     owners: owners::OwnerFinder,
     quiet_period: Duration,
+    connection_owners: bool,
 }
 
 impl Inventory {
@@ -162,7 +163,16 @@ impl Inventory {
             source,
             owners: owners::OwnerFinder::default(),
             quiet_period,
+            connection_owners: true,
         })
+    }
+
+    /// Whether to find the process holding each connection (on by default). A drain
+    /// needs it to close connections gracefully; counting them does not, and reading the
+    /// owners' descriptors is most of the cost of a scan of a busy port.
+    pub fn with_connection_owners(mut self, enabled: bool) -> Self {
+        self.connection_owners = enabled;
+        self
     }
 
     /// Which source this inventory reads.
@@ -230,7 +240,12 @@ impl Inventory {
                 .map(|s| s.inode)
                 .collect()
         };
-        let owners = self.owners.find(&inodes_of(true), &inodes_of(false));
+        let connection_inodes = if self.connection_owners {
+            inodes_of(false)
+        } else {
+            HashSet::new()
+        };
+        let owners = self.owners.find(&inodes_of(true), &connection_inodes);
 
         let (listening, accepted): (Vec<_>, Vec<_>) = sockets
             .into_iter()

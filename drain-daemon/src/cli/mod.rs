@@ -13,13 +13,13 @@ use std::{
 use clap::{Parser, Subcommand};
 use tracing::{debug, info, warn};
 
+mod view;
+
 use crate::{
     control::{self, Client, ErrorKind, Reply, Request},
     drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Pace, Progress},
     inventory::{Inventory, SourceKind},
-    netns,
-    status::{self, Status},
-    steer,
+    netns, status, steer,
 };
 
 /// Exit codes of `drainctl`, documented in the README.
@@ -356,14 +356,14 @@ impl Failure {
 
 async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     let plan = args.plan();
-    let mut progress = ProgressLog::new(plan.port);
+    let mut progress = view::ProgressView::new(plan.port, view::live_progress_wanted());
     let via_daemon = match route {
         Route::Daemon(client) => drain_via_daemon(client, &plan, &mut progress).await,
         Route::Standalone => Ok(None),
     };
     let result = match via_daemon {
         Ok(Some(report)) => Ok(report),
-        Ok(None) => drain::drain(&plan, interrupted(), |p: &Progress| progress.log(p))
+        Ok(None) => drain::drain(&plan, interrupted(), |p: &Progress| progress.show(p))
             .await
             .map_err(|err| Failure {
                 exit: if err.is_environment() {
@@ -375,6 +375,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
             }),
         Err(failure) => Err(failure),
     };
+    progress.finish();
     let report = match result {
         Ok(report) => report,
         Err(failure) => {
@@ -391,7 +392,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
             }
         }
     } else {
-        print_report(&report);
+        view::print_report(&report);
     }
     match report.outcome {
         Outcome::Drained => Exit::Drained,
@@ -405,7 +406,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
 async fn drain_via_daemon(
     mut client: Client,
     plan: &DrainPlan,
-    progress: &mut ProgressLog,
+    progress: &mut view::ProgressView,
 ) -> Result<Option<DrainReport>, Failure> {
     let netns_inode = netns::current_inode().map_err(|err| Failure {
         exit: Exit::Failure,
@@ -430,7 +431,7 @@ async fn drain_via_daemon(
             }
         };
         match reply {
-            Reply::Progress(update) => progress.log(&update),
+            Reply::Progress(update) => progress.show(&update),
             Reply::Report(report) => return Ok(Some(report)),
             Reply::Error {
                 kind: ErrorKind::OtherNamespace,
@@ -447,36 +448,6 @@ async fn drain_via_daemon(
                 })
             }
         }
-    }
-}
-
-/// Logs a progress line whenever the counts change.
-struct ProgressLog {
-    port: u16,
-    last: Option<(usize, usize, u32)>,
-}
-
-impl ProgressLog {
-    fn new(port: u16) -> Self {
-        Self { port, last: None }
-    }
-
-    fn log(&mut self, progress: &Progress) {
-        let counts = (progress.idle, progress.in_flight, progress.accept_queue);
-        if self.last == Some(counts) {
-            return;
-        }
-        self.last = Some(counts);
-        info!(
-            idle = progress.idle,
-            in_flight = progress.in_flight,
-            accept_queue = progress.accept_queue,
-            closed = progress.closed,
-            refused = progress.refused,
-            time_left_ms = progress.time_left_ms,
-            "draining port {}",
-            self.port
-        );
     }
 }
 
@@ -542,6 +513,7 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
 
 fn run_status(args: StatusArgs) -> Exit {
     let status = Inventory::with_source(args.quiet_period, args.inventory_source.map(Into::into))
+        .map(|inventory| inventory.with_connection_owners(false))
         .and_then(|mut inventory| status::status(&mut inventory, args.port, args.address));
     let status = match status {
         Ok(status) => status,
@@ -559,88 +531,12 @@ fn run_status(args: StatusArgs) -> Exit {
             }
         }
     } else {
-        print_status(&status);
+        view::print_status(&status);
     }
     if !nix::unistd::geteuid().is_root() {
         warn!("not root: owners in other users' processes are not shown");
     }
     Exit::Drained
-}
-
-fn print_status(status: &Status) {
-    if status.ports.is_empty() {
-        println!("no TCP listener in this network namespace");
-        return;
-    }
-    println!(
-        "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  DRAIN",
-        "PORT", "LISTENER", "OWNERS", "ACCEPT-Q", "CONNS", "IDLE", "IN-FLIGHT"
-    );
-    for port in &status.ports {
-        let drain = match (&port.drain, port.refusing_new_connections) {
-            (Some(drain), _) if drain.running => format!(
-                "draining {:.1}s of {:.0}s, {} closed, {} refused (pid {})",
-                drain.elapsed_ms as f64 / 1000.0,
-                drain.timeout_ms as f64 / 1000.0,
-                drain.closed,
-                drain.refused,
-                drain.pid
-            ),
-            (Some(drain), refusing) => format!(
-                "{:?} after {:.1}s, {} closed{}",
-                drain.phase,
-                drain.elapsed_ms as f64 / 1000.0,
-                drain.closed,
-                if refusing {
-                    "; refusing new connections"
-                } else {
-                    ""
-                }
-            ),
-            (None, true) => "refusing new connections".to_string(),
-            (None, false) => "-".to_string(),
-        };
-        let mut listeners = port.listeners.iter();
-        let first = listeners.next();
-        let listener_row = |listener: Option<&status::ListenerStatus>| match listener {
-            Some(listener) => (
-                listener.address.to_string(),
-                listener
-                    .owners
-                    .iter()
-                    .map(|owner| format!("{}/{}", owner.pid, owner.command))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                match listener.accept_queue_limit {
-                    Some(limit) => format!("{}/{limit}", listener.accept_queue),
-                    None => listener.accept_queue.to_string(),
-                },
-            ),
-            None => (
-                "(no listener)".to_string(),
-                "-".to_string(),
-                "-".to_string(),
-            ),
-        };
-        let (address, owners, queue) = listener_row(first);
-        println!(
-            "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  {drain}",
-            port.port,
-            address,
-            owners,
-            queue,
-            port.connections.total,
-            port.connections.idle,
-            port.connections.in_flight
-        );
-        for listener in listeners {
-            let (address, owners, queue) = listener_row(Some(listener));
-            println!("{:<6} {address:<28} {owners:<24} {queue:>9}", "");
-        }
-    }
-    if status.source == SourceKind::Procfs {
-        println!("(read from /proc/net/tcp: without TCP_INFO no connection is judged idle)");
-    }
 }
 
 /// Resolves when the drain should stop early: SIGINT (a person aborting: stop refusing)
@@ -664,70 +560,6 @@ fn interrupted() -> impl std::future::Future<Output = Cancel> {
     }
 }
 
-fn print_report(report: &DrainReport) {
-    let seconds = report.elapsed_ms as f64 / 1000.0;
-    let closed = report.closed_gracefully + report.closed_abortively;
-    let headline = match report.outcome {
-        Outcome::Drained => format!("port {}: drained in {seconds:.2}s", report.port),
-        Outcome::DeadlineReached => format!(
-            "port {}: deadline reached after {seconds:.2}s, {} connection(s) still open, {} waiting to be accepted",
-            report.port,
-            report.remaining.len(),
-            report.accept_queue
-        ),
-        Outcome::Cancelled => format!(
-            "port {}: interrupted after {seconds:.2}s, {} connection(s) still open",
-            report.port,
-            report.remaining.len()
-        ),
-    };
-    println!("{headline}");
-    println!(
-        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
-        report.closed_gracefully,
-        report.closed_abortively,
-        report.finished_on_their_own,
-        report.refused_connections,
-        report.steered_connections
-    );
-    if report.forced_gracefully + report.forced_abortively > 0 {
-        println!(
-            "  forced at the deadline (--force): {} with a FIN, {} reset",
-            report.forced_gracefully, report.forced_abortively
-        );
-    }
-    if !report.remaining.is_empty() {
-        println!(
-            "  {:<40} {:<11} {:<12} {:>10} {:>10}  ACTIVITY",
-            "PEER", "STATE", "OWNER", "LAST DATA", "TRACKED"
-        );
-        for remaining in &report.remaining {
-            let owner = match (remaining.owner_pid, &remaining.owner_command) {
-                (Some(pid), Some(command)) => format!("{pid}/{command}"),
-                _ => "-".to_string(),
-            };
-            let last_data = remaining.last_data_ms.map_or("-".to_string(), |ms| {
-                format!("{:.1}s ago", f64::from(ms) / 1000.0)
-            });
-            println!(
-                "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}",
-                remaining.peer.to_string(),
-                remaining.state,
-                owner,
-                last_data,
-                remaining.tracked_ms as f64 / 1000.0,
-                remaining.activity
-            );
-        }
-    }
-    if report.still_refusing {
-        println!(
-            "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
-            report.port, report.port
-        );
-    }
-}
-
 pub fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
@@ -740,7 +572,7 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     // `init` also routes `log` records (aya-log's eBPF records) into tracing.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(view::log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();

@@ -1,0 +1,234 @@
+//! What `drainctl` shows people: the drain's progress (a live line on a terminal, log
+//! lines otherwise), its final report, and the status table. The JSON outputs are the
+//! serialized data types themselves; this is only the human side.
+
+use std::{
+    io::{self, IsTerminal as _, Write as _},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use tracing::info;
+
+use crate::{
+    drain::{DrainReport, Outcome, Progress},
+    inventory::SourceKind,
+    status::{self, Status},
+};
+
+/// Whether a live progress line is on the terminal (log lines then clear it first).
+static LIVE_LINE: AtomicBool = AtomicBool::new(false);
+
+/// Shows a drain's progress: a line redrawn in place on a terminal, otherwise a log
+/// line whenever the counts change.
+pub struct ProgressView {
+    port: u16,
+    live: bool,
+    last: Option<(usize, usize, u32)>,
+}
+
+impl ProgressView {
+    /// `live`: draw the live line (stderr is a terminal and logs are not quieted).
+    pub fn new(port: u16, live: bool) -> Self {
+        Self {
+            port,
+            live,
+            last: None,
+        }
+    }
+
+    pub fn show(&mut self, progress: &Progress) {
+        if self.live {
+            let mut stderr = io::stderr().lock();
+            let _ = write!(
+                stderr,
+                "\r\x1b[2Kdraining :{}  idle {}  in flight {}  queued {}  closed {}  refused {}  {:.1}s left",
+                self.port,
+                progress.idle,
+                progress.in_flight,
+                progress.accept_queue,
+                progress.closed,
+                progress.refused,
+                progress.time_left_ms as f64 / 1000.0
+            );
+            let _ = stderr.flush();
+            LIVE_LINE.store(true, Ordering::Relaxed);
+            return;
+        }
+        let counts = (progress.idle, progress.in_flight, progress.accept_queue);
+        if self.last == Some(counts) {
+            return;
+        }
+        self.last = Some(counts);
+        info!(
+            idle = progress.idle,
+            in_flight = progress.in_flight,
+            accept_queue = progress.accept_queue,
+            closed = progress.closed,
+            refused = progress.refused,
+            time_left_ms = progress.time_left_ms,
+            "draining port {}",
+            self.port
+        );
+    }
+
+    /// Ends the live line so what follows starts on a fresh line.
+    pub fn finish(&self) {
+        if self.live && LIVE_LINE.swap(false, Ordering::Relaxed) {
+            eprintln!();
+        }
+    }
+}
+
+/// Whether progress should be a live line: stderr is a terminal.
+pub fn live_progress_wanted() -> bool {
+    io::stderr().is_terminal()
+}
+
+/// The log writer: stderr, clearing a live progress line before each log line (it is
+/// redrawn at the next pass).
+pub fn log_writer() -> impl io::Write {
+    if LIVE_LINE.swap(false, Ordering::Relaxed) {
+        let _ = io::stderr().write_all(b"\r\x1b[2K");
+    }
+    io::stderr()
+}
+
+pub fn print_report(report: &DrainReport) {
+    let seconds = report.elapsed_ms as f64 / 1000.0;
+    let closed = report.closed_gracefully + report.closed_abortively;
+    let headline = match report.outcome {
+        Outcome::Drained => format!("port {}: drained in {seconds:.2}s", report.port),
+        Outcome::DeadlineReached => format!(
+            "port {}: deadline reached after {seconds:.2}s, {} connection(s) still open, {} waiting to be accepted",
+            report.port,
+            report.remaining.len(),
+            report.accept_queue
+        ),
+        Outcome::Cancelled => format!(
+            "port {}: interrupted after {seconds:.2}s, {} connection(s) still open",
+            report.port,
+            report.remaining.len()
+        ),
+    };
+    println!("{headline}");
+    println!(
+        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
+        report.closed_gracefully,
+        report.closed_abortively,
+        report.finished_on_their_own,
+        report.refused_connections,
+        report.steered_connections
+    );
+    if report.forced_gracefully + report.forced_abortively > 0 {
+        println!(
+            "  forced at the deadline (--force): {} with a FIN, {} reset",
+            report.forced_gracefully, report.forced_abortively
+        );
+    }
+    if !report.remaining.is_empty() {
+        println!(
+            "  {:<40} {:<11} {:<12} {:>10} {:>10}  ACTIVITY",
+            "PEER", "STATE", "OWNER", "LAST DATA", "TRACKED"
+        );
+        for remaining in &report.remaining {
+            let owner = match (remaining.owner_pid, &remaining.owner_command) {
+                (Some(pid), Some(command)) => format!("{pid}/{command}"),
+                _ => "-".to_string(),
+            };
+            let last_data = remaining.last_data_ms.map_or("-".to_string(), |ms| {
+                format!("{:.1}s ago", f64::from(ms) / 1000.0)
+            });
+            println!(
+                "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}",
+                remaining.peer.to_string(),
+                remaining.state,
+                owner,
+                last_data,
+                remaining.tracked_ms as f64 / 1000.0,
+                remaining.activity
+            );
+        }
+    }
+    if report.still_refusing {
+        println!(
+            "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
+            report.port, report.port
+        );
+    }
+}
+
+pub fn print_status(status: &Status) {
+    if status.ports.is_empty() {
+        println!("no TCP listener in this network namespace");
+        return;
+    }
+    println!(
+        "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  DRAIN",
+        "PORT", "LISTENER", "OWNERS", "ACCEPT-Q", "CONNS", "IDLE", "IN-FLIGHT"
+    );
+    for port in &status.ports {
+        let drain = match (&port.drain, port.refusing_new_connections) {
+            (Some(drain), _) if drain.running => format!(
+                "draining {:.1}s of {:.0}s, {} closed, {} refused (pid {})",
+                drain.elapsed_ms as f64 / 1000.0,
+                drain.timeout_ms as f64 / 1000.0,
+                drain.closed,
+                drain.refused,
+                drain.pid
+            ),
+            (Some(drain), refusing) => format!(
+                "{:?} after {:.1}s, {} closed{}",
+                drain.phase,
+                drain.elapsed_ms as f64 / 1000.0,
+                drain.closed,
+                if refusing {
+                    "; refusing new connections"
+                } else {
+                    ""
+                }
+            ),
+            (None, true) => "refusing new connections".to_string(),
+            (None, false) => "-".to_string(),
+        };
+        let mut listeners = port.listeners.iter();
+        let first = listeners.next();
+        let listener_row = |listener: Option<&status::ListenerStatus>| match listener {
+            Some(listener) => (
+                listener.address.to_string(),
+                listener
+                    .owners
+                    .iter()
+                    .map(|owner| format!("{}/{}", owner.pid, owner.command))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match listener.accept_queue_limit {
+                    Some(limit) => format!("{}/{limit}", listener.accept_queue),
+                    None => listener.accept_queue.to_string(),
+                },
+            ),
+            None => (
+                "(no listener)".to_string(),
+                "-".to_string(),
+                "-".to_string(),
+            ),
+        };
+        let (address, owners, queue) = listener_row(first);
+        println!(
+            "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  {drain}",
+            port.port,
+            address,
+            owners,
+            queue,
+            port.connections.total,
+            port.connections.idle,
+            port.connections.in_flight
+        );
+        for listener in listeners {
+            let (address, owners, queue) = listener_row(Some(listener));
+            println!("{:<6} {address:<28} {owners:<24} {queue:>9}", "");
+        }
+    }
+    if status.source == SourceKind::Procfs {
+        println!("(read from /proc/net/tcp: without TCP_INFO no connection is judged idle)");
+    }
+}
