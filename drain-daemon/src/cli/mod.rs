@@ -143,8 +143,9 @@ pub struct DrainArgs {
     /// connections get before they are reset).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub close_grace: Duration,
-    /// Close the idle connections evenly over this window [default: a third of
-    /// --timeout, at most 10s]; 0s closes them all at once.
+    /// Close the idle connections evenly over this window; 0s closes them all at once
+    /// [default: 10ms per connection idle at the start, at most a third of --timeout
+    /// and at most 10s].
     #[arg(long, value_parser = parse_duration, conflicts_with = "batch")]
     pub spread: Option<Duration>,
     /// Instead of --spread: close this percentage (1-100) of the connections idle at
@@ -183,7 +184,9 @@ impl DrainArgs {
                 interval: self.interval,
             },
             (None, Some(window)) => Pace::Spread(window),
-            (None, None) => Pace::Spread((self.timeout / 3).min(Self::MAX_DEFAULT_SPREAD)),
+            (None, None) => Pace::Auto {
+                max_window: (self.timeout / 3).min(Self::MAX_DEFAULT_SPREAD),
+            },
         };
         DrainPlan {
             port: self.port,
@@ -613,7 +616,12 @@ mod tests {
         assert_eq!(args.quiet_period, Duration::from_secs(1));
         assert_eq!(args.close_grace, Duration::from_secs(2));
         let plan = args.plan();
-        assert_eq!(plan.pace, Pace::Spread(Duration::from_secs(10)));
+        assert_eq!(
+            plan.pace,
+            Pace::Auto {
+                max_window: Duration::from_secs(10)
+            }
+        );
         assert!(!plan.force);
         assert_eq!(plan.accept_grace, Duration::ZERO);
         assert!(!args.json);
@@ -639,7 +647,12 @@ mod tests {
             other => panic!("expected drain, got {other:?}"),
         };
         let short = drain_args(&["drain", "-p", "80", "--timeout", "6s"]);
-        assert_eq!(short.plan().pace, Pace::Spread(Duration::from_secs(2)));
+        assert_eq!(
+            short.plan().pace,
+            Pace::Auto {
+                max_window: Duration::from_secs(2)
+            }
+        );
         let spread = drain_args(&["drain", "-p", "80", "--spread", "0s", "--force"]);
         assert_eq!(spread.plan().pace, Pace::Spread(Duration::ZERO));
         assert!(spread.plan().force);

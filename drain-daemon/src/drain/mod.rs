@@ -227,7 +227,7 @@ pub async fn drain(
 
     // A spread's closes are paced within each pass too, over the time to the next one,
     // so slow passes do not turn into bursts; a batch is closed at once.
-    let paced_within_pass = matches!(plan.pace, Pace::Spread(_));
+    let paced_within_pass = matches!(plan.pace, Pace::Spread(_) | Pace::Auto { .. });
     let (outcome, last, cancel_mode) = loop {
         let pass_started = Instant::now();
         let everything = inventory.scan(port)?;

@@ -21,12 +21,23 @@ use serde::{Deserialize, Serialize};
 
 use super::duration_ms;
 
+/// How long [`Pace::Auto`] spreads each connection idle at the start: 100 closes a
+/// second at most, until the window reaches its cap.
+pub const AUTO_WINDOW_PER_CONNECTION: Duration = Duration::from_millis(10);
+
 /// How closes are paced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pace {
     /// Close the idle connections evenly over this window (zero: all at once).
     Spread(#[serde(with = "duration_ms")] Duration),
+    /// A spread whose window fits the load: [`AUTO_WINDOW_PER_CONNECTION`] for each
+    /// connection idle at the first pass that finds any, at most `max_window`. A few connections close
+    /// almost at once; thousands are spread out.
+    Auto {
+        #[serde(with = "duration_ms", rename = "max_window_ms")]
+        max_window: Duration,
+    },
     /// Close `percent` of the connections idle at the start every `interval`.
     Batches {
         percent: u8,
@@ -62,10 +73,21 @@ impl CloseSchedule {
 
     /// How many of the `waiting` idle connections may be closed at `now`.
     pub fn allowance(&mut self, now: Instant, waiting: usize) -> usize {
+        if let Pace::Auto { max_window } = self.pace {
+            // Fitted to the first connections that become idle, whenever that is.
+            if waiting == 0 {
+                self.last = now;
+                return 0;
+            }
+            self.started = now;
+            let fitted =
+                AUTO_WINDOW_PER_CONNECTION.saturating_mul(waiting.try_into().unwrap_or(u32::MAX));
+            self.pace = Pace::Spread(fitted.min(max_window));
+        }
         let since_last = now.saturating_duration_since(self.last);
         self.last = now;
         match self.pace {
-            Pace::Spread(window) => {
+            Pace::Spread(window) | Pace::Auto { max_window: window } => {
                 let left = (self.started + window).saturating_duration_since(now);
                 if left.is_zero() {
                     self.credit = 0.0;
@@ -173,6 +195,21 @@ mod tests {
             "all closed by the end of the window: {per_pass:?}"
         );
         assert!(per_pass.iter().all(|&n| n <= 12), "no burst: {per_pass:?}");
+    }
+
+    #[test]
+    fn auto_fits_the_window_to_the_connections_idle_at_the_start() {
+        let cap = Pace::Auto {
+            max_window: 10_000 * MS,
+        };
+        // 3 connections: a 30 ms window, all closed by the first pass after it.
+        assert_eq!(run(cap, 3, 1).iter().sum::<usize>(), 3);
+        // 1000 connections: 10 s window (the cap), 10 per 100 ms pass.
+        let per_pass = run(cap, 1000, 20);
+        assert!(
+            per_pass.iter().skip(1).all(|&n| (9..=11).contains(&n)),
+            "{per_pass:?}"
+        );
     }
 
     #[test]
