@@ -2,8 +2,10 @@
 //!
 //! `setup` prepares a fresh machine, `demo` sets up and shows a drain end to end in a
 //! private network namespace, `test` sets up and runs every test. These are the
-//! README's commands, and `.ci/run` runs `cargo xtask test`.
+//! README's commands, and `.ci/run` runs `cargo xtask test`. `bench` sets up, builds
+//! optimised and runs the connection-inventory benchmark (see `bench.rs`).
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -27,6 +29,16 @@ enum Task {
     Demo,
     /// Setup, build, then run every test (as root: the privileged tests need it).
     Test,
+    /// Setup, release build, then the connection-inventory benchmark (as root, a few
+    /// minutes); writes target/bench/inventory.md.
+    Bench {
+        /// Timed runs per tool and scenario (median and min are reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Skip setup and the release build (the binaries are already built).
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +48,16 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| demo::run()),
         Task::Test => setup::setup().and_then(|()| build()).and_then(|()| test()),
+        Task::Bench {
+            runs,
+            no_build: true,
+        } => bench::run(runs),
+        Task::Bench {
+            runs,
+            no_build: false,
+        } => setup::setup()
+            .and_then(|()| build_release())
+            .and_then(|()| bench::run(runs)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +71,18 @@ fn main() -> ExitCode {
 /// Builds every binary the tests and the demo run (drainctl, drain-demo-server).
 fn build() -> Result<()> {
     run(Command::new(cargo()).args(["build", "--workspace", "--exclude", "drain-ebpf", "--bins"]))
+}
+
+/// Builds the binaries the benchmark runs (drainctl, drain-bench-farm), optimised.
+fn build_release() -> Result<()> {
+    run(Command::new(cargo()).args([
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "drain-ebpf",
+        "--bins",
+    ]))
 }
 
 fn test() -> Result<()> {

@@ -54,8 +54,15 @@ impl OwnerFinder {
     pub fn find(&mut self, listeners: &HashSet<u64>, connections: &HashSet<u64>) -> Owners {
         let known = !self.family.is_empty() && listeners.is_subset(&self.listeners_seen);
         let wanted: HashSet<u64> = listeners.union(connections).copied().collect();
+        // Listeners only: a process can stop being read once it showed them all (they
+        // are among its first descriptors); connections need every descriptor read.
+        let reading = if connections.is_empty() {
+            Reading::UntilAllFound
+        } else {
+            Reading::Everything
+        };
         if known {
-            let owners = read_processes(&wanted, &self.family, None);
+            let owners = read_processes(&wanted, &self.family, reading);
             if listeners.iter().all(|inode| owners.contains_key(inode)) {
                 // New children (a reloaded worker) show up in the next family.
                 self.family = family_of(&owners, listeners);
@@ -65,7 +72,7 @@ impl OwnerFinder {
         let first = find_first_owners(listeners);
         self.family = family_of(&first, listeners);
         self.listeners_seen = listeners.clone();
-        read_processes(&wanted, &self.family, None)
+        read_processes(&wanted, &self.family, reading)
     }
 }
 
@@ -89,7 +96,7 @@ fn find_first_owners(listeners: &HashSet<u64>) -> Owners {
         if missing.is_empty() {
             break;
         }
-        for (inode, found) in read_processes(&missing, &[pid], Some(1)) {
+        for (inode, found) in read_processes(&missing, &[pid], Reading::UntilAllFound) {
             missing.remove(&inode);
             owners.entry(inode).or_default().extend(found);
         }
@@ -170,10 +177,17 @@ fn parent_map() -> HashMap<i32, i32> {
         .collect()
 }
 
-/// Maps each of `inodes` to the descriptors of `pids` that hold it. With `per_process`,
-/// stops reading a process after that many matches. Processes that vanish or cannot be
-/// read are skipped.
-fn read_processes(inodes: &HashSet<u64>, pids: &[i32], per_process: Option<usize>) -> Owners {
+/// How much of a process's descriptor table to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    Everything,
+    /// Stop once the process has shown every wanted inode.
+    UntilAllFound,
+}
+
+/// Maps each of `inodes` to the descriptors of `pids` that hold it. Processes that
+/// vanish or cannot be read are skipped.
+fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: Reading) -> Owners {
     let mut owners = Owners::new();
     if inodes.is_empty() {
         return owners;
@@ -187,7 +201,7 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], per_process: Option<usize
             continue;
         };
         let mut command = None;
-        let mut matches = 0;
+        let mut found_here = HashSet::new();
         for entry in entries.filter_map(Result::ok) {
             let Some(fd) = parse_number::<i32>(entry.file_name()) else {
                 continue;
@@ -207,8 +221,8 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], per_process: Option<usize
                 .entry(inode)
                 .or_default()
                 .push(SocketOwner { pid, fd, command });
-            matches += 1;
-            if per_process.is_some_and(|limit| matches >= limit) {
+            found_here.insert(inode);
+            if reading == Reading::UntilAllFound && found_here.len() == inodes.len() {
                 break;
             }
         }
