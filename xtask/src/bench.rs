@@ -27,6 +27,9 @@
 //! MISMATCH; a farm that does not start stops the bench with its name and stderr. Every
 //! wait has a timeout, and farms are stopped (stdin closed, then SIGKILL if needed) on
 //! every path; the namespace goes away with them.
+//!
+//! `bench_close.rs` adds the closing benchmark (issue "Closing without loss") on the same
+//! farms; `--only closing|inventory` runs one part.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -45,8 +48,26 @@ use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
 use crate::{cargo, output_of};
 
+/// Which part of the benchmark `--only` runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// `drainctl status` against ss and /proc/net/tcp (target/bench/inventory.md).
+    Inventory,
+    /// `drainctl drain` closing idle connections against `ss -K` (target/bench/closing.md).
+    Closing,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Inventory => "inventory",
+            Part::Closing => "closing",
+        }
+    }
+}
+
 /// The port whose connections are inventoried.
-const PORT: u16 = 8080;
+pub(crate) const PORT: u16 = 8080;
 /// The port holding the "other" sockets, which the inventory of [`PORT`] must not pay for.
 const OTHER_PORT: u16 = 9000;
 /// Connections per farm: 2N + 1 descriptors must fit under the 20000 hard limit.
@@ -68,7 +89,7 @@ const TIME_BUDGET: Duration = Duration::from_secs(45);
 /// Timed runs every tool gets, whatever its time.
 const MIN_RUNS: usize = 3;
 /// Longest wait for a farm to exit after its stdin closed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The state code of an established socket in /proc/net/tcp.
 const TCP_ESTABLISHED: u8 = 1;
 
@@ -142,7 +163,7 @@ impl Tool {
 /// three times slower than it deserves; `cargo xtask` is a debug build, so a debug build
 /// hands the measurement over to the release build of xtask (made by the release build
 /// of the workspace).
-pub fn run(runs: usize) -> Result<()> {
+pub fn run(runs: usize, only: Option<Part>) -> Result<()> {
     ensure!(runs >= 1, "--runs must be at least 1");
     let target = target_dir()?;
     let release = target.join("release");
@@ -153,12 +174,12 @@ pub fn run(runs: usize) -> Result<()> {
             "{} is missing: build with `cargo build --release --workspace --exclude drain-ebpf --bins`",
             xtask.display()
         );
-        return crate::run(Command::new(xtask).args([
-            "bench",
-            "--no-build",
-            "--runs",
-            &runs.to_string(),
-        ]));
+        let mut command = Command::new(xtask);
+        command.args(["bench", "--no-build", "--runs", &runs.to_string()]);
+        if let Some(part) = only {
+            command.args(["--only", part.name()]);
+        }
+        return crate::run(&mut command);
     }
     set_echo(false);
     let farm_bin = release.join("drain-bench-farm");
@@ -169,10 +190,32 @@ pub fn run(runs: usize) -> Result<()> {
     );
     let drainctl = release.join("drainctl");
     let machine = Machine::describe();
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    if only != Some(Part::Closing) {
+        inventory(runs, &farm_bin, &drainctl, &machine, &dir)?;
+    }
+    if only != Some(Part::Inventory) {
+        let report = crate::bench_close::run(&machine, &farm_bin, &drainctl)?;
+        println!("\n{report}");
+        let path = dir.join("closing.md");
+        std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
+        println!("bench: written to {}", path.display());
+    }
+    Ok(())
+}
 
+/// The inventory part: three scenarios, every tool timed on each.
+fn inventory(
+    runs: usize,
+    farm_bin: &Path,
+    drainctl: &Path,
+    machine: &Machine,
+    dir: &Path,
+) -> Result<()> {
     let netns = Netns::new().context("creating a private network namespace (run as root)")?;
     tune_namespace()?;
-    let mut farms = Farms::new(farm_bin);
+    let mut farms = Farms::new(farm_bin.to_path_buf(), false);
     let mut results = Vec::new();
     for scenario in &SCENARIOS {
         println!("bench: scenario {}", scenario.name);
@@ -194,15 +237,13 @@ pub fn run(runs: usize) -> Result<()> {
             total: scenario.on_port,
             in_flight: farms.in_flight(PORT),
         };
-        results.push(measure_scenario(scenario, &drainctl, &expected, runs));
+        results.push(measure_scenario(scenario, drainctl, &expected, runs));
     }
     let problems = farms.stop();
     drop(netns);
 
-    let report = render(&machine, runs, &results, &farms.setup_notes, &problems);
+    let report = render(machine, runs, &results, &farms.setup_notes, &problems);
     println!("\n{report}");
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("inventory.md");
     std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
     println!("bench: written to {}", path.display());
@@ -223,7 +264,7 @@ fn target_dir() -> Result<PathBuf> {
 /// Widens the ephemeral port range of the namespace (each listener address then takes up
 /// to 64k client ports) and reserves the two listened ports, so no client socket ever has
 /// local port 8080 or 9000 and `sport = :8080` selects server sides only.
-fn tune_namespace() -> Result<()> {
+pub(crate) fn tune_namespace() -> Result<()> {
     set_sysctl("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
     set_sysctl(
         "/proc/sys/net/ipv4/ip_local_reserved_ports",
@@ -297,19 +338,22 @@ impl Farm {
     }
 }
 
-struct Farms {
+pub(crate) struct Farms {
     bin: PathBuf,
+    /// Farms started with `--close-on-eof` (the closing benchmark), without in-flight ones.
+    close_on_eof: bool,
     farms: Vec<Farm>,
     /// K of the next listener address 127.0.0.K.
     next_host: u8,
     /// One line per batch of farms: how long the connections took to build.
-    setup_notes: Vec<String>,
+    pub(crate) setup_notes: Vec<String>,
 }
 
 impl Farms {
-    fn new(bin: PathBuf) -> Farms {
+    pub(crate) fn new(bin: PathBuf, close_on_eof: bool) -> Farms {
         Farms {
             bin,
+            close_on_eof,
             farms: Vec::new(),
             next_host: 1,
             setup_notes: Vec::new(),
@@ -334,7 +378,7 @@ impl Farms {
 
     /// Adds farms until `target` connections are established on `port`; all the new farms
     /// work in parallel. On error the new farms are killed (their guards drop).
-    fn grow_to(&mut self, port: u16, target: usize) -> Result<()> {
+    pub(crate) fn grow_to(&mut self, port: u16, target: usize) -> Result<()> {
         let missing = target.saturating_sub(self.total(port));
         if missing == 0 {
             return Ok(());
@@ -367,7 +411,7 @@ impl Farms {
             .filter(|next| *next < 255)
             .ok_or_else(|| anyhow!("out of listener addresses 127.0.0.1-254"))?;
         let listen = format!("127.0.0.{host}:{port}");
-        let in_flight = if port == PORT {
+        let in_flight = if port == PORT && !self.close_on_eof {
             connections * IN_FLIGHT_PER_MILLE / 1000
         } else {
             0
@@ -375,7 +419,11 @@ impl Farms {
         let mut child = Command::new(&self.bin)
             .args(["--listen", &listen])
             .args(["--connections", &connections.to_string()])
-            .args(["--in-flight", &in_flight.to_string()])
+            .args(if self.close_on_eof {
+                vec!["--close-on-eof".to_string()]
+            } else {
+                vec!["--in-flight".to_string(), in_flight.to_string()]
+            })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -403,7 +451,7 @@ impl Farms {
     /// Closes every farm's stdin (they exit and close their sockets in parallel), then
     /// waits for each; a farm still running at its timeout is killed by its guard.
     /// Returns what went wrong, for the report.
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         let started = Instant::now();
         for farm in &mut self.farms {
             farm.stdin.take();
@@ -427,22 +475,72 @@ impl Farms {
         );
         problems
     }
+
+    /// `--close-on-eof` farms: waits up to `timeout` for every farm's `all-closed`, then
+    /// stops them and gathers their client-side close times (CLOCK_MONOTONIC ns, sorted)
+    /// and reset count. A farm that does not report fails the call (the farms are killed
+    /// by their guards); problems on the way out are returned as notes.
+    pub(crate) fn collect_closes(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Vec<u64>, usize, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        let mut notes = Vec::new();
+        for farm in &self.farms {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if farm.stdout.wait_for("all-closed ", left).is_none() {
+                notes.push(format!(
+                    "farm {}: not every client side closed within {} s",
+                    farm.label,
+                    timeout.as_secs()
+                ));
+            }
+        }
+        for farm in &mut self.farms {
+            farm.stdin.take();
+        }
+        let mut times = Vec::new();
+        let mut resets = 0;
+        for farm in &self.farms {
+            let closes = farm.stdout.wait_for("closes", STOP_TIMEOUT);
+            let reset_line = farm.stdout.wait_for("resets ", STOP_TIMEOUT);
+            let (Some(closes), Some(reset_line)) = (closes, reset_line) else {
+                bail!("farm {} printed no `closes`/`resets` line", farm.label);
+            };
+            for t in closes.split_ascii_whitespace().skip(1) {
+                times.push(
+                    t.parse::<u64>()
+                        .with_context(|| format!("farm {}: bad close time {t:?}", farm.label))?,
+                );
+            }
+            resets += reset_line
+                .trim_start_matches("resets ")
+                .trim()
+                .parse::<usize>()
+                .with_context(|| format!("farm {}: bad {reset_line:?}", farm.label))?;
+        }
+        notes.extend(self.stop());
+        times.sort_unstable();
+        Ok((times, resets, notes))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Child processes: wall clock and their own peak memory
 // ---------------------------------------------------------------------------------------
 
-struct ChildRun {
-    wall: Duration,
-    max_rss_kib: u64,
-    status: ExitStatus,
-    stdout: Vec<u8>,
+pub(crate) struct ChildRun {
+    pub(crate) wall: Duration,
+    /// User + system CPU time of the child itself (wait4).
+    pub(crate) cpu: Duration,
+    pub(crate) max_rss_kib: u64,
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: Vec<u8>,
     stderr: Vec<u8>,
 }
 
 impl ChildRun {
-    fn stderr_line(&self) -> String {
+    pub(crate) fn stderr_line(&self) -> String {
         let stderr = String::from_utf8_lossy(&self.stderr);
         stderr
             .lines()
@@ -456,7 +554,11 @@ impl ChildRun {
 /// Runs `command` in this thread's namespace (stdin from /dev/null, stdout captured or
 /// discarded, stderr captured), timed from spawn to exit, and reaps it with `wait4` for
 /// its own `ru_maxrss`. Killed after `timeout`.
-fn run_child(command: &mut Command, capture_stdout: bool, timeout: Duration) -> Result<ChildRun> {
+pub(crate) fn run_child(
+    command: &mut Command,
+    capture_stdout: bool,
+    timeout: Duration,
+) -> Result<ChildRun> {
     command
         .stdin(Stdio::null())
         .stdout(if capture_stdout {
@@ -486,7 +588,7 @@ fn run_child(command: &mut Command, capture_stdout: bool, timeout: Duration) -> 
         }
     }
     let wall = started.elapsed();
-    let (status, max_rss_kib) = reap_with_usage(&child)?;
+    let (status, max_rss_kib, cpu) = reap_with_usage(&child)?;
     let join = |reader: Option<JoinHandle<Vec<u8>>>| {
         reader
             .and_then(|handle| handle.join().ok())
@@ -494,6 +596,7 @@ fn run_child(command: &mut Command, capture_stdout: bool, timeout: Duration) -> 
     };
     Ok(ChildRun {
         wall,
+        cpu,
         max_rss_kib,
         status,
         stdout: join(stdout),
@@ -535,8 +638,8 @@ fn wait_exited(child: &Child, deadline: Instant) -> Result<bool> {
 
 /// Reaps an exited child with `wait4`, which returns that child's own resource usage
 /// (`getrusage(RUSAGE_CHILDREN)` would be the maximum over every child reaped so far).
-/// Returns its exit status and peak resident set in KiB.
-fn reap_with_usage(child: &Child) -> Result<(ExitStatus, u64)> {
+/// Returns its exit status, peak resident set in KiB and CPU time (user + system).
+fn reap_with_usage(child: &Child) -> Result<(ExitStatus, u64, Duration)> {
     let pid = libc::pid_t::try_from(child.id()).context("child pid")?;
     let mut status: libc::c_int = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -554,9 +657,14 @@ fn reap_with_usage(child: &Child) -> Result<(ExitStatus, u64)> {
     }
     // SAFETY: zeroed is a valid `rusage` (integers only), and wait4 has filled it in.
     let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
     Ok((
         ExitStatus::from_raw(status),
         u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        time(usage.ru_utime) + time(usage.ru_stime),
     ))
 }
 
@@ -567,7 +675,7 @@ fn kill_and_reap(child: &mut Child) {
 }
 
 /// `ss -Htn state established '( sport = :PORT )'`, counted.
-fn count_established(port: u16) -> Result<usize> {
+pub(crate) fn count_established(port: u16) -> Result<usize> {
     let run = run_child(&mut ss("-Htn", port), true, RUN_TIMEOUT)?;
     ensure!(
         run.status.success(),
@@ -582,7 +690,7 @@ fn count_established(port: u16) -> Result<usize> {
         .count())
 }
 
-fn ss(flags: &str, port: u16) -> Command {
+pub(crate) fn ss(flags: &str, port: u16) -> Command {
     let mut command = Command::new("ss");
     command.args([
         flags,
@@ -969,13 +1077,13 @@ fn parse_proc_addr(field: &str, v6: bool) -> Option<SocketAddr> {
 // Report
 // ---------------------------------------------------------------------------------------
 
-struct Machine {
-    cores: String,
-    kernel: String,
-    ss: String,
-    date: String,
+pub(crate) struct Machine {
+    pub(crate) cores: String,
+    pub(crate) kernel: String,
+    pub(crate) ss: String,
+    pub(crate) date: String,
     /// The commit measured, and whether the working tree differed from it.
-    revision: String,
+    pub(crate) revision: String,
 }
 
 impl Machine {
@@ -1015,7 +1123,7 @@ impl Machine {
     }
 }
 
-fn median(walls: &[Duration]) -> Option<Duration> {
+pub(crate) fn median(walls: &[Duration]) -> Option<Duration> {
     let mut sorted = walls.to_vec();
     sorted.sort();
     let n = sorted.len();
@@ -1026,7 +1134,7 @@ fn median(walls: &[Duration]) -> Option<Duration> {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

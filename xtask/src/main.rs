@@ -3,9 +3,11 @@
 //! `setup` prepares a fresh machine, `demo` sets up and shows a drain end to end in a
 //! private network namespace, `test` sets up and runs every test. These are the
 //! README's commands, and `.ci/run` runs `cargo xtask test`. `bench` sets up, builds
-//! optimised and runs the connection-inventory benchmark (see `bench.rs`).
+//! optimised and runs the connection-inventory and closing benchmarks (see `bench.rs`,
+//! `bench_close.rs`).
 
 mod bench;
+mod bench_close;
 mod demo;
 mod setup;
 
@@ -29,8 +31,8 @@ enum Task {
     Demo,
     /// Setup, build, then run every test (as root: the privileged tests need it).
     Test,
-    /// Setup, release build, then the connection-inventory benchmark (as root, a few
-    /// minutes); writes target/bench/inventory.md.
+    /// Setup, release build, then the connection-inventory and closing benchmarks (as
+    /// root, a few minutes); writes target/bench/inventory.md and closing.md.
     Bench {
         /// Timed runs per tool and scenario (median and min are reported).
         #[arg(long, default_value_t = 7)]
@@ -38,6 +40,9 @@ enum Task {
         /// Skip setup and the release build (the binaries are already built).
         #[arg(long)]
         no_build: bool,
+        /// Run only one part of the benchmark.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
 }
 
@@ -51,13 +56,15 @@ fn main() -> ExitCode {
         Task::Bench {
             runs,
             no_build: true,
-        } => bench::run(runs),
+            only,
+        } => bench::run(runs, only),
         Task::Bench {
             runs,
             no_build: false,
+            only,
         } => setup::setup()
             .and_then(|()| build_release())
-            .and_then(|()| bench::run(runs)),
+            .and_then(|()| bench::run(runs, only)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

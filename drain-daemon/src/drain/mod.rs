@@ -227,7 +227,11 @@ pub async fn drain(
 
     // A spread's closes are paced within each pass too, over the time to the next one,
     // so slow passes do not turn into bursts; a batch is closed at once.
-    let paced_within_pass = matches!(plan.pace, Pace::Spread(_) | Pace::Auto { .. });
+    let paced_within_pass = match plan.pace {
+        Pace::Spread(window) => !window.is_zero(),
+        Pace::Auto { .. } => true,
+        Pace::Batches { .. } => false,
+    };
     let (outcome, last, cancel_mode) = loop {
         let pass_started = Instant::now();
         let everything = inventory.scan(port)?;
@@ -246,6 +250,7 @@ pub async fn drain(
             &mut schedule,
             plan.close_grace,
             close_over,
+            deadline,
         )
         .await;
         let pass = Progress {
@@ -315,10 +320,14 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
+/// Tokio's timers have millisecond granularity: closes due closer together than this
+/// are made in groups, one group per tick.
+const CLOSE_TICK: Duration = Duration::from_millis(1);
+
 /// Closes the idle connections the schedule allows now, in random order, evenly over
-/// `close_over` when given; returns the cookies of those closed. A connection whose
-/// server was asked before and still holds it gets its FIN once `close_grace` has passed
-/// (outside the schedule: it was counted when asked).
+/// `close_over` when given, stopping at `deadline`; returns the cookies of those closed.
+/// A connection whose server was asked before and still holds it gets its FIN once
+/// `close_grace` has passed (outside the schedule: it was counted when asked).
 async fn close_idle(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
@@ -326,6 +335,7 @@ async fn close_idle(
     schedule: &mut CloseSchedule,
     close_grace: Duration,
     close_over: Option<Duration>,
+    deadline: Instant,
 ) -> HashSet<u64> {
     let mut waiting: Vec<&Connection> = Vec::new();
     for connection in snapshot.idle() {
@@ -349,10 +359,18 @@ async fn close_idle(
     fastrand::shuffle(&mut waiting);
     let allowed = schedule.allowance(Instant::now(), waiting.len());
     let gap = close_over.map_or(Duration::ZERO, |over| over / allowed.max(1) as u32);
+    let per_tick = if gap.is_zero() {
+        usize::MAX
+    } else {
+        (CLOSE_TICK.as_nanos() / gap.as_nanos()).max(1) as usize
+    };
     let mut closed = HashSet::new();
     for (i, connection) in waiting.into_iter().take(allowed).enumerate() {
-        if i > 0 && !gap.is_zero() {
-            tokio::time::sleep(gap).await;
+        if i > 0 && i % per_tick == 0 {
+            tokio::time::sleep(gap * per_tick as u32).await;
+        }
+        if Instant::now() >= deadline {
+            break;
         }
         match close_if_idle(inventory, connection) {
             Ok(CloseOutcome::Closed(method)) => {

@@ -6,7 +6,7 @@
 //! listener address each (127.0.0.1:8080, 127.0.0.2:8080, ...), all on the same port so
 //! a `sport = :8080` filter sees them all.
 //!
-//! Usage: `drain-bench-farm --listen ADDR --connections N [--in-flight M]`
+//! Usage: `drain-bench-farm --listen ADDR --connections N [--in-flight M | --close-on-eof]`
 //!
 //! Raises the soft RLIMIT_NOFILE to the hard limit, binds a listener on ADDR (backlog
 //! 4096), then for each of the N connections connects a client socket to it and accepts
@@ -21,6 +21,16 @@
 //! Exit 2 on bad arguments, 1 on any setup error (the message names the failing step and,
 //! for a connection, which one of N and a likely fix).
 //!
+//! With `--close-on-eof` the farm behaves like a server and its clients when a drain closes
+//! connections from outside (the closing benchmark): an epoll loop (level-triggered,
+//! EPOLLIN|EPOLLRDHUP) watches every socket. A server side that reads end of file (a drain
+//! shut its read side through a duplicate of the descriptor) or an error is closed, as a
+//! real server does; a client side that reads end of file or ECONNRESET is closed and its
+//! CLOCK_MONOTONIC time (ns, comparable across processes) is recorded. Once every client
+//! side is closed the farm prints `all-closed <ns>`; on exit it prints
+//! `closes <t1> <t2> ...` (the client-side close times) and `resets <n>` (client sides
+//! that got ECONNRESET instead of end of file; other errors count there too).
+//!
 //! The ephemeral port range of the namespace must leave room for N client ports per
 //! listener address: the benchmark widens it to 1024-65535 and reserves the listened ports.
 
@@ -28,16 +38,21 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+    self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage,
 };
+use nix::time::{clock_gettime, ClockId};
 use nix::unistd::getpid;
 
-const USAGE: &str = "usage: drain-bench-farm --listen ADDR --connections N [--in-flight M]";
+const USAGE: &str =
+    "usage: drain-bench-farm --listen ADDR --connections N [--in-flight M | --close-on-eof]";
 /// Listen backlog (the kernel caps it at net.core.somaxconn, 4096 in a new namespace).
 const BACKLOG: i32 = 4096;
 /// What an in-flight client sends: a complete HTTP/1.1 request the server never reads.
@@ -49,6 +64,7 @@ struct Args {
     listen: SocketAddr,
     connections: usize,
     in_flight: usize,
+    close_on_eof: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +93,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut listen = None;
     let mut connections = None;
     let mut in_flight = 0;
+    let mut close_on_eof = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -102,6 +119,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .parse::<usize>()
                     .map_err(|e| format!("--in-flight: {e}"))?;
             }
+            "--close-on-eof" => close_on_eof = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -113,10 +131,15 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--in-flight {in_flight} is more than --connections {connections}"
         ));
     }
+    if close_on_eof && in_flight > 0 {
+        // The loop would read the requests, and the connections would not stay in flight.
+        return Err("--close-on-eof and --in-flight exclude each other".to_string());
+    }
     Ok(Some(Args {
         listen,
         connections,
         in_flight,
+        close_on_eof,
     }))
 }
 
@@ -157,6 +180,12 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("writing `ready` to stdout: {e}"))?;
 
     watch_stdin();
+    // Without --close-on-eof, closing the 2N sockets is the exit's job: kept until then.
+    let (closer, kept) = if args.close_on_eof {
+        (Some(spawn_closer(clients, servers)?), None)
+    } else {
+        (None, Some((clients, servers)))
+    };
     loop {
         match stop_signals.wait() {
             Ok(_) => break,
@@ -164,9 +193,105 @@ fn run(args: &Args) -> Result<(), String> {
             Err(e) => return Err(format!("sigwait: {e}")),
         }
     }
-    // Closing 2N sockets is the exit's job; keep them alive until here.
-    drop((clients, servers, listener));
+    STOP.store(true, Ordering::Relaxed);
+    if let Some(closer) = closer {
+        let closes = closer
+            .join()
+            .map_err(|_| "the close-on-eof loop panicked".to_string())??;
+        let mut line = String::with_capacity(closes.times.len() * 16 + 8);
+        line.push_str("closes");
+        for t in &closes.times {
+            line.push(' ');
+            line.push_str(&t.to_string());
+        }
+        writeln!(stdout, "{line}\nresets {}", closes.resets)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("writing the close times to stdout: {e}"))?;
+    }
+    drop((kept, listener));
     Ok(())
+}
+
+/// Set by the main thread when a stop signal arrived; the close-on-eof loop checks it.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// How often the close-on-eof loop looks at [`STOP`] when nothing happens.
+const STOP_POLL_MS: u16 = 50;
+
+#[derive(Default)]
+struct Closes {
+    /// CLOCK_MONOTONIC ns of each client-side close, in order.
+    times: Vec<u64>,
+    resets: usize,
+}
+
+/// The close-on-eof loop on its own thread (it inherits the blocked stop signals). Epoll
+/// tokens: client i is `i`, server i is `n + i`.
+fn spawn_closer(
+    clients: Vec<TcpStream>,
+    servers: Vec<TcpStream>,
+) -> Result<JoinHandle<Result<Closes, String>>, String> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
+    let n = clients.len();
+    let watched = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    for (token, socket) in clients.iter().chain(&servers).enumerate() {
+        epoll
+            .add(socket, EpollEvent::new(watched, token as u64))
+            .map_err(|e| format!("epoll_ctl(ADD) socket {token}: {e}"))?;
+    }
+    let mut sockets: Vec<Option<TcpStream>> =
+        clients.into_iter().chain(servers).map(Some).collect();
+    std::thread::Builder::new()
+        .name("close-on-eof".to_string())
+        .spawn(move || {
+            let mut closes = Closes {
+                times: Vec::with_capacity(n),
+                resets: 0,
+            };
+            let mut events = vec![EpollEvent::empty(); 1024];
+            let mut buf = [0u8; 512];
+            while !STOP.load(Ordering::Relaxed) {
+                let ready = match epoll.wait(&mut events, STOP_POLL_MS) {
+                    Ok(ready) => ready,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("epoll_wait: {e}")),
+                };
+                for event in &events[..ready] {
+                    let token = event.data() as usize;
+                    let Some(socket) = sockets.get(token).and_then(Option::as_ref) else {
+                        continue;
+                    };
+                    let outcome =
+                        match socket::recv(socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                            Ok(0) => Some(false),
+                            Ok(_) | Err(Errno::EAGAIN) => None,
+                            Err(_) => Some(true),
+                        };
+                    let Some(error) = outcome else { continue };
+                    // A drain may hold a duplicate of a server socket: closing ours alone
+                    // would leave it registered, so deregister explicitly.
+                    let _ = epoll.delete(socket);
+                    sockets[token] = None;
+                    if token < n {
+                        closes.times.push(monotonic_ns());
+                        closes.resets += usize::from(error);
+                        if closes.times.len() == n {
+                            let mut stdout = std::io::stdout();
+                            let _ = writeln!(stdout, "all-closed {}", monotonic_ns())
+                                .and_then(|()| stdout.flush());
+                        }
+                    }
+                }
+            }
+            Ok(closes)
+        })
+        .map_err(|e| format!("cannot start the close-on-eof thread: {e}"))
+}
+
+fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 would only mark a broken clock.
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Soft RLIMIT_NOFILE := hard, and checks that 2N + 1 descriptors (plus stdio and slack)
