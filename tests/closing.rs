@@ -11,23 +11,11 @@ use std::{
 };
 
 use drain_tests::{
-    connect_refused_quickly, raise_open_files_limit, run_drainctl, spawn_demo_server,
-    spawn_drainctl, ChildGuard, Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
+    connect_refused_quickly, idle_client, raise_open_files_limit, run_drainctl, spawn_drainctl,
+    start_server, Closed, ConnectOutcome, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn start_server(listen: &str) -> (ChildGuard, EventReader, SocketAddr) {
-    let (server, events) = spawn_demo_server(["--listen", listen]);
-    let addr = events.wait_listening(5 * SECOND).expect("server listening");
-    (server, events, addr)
-}
-
-fn idle_client(addr: SocketAddr) -> KeepAliveClient {
-    let mut client = KeepAliveClient::connect(addr).expect("connect");
-    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
-    client
-}
 
 #[test]
 fn spread_closes_are_smooth_as_the_clients_see_them() {
@@ -35,7 +23,7 @@ fn spread_closes_are_smooth_as_the_clients_see_them() {
         return;
     };
     raise_open_files_limit().unwrap();
-    let (_server, _events, addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     const CLIENTS: usize = 1000;
     let clients: Vec<KeepAliveClient> = (0..CLIENTS).map(|_| idle_client(addr)).collect();
 
@@ -105,7 +93,7 @@ fn batches_close_a_share_every_interval() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut clients: Vec<KeepAliveClient> = (0..8).map(|_| idle_client(addr)).collect();
     let started = Instant::now();
     let output = run_drainctl(
@@ -149,7 +137,7 @@ fn a_request_racing_its_close_is_answered_or_never_read() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     const CLIENTS: usize = 60;
     let clients: Vec<KeepAliveClient> = (0..CLIENTS).map(|_| idle_client(addr)).collect();
     let drainctl = spawn_drainctl([
@@ -213,7 +201,7 @@ fn force_at_the_deadline_closes_what_remains_and_says_so() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     events
@@ -291,7 +279,7 @@ fn accept_grace_keeps_accepting_before_refusing() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let _busy = {
         let mut busy = idle_client(addr);
         busy.send_request("GET", "/sleep/60000", b"").unwrap();

@@ -2,44 +2,18 @@
 //! network namespace, with the real eBPF program and the real `drainctl` binary.
 
 use std::{
-    net::SocketAddr,
     os::unix::process::CommandExt as _,
     process::Command,
     time::{Duration, Instant},
 };
 
 use drain_tests::{
-    bin_path, connect_refused_quickly, run_drainctl, spawn_demo_server, spawn_drainctl,
-    spawn_drainctl_with, Closed, ConnectOutcome, Drainctl, EventReader, KeepAliveClient, Netns,
+    assert_refused_at_once, bin_path, idle_client, run_drainctl, spawn_drainctl,
+    spawn_drainctl_with, start_server, wait_request_read, Closed, Drainctl, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn start_server(listen: &str) -> (drain_tests::ChildGuard, EventReader, SocketAddr) {
-    let (server, events) = spawn_demo_server(["--listen", listen]);
-    let addr = events
-        .wait_listening(5 * SECOND)
-        .expect("demo server is listening");
-    (server, events, addr)
-}
-
-/// A keep-alive client that made one request and now sits idle.
-fn idle_client(addr: SocketAddr) -> KeepAliveClient {
-    let mut client = KeepAliveClient::connect(addr).expect("connect");
-    let response = client.request("GET", "/", b"").expect("first request");
-    assert_eq!(response.status, 200);
-    client
-}
-
-/// Waits until the server has read a request for `path_prefix` (it is now in flight).
-fn wait_request_read(events: &EventReader, path_prefix: &str) {
-    events
-        .wait_for_line(5 * SECOND, |line| {
-            line.starts_with("request ") && line.contains(path_prefix)
-        })
-        .unwrap_or_else(|| panic!("the server never read a request for {path_prefix}"));
-}
 
 /// Waits until drainctl says the steering is in place.
 fn wait_until_refusing(drainctl: &Drainctl) {
@@ -51,22 +25,12 @@ fn wait_until_refusing(drainctl: &Drainctl) {
         .expect("drainctl reports that new connections are refused");
 }
 
-fn assert_refused_at_once(addr: SocketAddr) {
-    match connect_refused_quickly(addr) {
-        ConnectOutcome::Refused(elapsed) => assert!(
-            elapsed < Duration::from_millis(500),
-            "refusal took {elapsed:?}"
-        ),
-        other => panic!("expected a refused connection to {addr}, got {other:?}"),
-    }
-}
-
 #[test]
 fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/1500", b"").unwrap();
@@ -139,7 +103,7 @@ fn drain_reports_an_unfinished_request_at_the_deadline_and_leaves_it_alone() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     wait_request_read(&events, "/sleep/");
@@ -175,7 +139,7 @@ fn human_report_lists_what_remains() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     wait_request_read(&events, "/sleep/");
@@ -212,14 +176,14 @@ fn steering_ends_when_the_drained_listener_closes() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (mut old, _events, addr) = start_server("127.0.0.1:8080");
+    let (mut old, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let output = run_drainctl(["drain", "--port", "8080", "--json"], 20 * SECOND);
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_eq!(output.json()["still_refusing"], true);
     assert_refused_at_once(addr);
 
     old.terminate(5 * SECOND).unwrap();
-    let (_new, _events, addr) = start_server("127.0.0.1:8080");
+    let (_new, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut client = KeepAliveClient::connect(addr).expect("the new listener accepts");
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 }
@@ -229,7 +193,7 @@ fn steering_survives_a_killed_drainctl_but_not_the_listener() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (mut old, events, addr) = start_server("127.0.0.1:8080");
+    let (mut old, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     wait_request_read(&events, "/sleep/");
@@ -243,7 +207,7 @@ fn steering_survives_a_killed_drainctl_but_not_the_listener() {
     assert_refused_at_once(addr);
 
     old.terminate(5 * SECOND).unwrap();
-    let (_new, _events, addr) = start_server("127.0.0.1:8080");
+    let (_new, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut client = KeepAliveClient::connect(addr).expect("the new listener accepts");
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 }
@@ -253,7 +217,7 @@ fn interrupting_a_drain_stops_the_refusal() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = idle_client(addr);
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     wait_request_read(&events, "/sleep/");
@@ -274,7 +238,7 @@ fn release_undoes_a_finished_drain() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     assert_eq!(
         run_drainctl(["drain", "--port", "8080"], 20 * SECOND).code,
         Some(0)
@@ -295,8 +259,7 @@ fn a_dual_stack_listener_is_refused_over_ipv4_and_ipv6() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events) = spawn_demo_server(["--listen", "[::]:8080", "--dual-stack"]);
-    _events.wait_listening(5 * SECOND).expect("listening");
+    let (_server, _events, _) = start_server(["--listen", "[::]:8080", "--dual-stack"]);
     let _v4_client = KeepAliveClient::connect("127.0.0.1:8080").expect("IPv4 reaches [::]");
     let output = run_drainctl(
         ["drain", "--port", "8080", "--quiet-period", "0s"],
@@ -312,8 +275,8 @@ fn ipv4_and_ipv6_listeners_of_a_port_are_both_refused() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, _addr) = start_server("127.0.0.1:8080");
-    let (_server6, _events6, addr6) = start_server("[::1]:8080");
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (_server6, _events6, addr6) = start_server(["--listen", "[::1]:8080"]);
     let output = run_drainctl(["drain", "--port", "8080"], 20 * SECOND);
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_refused_at_once("127.0.0.1:8080".parse().unwrap());
@@ -325,8 +288,8 @@ fn other_ports_are_untouched() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_drained, _events, _addr) = start_server("127.0.0.1:8080");
-    let (_other, _events2, other) = start_server("127.0.0.1:9090");
+    let (_drained, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (_other, _events2, other) = start_server(["--listen", "127.0.0.1:9090"]);
     let mut other_client = idle_client(other);
     assert_eq!(
         run_drainctl(["drain", "--port", "8080"], 20 * SECOND).code,
@@ -370,7 +333,7 @@ fn unprivileged_user_is_told_to_run_as_root() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, _addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let output = spawn_drainctl_with(
         Command::new(bin_path("drainctl"))
             .args(["drain", "--port", "8080"])
@@ -391,7 +354,7 @@ fn a_response_streamed_in_pieces_is_delivered_whole() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut streaming = KeepAliveClient::connect(addr).unwrap();
     // 20 chunks of 1 KiB, 100 ms apart: between chunks the socket looks answered.
     streaming.send_request("GET", "/stream/20", b"").unwrap();
@@ -411,7 +374,7 @@ fn a_pipelined_request_is_served_not_cut() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server("127.0.0.1:8080");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     // Pipelined: the second request arrives before the first answer leaves, so from
     // TCP_INFO the connection looks answered (a known limit of the classification).
     // With no quiet period it is closed at once; closing only the server's read side

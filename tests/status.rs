@@ -8,19 +8,12 @@ use std::{
 };
 
 use drain_tests::{
-    run_drainctl, spawn_demo_server, spawn_drainctl, ChildGuard, EventReader, KeepAliveClient,
-    Netns,
+    idle_client, run_drainctl, spawn_drainctl, start_server, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn start_server(args: &[&str]) -> (ChildGuard, EventReader, SocketAddr) {
-    let (server, events) = spawn_demo_server(args);
-    let addr = events.wait_listening(5 * SECOND).expect("server listening");
-    (server, events, addr)
-}
 
 fn drainctl_status(args: &[&str]) -> Value {
     let mut all = vec!["status", "--json"];
@@ -58,13 +51,7 @@ fn ss_lines(state: &str, port: u16) -> Vec<String> {
 }
 
 fn idle_clients(addr: SocketAddr, count: usize) -> Vec<KeepAliveClient> {
-    (0..count)
-        .map(|_| {
-            let mut client = KeepAliveClient::connect(addr).unwrap();
-            assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
-            client
-        })
-        .collect()
+    (0..count).map(|_| idle_client(addr)).collect()
 }
 
 #[test]
@@ -72,8 +59,8 @@ fn status_counts_what_ss_counts_and_tells_idle_from_in_flight() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (server, events, addr) = start_server(&["--listen", "127.0.0.1:8080"]);
-    let (_other, _other_events, other) = start_server(&["--listen", "127.0.0.1:9090"]);
+    let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (_other, _other_events, other) = start_server(["--listen", "127.0.0.1:9090"]);
     let _idle = idle_clients(addr, 30);
     let _elsewhere = idle_clients(other, 5);
     let mut busy: Vec<KeepAliveClient> = (0..2)
@@ -143,8 +130,8 @@ fn every_listening_port_is_listed_ipv4_and_ipv6() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_a, _ea, _) = start_server(&["--listen", "127.0.0.1:8080"]);
-    let (_b, _eb, dual) = start_server(&["--listen", "[::]:9090", "--dual-stack"]);
+    let (_a, _ea, _) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (_b, _eb, dual) = start_server(["--listen", "[::]:9090", "--dual-stack"]);
     // A v4 client of a dual-stack listener: a v4-mapped socket on the IPv6 listener.
     let _mapped = idle_clients(
         SocketAddr::new("127.0.0.1".parse().unwrap(), dual.port()),
@@ -171,8 +158,8 @@ fn address_filter_keeps_one_local_address() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_one, _e1, one) = start_server(&["--listen", "127.0.0.1:8080", "--reuseport"]);
-    let (_two, _e2, two) = start_server(&["--listen", "127.0.0.2:8080", "--reuseport"]);
+    let (_one, _e1, one) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_two, _e2, two) = start_server(["--listen", "127.0.0.2:8080", "--reuseport"]);
     let _c1 = idle_clients(one, 1);
     let _c2 = idle_clients(two, 3);
     let status = drainctl_status(&["--port", "8080", "--address", "127.0.0.2"]);
@@ -187,7 +174,7 @@ fn procfs_source_sees_the_same_sockets_but_judges_none_idle() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (server, _events, addr) = start_server(&["--listen", "127.0.0.1:8080"]);
+    let (server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let _idle = idle_clients(addr, 4);
     let status = drainctl_status(&[
         "--port",
@@ -212,7 +199,7 @@ fn a_running_drain_and_its_end_are_shown() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, events, addr) = start_server(&["--listen", "127.0.0.1:8080"]);
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = KeepAliveClient::connect(addr).unwrap();
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     events

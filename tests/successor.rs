@@ -3,24 +3,17 @@
 //! generator (hey, Go's net/http keep-alive pools).
 
 use std::{
-    net::SocketAddr,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use drain_tests::{
-    connect_refused_quickly, run_drainctl, spawn_demo_server, spawn_drainctl, ChildGuard, Closed,
+    connect_refused_quickly, run_drainctl, spawn_drainctl, start_server, ChildGuard, Closed,
     ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn start_server(listen: &str) -> (ChildGuard, EventReader, SocketAddr) {
-    let (server, events) = spawn_demo_server(["--listen", listen, "--reuseport"]);
-    let addr = events.wait_listening(5 * SECOND).expect("server listening");
-    (server, events, addr)
-}
 
 fn accepted(events: &EventReader) -> usize {
     events
@@ -35,10 +28,10 @@ fn the_successor_takes_every_new_connection_while_the_old_listener_drains() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (old, old_events, addr) = start_server("127.0.0.1:8080");
+    let (old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let mut idle = KeepAliveClient::connect(addr).unwrap();
     assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
-    let (_new, new_events, _) = start_server("127.0.0.1:8080");
+    let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let old_before = accepted(&old_events);
 
     let drainctl = spawn_drainctl([
@@ -85,7 +78,7 @@ fn a_successor_started_during_the_drain_ends_the_refusal() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_old, old_events, addr) = start_server("127.0.0.1:8080");
+    let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let mut busy = KeepAliveClient::connect(addr).unwrap();
     busy.send_request("GET", "/sleep/60000", b"").unwrap();
     old_events
@@ -103,7 +96,7 @@ fn a_successor_started_during_the_drain_ends_the_refusal() {
         ConnectOutcome::Refused(_)
     ));
 
-    let (_new, new_events, _) = start_server("127.0.0.1:8080");
+    let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     drainctl
         .log()
         .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
@@ -118,7 +111,7 @@ fn drain_of_a_pid_without_a_listener_is_an_environment_error() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (_server, _events, _addr) = start_server("127.0.0.1:8080");
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let bystander = ChildGuard(Command::new("sleep").arg("30").spawn().unwrap());
     let pid = bystander.pid().to_string();
     let output = run_drainctl(["drain", "--port", "8080", "--pid", &pid], 10 * SECOND);
@@ -161,8 +154,8 @@ fn restart_under_hey(method: &str) {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let (old, old_events, addr) = start_server("127.0.0.1:8080");
-    let (_new, new_events, _) = start_server("127.0.0.1:8080");
+    let (old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let url = format!("http://{addr}/");
     let load = {
         let method = method.to_string();

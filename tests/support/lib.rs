@@ -26,6 +26,7 @@ pub mod events;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod scenario;
 
 pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
 pub use events::{EventReader, EventWriter};
@@ -35,6 +36,9 @@ pub use http::{
 };
 pub use netns::{current_thread_netns_inode, Netns};
 pub use process::{bin_path, raise_open_files_limit, spawn_demo_server, ChildGuard};
+pub use scenario::{
+    assert_refused_at_once, busy_client, idle_client, start_server, wait_request_read,
+};
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

@@ -1,0 +1,66 @@
+//! The steps end-to-end tests share: a demo server that is listening, clients in a
+//! known state (idle after one answered request, or with a request the server has read
+//! and not answered), and the check that a new connection is refused at once. One
+//! definition keeps the tests' setups identical and their bodies about what they test.
+
+use std::{ffi::OsStr, net::SocketAddr, time::Duration};
+
+use crate::{
+    connect_refused_quickly, spawn_demo_server, ChildGuard, ConnectOutcome, EventReader,
+    KeepAliveClient,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Starts `drain-demo-server ARGS...` and waits until it listens; returns the server,
+/// its events and its (first) address. Panics if it does not start (test contract).
+pub fn start_server<I, S>(args: I) -> (ChildGuard, EventReader, SocketAddr)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let (server, events) = spawn_demo_server(args);
+    let addr = events
+        .wait_listening(5 * SECOND)
+        .expect("demo server is listening");
+    (server, events, addr)
+}
+
+/// A keep-alive client that made one request, had it answered, and now sits idle.
+pub fn idle_client(addr: SocketAddr) -> KeepAliveClient {
+    let mut client = KeepAliveClient::connect(addr).expect("connect");
+    let response = client.request("GET", "/", b"").expect("first request");
+    assert_eq!(response.status, 200);
+    client
+}
+
+/// Waits until the server has read a request for `path_prefix` (it is now in flight).
+pub fn wait_request_read(events: &EventReader, path_prefix: &str) {
+    events
+        .wait_for_line(5 * SECOND, |line| {
+            line.starts_with("request ") && line.contains(path_prefix)
+        })
+        .unwrap_or_else(|| panic!("the server never read a request for {path_prefix}"));
+}
+
+/// A keep-alive client whose request for `path` (e.g. `/sleep/60000`) the server has
+/// read and not yet answered.
+pub fn busy_client(addr: SocketAddr, events: &EventReader, path: &str) -> KeepAliveClient {
+    let mut client = idle_client(addr);
+    client
+        .send_request("GET", path, b"")
+        .expect("send the slow request");
+    wait_request_read(events, path);
+    client
+}
+
+/// Asserts that a new connection to `addr` is refused (RST), and at once.
+pub fn assert_refused_at_once(addr: SocketAddr) {
+    match connect_refused_quickly(addr) {
+        ConnectOutcome::Refused(elapsed) => assert!(
+            elapsed < Duration::from_millis(500),
+            "refusal took {elapsed:?}"
+        ),
+        other => panic!("expected a refused connection to {addr}, got {other:?}"),
+    }
+}
