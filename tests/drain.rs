@@ -8,7 +8,7 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, bin_path, idle_client, run_drainctl, spawn_drainctl,
+    assert_refused_at_once, bin_path, busy_client, idle_client, run_drainctl, spawn_drainctl,
     spawn_drainctl_with, start_server, wait_request_read, Closed, Drainctl, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
@@ -32,9 +32,7 @@ fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/1500", b"").unwrap();
-    wait_request_read(&events, "/sleep/");
+    let mut busy = busy_client(addr, &events, "/sleep/1500");
 
     let drainctl = spawn_drainctl([
         "drain",
@@ -104,9 +102,7 @@ fn drain_reports_an_unfinished_request_at_the_deadline_and_leaves_it_alone() {
         return;
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    wait_request_read(&events, "/sleep/");
+    let mut busy = busy_client(addr, &events, "/sleep/60000");
 
     let started = Instant::now();
     let output = run_drainctl(
@@ -140,9 +136,7 @@ fn human_report_lists_what_remains() {
         return;
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    wait_request_read(&events, "/sleep/");
+    let busy = busy_client(addr, &events, "/sleep/60000");
 
     let output = run_drainctl(
         ["drain", "--port", "8080", "--timeout", "500ms"],
@@ -194,9 +188,7 @@ fn steering_survives_a_killed_drainctl_but_not_the_listener() {
         return;
     };
     let (mut old, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    wait_request_read(&events, "/sleep/");
+    let _busy = busy_client(addr, &events, "/sleep/60000");
 
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
     wait_until_refusing(&drainctl);
@@ -218,9 +210,7 @@ fn interrupting_a_drain_stops_the_refusal() {
         return;
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    wait_request_read(&events, "/sleep/");
+    let _busy = busy_client(addr, &events, "/sleep/60000");
 
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
     wait_until_refusing(&drainctl);
