@@ -10,11 +10,15 @@
 //!
 //! 1. To find the listeners' owners it visits processes in the caller's network
 //!    namespace first, then the others, and stops as soon as every listener has one
-//!    owner.
+//!    owner. Listeners are opened early, so it first probes only descriptors 0..64 of
+//!    each process (by number, without listing the table), and lists whole tables only
+//!    for listeners still missing.
 //! 2. The other owners of a listener are its first owner's family (a listener is
 //!    shared by fork, or handed down by a supervisor): ancestors and descendants, from
 //!    one read of every process's parent id. Only they are read for the remaining
-//!    owners and for the connections, which the listener's owners accepted.
+//!    owners and for the connections, which the listener's owners accepted. When only
+//!    listeners are wanted (`drainctl status`), the family is probed at the descriptor
+//!    numbers the first owners used (fork keeps them) and the low ones.
 //!
 //! Sockets held by unrelated processes (other ports, other services) are never read, so
 //! the cost does not grow with them. A connection handed to a process outside that
@@ -54,15 +58,8 @@ impl OwnerFinder {
     pub fn find(&mut self, listeners: &HashSet<u64>, connections: &HashSet<u64>) -> Owners {
         let known = !self.family.is_empty() && listeners.is_subset(&self.listeners_seen);
         let wanted: HashSet<u64> = listeners.union(connections).copied().collect();
-        // Listeners only: a process can stop being read once it showed them all (they
-        // are among its first descriptors); connections need every descriptor read.
-        let reading = if connections.is_empty() {
-            Reading::UntilAllFound
-        } else {
-            Reading::Everything
-        };
-        if known {
-            let owners = read_processes(&wanted, &self.family, reading);
+        if known && !connections.is_empty() {
+            let owners = read_processes(&wanted, &self.family, &Reading::Everything);
             if listeners.iter().all(|inode| owners.contains_key(inode)) {
                 // New children (a reloaded worker) show up in the next family.
                 self.family = family_of(&owners, listeners);
@@ -72,7 +69,20 @@ impl OwnerFinder {
         let first = find_first_owners(listeners);
         self.family = family_of(&first, listeners);
         self.listeners_seen = listeners.clone();
-        read_processes(&wanted, &self.family, reading)
+        // Connections need every descriptor read. Listeners alone: forked processes hold
+        // them under the same numbers as the owner found first, so only those numbers
+        // (and the low ones) are probed in the rest of the family.
+        let reading = if connections.is_empty() {
+            let mut fds: Vec<i32> = LOW_FDS
+                .chain(first.values().flatten().map(|o| o.fd))
+                .collect();
+            fds.sort_unstable();
+            fds.dedup();
+            Reading::Only(fds)
+        } else {
+            Reading::Everything
+        };
+        read_processes(&wanted, &self.family, &reading)
     }
 }
 
@@ -91,14 +101,20 @@ fn find_first_owners(listeners: &HashSet<u64>) -> Owners {
         );
         matches!((&netns, &own_netns), (Ok(theirs), Ok(ours)) if theirs.st_ino == *ours)
     });
+    let order: Vec<i32> = near.into_iter().chain(far).collect();
     let mut missing = listeners.clone();
-    for pid in near.into_iter().chain(far) {
-        if missing.is_empty() {
-            break;
-        }
-        for (inode, found) in read_processes(&missing, &[pid], Reading::UntilAllFound) {
-            missing.remove(&inode);
-            owners.entry(inode).or_default().extend(found);
+    // Listeners are opened early: probing the low descriptor numbers of each process
+    // usually finds them all without listing any large descriptor table.
+    let low: Vec<i32> = LOW_FDS.collect();
+    for reading in [Reading::Only(low), Reading::Everything] {
+        for &pid in &order {
+            if missing.is_empty() {
+                return owners;
+            }
+            for (inode, found) in read_processes(&missing, &[pid], &reading) {
+                missing.remove(&inode);
+                owners.entry(inode).or_default().extend(found);
+            }
         }
     }
     owners
@@ -177,17 +193,20 @@ fn parent_map() -> HashMap<i32, i32> {
         .collect()
 }
 
-/// How much of a process's descriptor table to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The descriptor numbers probed first for listeners.
+const LOW_FDS: std::ops::Range<i32> = 0..64;
+
+/// Which of a process's descriptors to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Reading {
     Everything,
-    /// Stop once the process has shown every wanted inode.
-    UntilAllFound,
+    /// Only these descriptor numbers (no listing of the table).
+    Only(Vec<i32>),
 }
 
 /// Maps each of `inodes` to the descriptors of `pids` that hold it. Processes that
 /// vanish or cannot be read are skipped.
-fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: Reading) -> Owners {
+fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: &Reading) -> Owners {
     let mut owners = Owners::new();
     if inodes.is_empty() {
         return owners;
@@ -197,17 +216,32 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: Reading) -> Owne
         let Ok(fd_dir) = open_dir(&format!("/proc/{pid}/fd")) else {
             continue;
         };
-        let Ok(entries) = Dir::read_from(&fd_dir) else {
-            continue;
+        let listed: Vec<(i32, std::ffi::CString)>;
+        let fds: Box<dyn Iterator<Item = (i32, &CStr)>> = match reading {
+            Reading::Everything => {
+                let Ok(entries) = Dir::read_from(&fd_dir) else {
+                    continue;
+                };
+                listed = entries
+                    .filter_map(Result::ok)
+                    .filter_map(|entry| {
+                        let fd = parse_number::<i32>(entry.file_name())?;
+                        Some((fd, entry.file_name().to_owned()))
+                    })
+                    .collect();
+                Box::new(listed.iter().map(|(fd, name)| (*fd, name.as_c_str())))
+            }
+            Reading::Only(numbers) => {
+                listed = numbers
+                    .iter()
+                    .filter_map(|fd| Some((*fd, std::ffi::CString::new(fd.to_string()).ok()?)))
+                    .collect();
+                Box::new(listed.iter().map(|(fd, name)| (*fd, name.as_c_str())))
+            }
         };
         let mut command = None;
-        let mut found_here = HashSet::new();
-        for entry in entries.filter_map(Result::ok) {
-            let Some(fd) = parse_number::<i32>(entry.file_name()) else {
-                continue;
-            };
-            let Ok(target) = readlinkat(&fd_dir, entry.file_name(), std::mem::take(&mut link))
-            else {
+        for (fd, name) in fds {
+            let Ok(target) = readlinkat(&fd_dir, name, std::mem::take(&mut link)) else {
                 continue;
             };
             let inode = socket_inode(target.as_bytes());
@@ -221,10 +255,6 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: Reading) -> Owne
                 .entry(inode)
                 .or_default()
                 .push(SocketOwner { pid, fd, command });
-            found_here.insert(inode);
-            if reading == Reading::UntilAllFound && found_here.len() == inodes.len() {
-                break;
-            }
         }
     }
     owners
