@@ -11,8 +11,8 @@ use std::{
 };
 
 use drain_tests::{
-    connect_refused_quickly, idle_client, raise_open_files_limit, run_drainctl, spawn_drainctl,
-    start_server, Closed, ConnectOutcome, KeepAliveClient, Netns,
+    busy_client, connect_refused_quickly, idle_client, raise_open_files_limit, run_drainctl,
+    spawn_drainctl, start_server, Closed, ConnectOutcome, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -202,13 +202,7 @@ fn force_at_the_deadline_closes_what_remains_and_says_so() {
         return;
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = idle_client(addr);
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    events
-        .wait_for_line(5 * SECOND, |l| {
-            l.starts_with("request ") && l.contains("/sleep/")
-        })
-        .expect("slow request read");
+    let mut busy = busy_client(addr, &events, "/sleep/60000");
     let output = run_drainctl(
         [
             "drain",

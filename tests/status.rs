@@ -8,7 +8,7 @@ use std::{
 };
 
 use drain_tests::{
-    idle_client, run_drainctl, spawn_drainctl, start_server, KeepAliveClient, Netns,
+    busy_client, idle_client, run_drainctl, spawn_drainctl, start_server, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -200,13 +200,7 @@ fn a_running_drain_and_its_end_are_shown() {
         return;
     };
     let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
-    let mut busy = KeepAliveClient::connect(addr).unwrap();
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    events
-        .wait_for_line(5 * SECOND, |l| {
-            l.starts_with("request ") && l.contains("/sleep/")
-        })
-        .expect("slow request read");
+    let _busy = busy_client(addr, &events, "/sleep/60000");
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
     drainctl
         .log()

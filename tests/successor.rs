@@ -9,8 +9,8 @@ use std::{
 };
 
 use drain_tests::{
-    connect_refused_quickly, run_drainctl, spawn_drainctl, start_server, ChildGuard, Closed,
-    ConnectOutcome, EventReader, KeepAliveClient, Netns,
+    busy_client, connect_refused_quickly, run_drainctl, spawn_drainctl, start_server, ChildGuard,
+    Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -79,13 +79,7 @@ fn a_successor_started_during_the_drain_ends_the_refusal() {
         return;
     };
     let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
-    let mut busy = KeepAliveClient::connect(addr).unwrap();
-    busy.send_request("GET", "/sleep/60000", b"").unwrap();
-    old_events
-        .wait_for_line(5 * SECOND, |l| {
-            l.starts_with("request ") && l.contains("/sleep/")
-        })
-        .expect("slow request read");
+    let _busy = busy_client(addr, &old_events, "/sleep/60000");
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "30s"]);
     drainctl
         .log()

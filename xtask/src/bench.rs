@@ -1087,6 +1087,16 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
+    /// The report line naming the machine, the date and the revision measured.
+    pub(crate) fn header(&self) -> String {
+        format!(
+            "machine: {} cores, kernel {}, {}  \ndate: {}, revision {}  \n",
+            self.cores, self.kernel, self.ss, self.date, self.revision
+        )
+    }
+}
+
+impl Machine {
     /// Best effort: a missing piece reads "unknown" rather than failing the bench.
     fn describe() -> Machine {
         let unknown = |_| "unknown".to_string();
@@ -1150,11 +1160,7 @@ fn render(
         out,
         "## Connection inventory at scale: `drainctl status --port {PORT}` against ss and /proc/net/tcp\n"
     );
-    let _ = writeln!(
-        out,
-        "machine: {} cores, kernel {}, {}  \ndate: {}, revision {}  \n",
-        machine.cores, machine.kernel, machine.ss, machine.date, machine.revision
-    );
+    let _ = writeln!(out, "{}", machine.header());
     let _ = writeln!(
         out,
         "{runs} timed runs per tool after one warm-up (a tool that has taken {} s in a \

@@ -236,11 +236,7 @@ fn render(
         out,
         "## Closing idle connections: `drainctl drain` against `ss -K`\n"
     );
-    let _ = writeln!(
-        out,
-        "machine: {} cores, kernel {}, {}  \ndate: {}, revision {}  \n",
-        machine.cores, machine.kernel, machine.ss, machine.date, machine.revision
-    );
+    let _ = writeln!(out, "{}", machine.header());
     let _ = writeln!(
         out,
         "Idle connections on :{PORT} (loopback, private netns), fresh farms each run, median of \

@@ -43,7 +43,6 @@ use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage,
@@ -297,12 +296,8 @@ fn monotonic_ns() -> u64 {
 /// Soft RLIMIT_NOFILE := hard, and checks that 2N + 1 descriptors (plus stdio and slack)
 /// fit under it.
 fn raise_open_files(connections: usize) -> Result<(), String> {
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .map_err(|e| format!("setrlimit(NOFILE, {hard}): {e}"))?;
-    }
+    let hard = drain_tests::raise_open_files_limit()
+        .map_err(|e| format!("raising RLIMIT_NOFILE to the hard limit: {e}"))?;
     let needed = 2 * connections as u64 + 1 + SPARE_FDS;
     if needed > hard {
         return Err(format!(
