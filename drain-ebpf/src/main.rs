@@ -13,174 +13,18 @@
 //! The refusal is keyed on the draining listeners' presence in a SOCKHASH. The kernel
 //! drops a socket from every SOCKHASH when it is closed, so the refusal ends by itself
 //! when the draining listener closes, whatever happened to the process that set it up.
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
-use core::{cell::UnsafeCell, mem::size_of};
+#[cfg(target_arch = "bpf")]
+mod program;
 
-use aya_ebpf::{
-    bindings::{
-        bpf_map_def,
-        bpf_map_type::BPF_MAP_TYPE_SOCKHASH,
-        bpf_sock,
-        sk_action::{SK_DROP, SK_PASS},
-    },
-    helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
-    macros::{map, sk_lookup},
-    maps::PerCpuArray,
-    programs::SkLookupContext,
-    Global,
-};
-use aya_log_ebpf::debug;
-use drain_common::{COUNT_REFUSED, COUNT_STEERED, MAX_LISTENERS_PER_PORT};
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const IPPROTO_TCP: u32 = 6;
-/// `BPF_SK_LOOKUP_F_NO_REUSEPORT`: take the assigned socket, not its reuseport group.
-const NO_REUSEPORT: u64 = 2;
-
-/// Set by the loader (`drain_common::PORT_GLOBAL`).
-#[unsafe(no_mangle)]
-static DRAIN_PORT: Global<u16> = Global::new(0);
-
-#[map(name = "COUNTS")]
-static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-/// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
-/// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
-/// its bound address with the packet's destination.
-#[repr(transparent)]
-struct ListenerSockets(UnsafeCell<bpf_map_def>);
-
-// SAFETY: the kernel owns the map; the program only passes its address to helpers.
-unsafe impl Sync for ListenerSockets {}
-
-impl ListenerSockets {
-    const fn new() -> Self {
-        Self(UnsafeCell::new(bpf_map_def {
-            type_: BPF_MAP_TYPE_SOCKHASH,
-            key_size: size_of::<u32>() as u32,
-            value_size: size_of::<u32>() as u32,
-            max_entries: MAX_LISTENERS_PER_PORT,
-            map_flags: 0,
-            id: 0,
-            pinning: 0,
-        }))
-    }
-
-    /// The socket in `slot`, referenced until [`Self::release`]; null when empty.
-    fn get(&self, slot: u32) -> *mut bpf_sock {
-        // SAFETY: `self` is a SOCKHASH of this program and `slot` lives on the stack for
-        // the call.
-        unsafe { bpf_map_lookup_elem(self.0.get().cast(), (&slot as *const u32).cast()) }.cast()
-    }
+/// On the host there is no program to run: `cargo build --workspace` builds this stub, and
+/// drain-daemon's build script builds the real program for `bpfel-unknown-none`.
+#[cfg(not(target_arch = "bpf"))]
+fn main() -> std::process::ExitCode {
+    eprintln!(
+        "drain-ebpf is an eBPF program, embedded in drain-daemon's binaries by its build \
+         script (`cargo build -p drain-daemon`); there is nothing to run on the host"
+    );
+    std::process::ExitCode::FAILURE
 }
-
-/// Releases the reference a SOCKHASH lookup took.
-fn release(sk: *mut bpf_sock) {
-    // SAFETY: `sk` is a non-null result of one lookup, released exactly once.
-    unsafe { bpf_sk_release(sk.cast()) };
-}
-
-#[unsafe(link_section = "maps")]
-#[unsafe(export_name = "DRAIN_LISTENERS")]
-static DRAIN_LISTENERS: ListenerSockets = ListenerSockets::new();
-
-#[unsafe(link_section = "maps")]
-#[unsafe(export_name = "SUCCESSORS")]
-static SUCCESSORS: ListenerSockets = ListenerSockets::new();
-
-#[sk_lookup]
-pub fn drain_steer(ctx: SkLookupContext) -> u32 {
-    // SAFETY: the kernel passes a valid bpf_sk_lookup for the duration of the call.
-    let lookup = unsafe { &*ctx.lookup };
-    let port = DRAIN_PORT.load();
-    if lookup.protocol != IPPROTO_TCP || lookup.local_port != u32::from(port) {
-        return SK_PASS;
-    }
-    let destination = Destination {
-        family: lookup.family,
-        ip4: lookup.local_ip4,
-        ip6: lookup.local_ip6,
-    };
-    if !(0..MAX_LISTENERS_PER_PORT).any(|slot| matches(&DRAIN_LISTENERS, slot, &destination)) {
-        return SK_PASS;
-    }
-    for slot in 0..MAX_LISTENERS_PER_PORT {
-        let successor = SUCCESSORS.get(slot);
-        if successor.is_null() {
-            continue;
-        }
-        // SAFETY: a non-null lookup result is readable until released.
-        let accepts = listener_accepts(unsafe { &*successor }, &destination);
-        // SAFETY: `ctx` is this program's context and `successor` a referenced socket.
-        let assigned = accepts
-            && unsafe { bpf_sk_assign(ctx.lookup.cast(), successor.cast(), NO_REUSEPORT) } == 0;
-        release(successor);
-        if assigned {
-            count(COUNT_STEERED);
-            debug!(
-                &ctx,
-                "handed a connection to draining port {} to a successor", port
-            );
-            return SK_PASS;
-        }
-    }
-    count(COUNT_REFUSED);
-    debug!(&ctx, "refused a connection to draining port {}", port);
-    SK_DROP
-}
-
-/// Where the incoming SYN is going. Addresses are in network byte order, as the kernel
-/// hands them over in both `bpf_sk_lookup` and `bpf_sock`.
-struct Destination {
-    family: u32,
-    ip4: u32,
-    ip6: [u32; 4],
-}
-
-fn matches(sockets: &ListenerSockets, slot: u32, destination: &Destination) -> bool {
-    let sk = sockets.get(slot);
-    if sk.is_null() {
-        return false;
-    }
-    // SAFETY: a non-null lookup result is readable until released.
-    let accepts = listener_accepts(unsafe { &*sk }, destination);
-    release(sk);
-    accepts
-}
-
-/// Would the kernel's own lookup consider this listener for the destination? A listener
-/// bound to the wildcard address takes every address of its family, and an IPv6 wildcard
-/// listener (dual stack, the Linux default) takes IPv4 too.
-fn listener_accepts(listener: &bpf_sock, destination: &Destination) -> bool {
-    let ip6 = listener.src_ip6;
-    match (listener.family, destination.family) {
-        (AF_INET, AF_INET) => listener.src_ip4 == 0 || listener.src_ip4 == destination.ip4,
-        (AF_INET6, AF_INET6) => ip6 == [0; 4] || ip6 == destination.ip6,
-        (AF_INET6, AF_INET) => {
-            let v4_mapped = [0, 0, 0xffff_u32.to_be(), destination.ip4];
-            ip6 == [0; 4] || ip6 == v4_mapped
-        }
-        _ => false,
-    }
-}
-
-fn count(index: u32) {
-    if let Some(count) = COUNTS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot: no other CPU writes it, and the program is not
-        // preempted on this one while it runs.
-        unsafe { *count += 1 };
-    }
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

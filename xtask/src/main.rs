@@ -1,14 +1,16 @@
 //! Project automation, run as `cargo xtask <command>` (an alias in .cargo/config.toml).
 //!
 //! `setup` prepares a fresh machine, `demo` sets up and shows a drain end to end in a
-//! private network namespace, `test` sets up and runs every test. These are the
-//! README's commands, and `.ci/run` runs `cargo xtask test`. `bench` sets up, builds
-//! optimised and runs the connection-inventory and closing benchmarks (see `bench.rs`,
-//! `bench_close.rs`).
+//! private network namespace, `test` sets up and runs every test, including
+//! `fresh-toolchain` (the eBPF toolchain pin proven in a scratch toolchain home). These
+//! are the README's commands, and `.ci/run` runs `cargo xtask test`. `bench` sets up,
+//! builds optimised and runs the connection-inventory and closing benchmarks (see
+//! `bench.rs`, `bench_close.rs`).
 
 mod bench;
 mod bench_close;
 mod demo;
+mod fresh_toolchain;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -29,8 +31,17 @@ enum Task {
     Setup,
     /// Setup, build, then drain a demo server in a private network namespace.
     Demo,
-    /// Setup, build, then run every test (as root: the privileged tests need it).
-    Test,
+    /// Setup, build, then run every test (as root: the privileged tests need it) and the
+    /// fresh-toolchain check.
+    Test {
+        /// Leave out the fresh-toolchain check (a few minutes) in a local run; refused
+        /// under CI=true.
+        #[arg(long)]
+        skip_fresh_toolchain: bool,
+    },
+    /// Build the eBPF program with a toolchain installed from nothing by `setup`, in a
+    /// scratch RUSTUP_HOME/CARGO_HOME (downloads the pinned nightly, builds bpf-linker).
+    FreshToolchain,
     /// Setup, release build, then the connection-inventory and closing benchmarks (as
     /// root, a few minutes); writes target/bench/inventory.md and closing.md.
     Bench {
@@ -52,7 +63,12 @@ fn main() -> ExitCode {
         Task::Demo => setup::setup()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
-        Task::Test => setup::setup().and_then(|()| build()).and_then(|()| test()),
+        Task::Test {
+            skip_fresh_toolchain,
+        } => setup::setup()
+            .and_then(|()| build())
+            .and_then(|()| test(skip_fresh_toolchain)),
+        Task::FreshToolchain => fresh_toolchain::run_check(&workspace()),
         Task::Bench {
             runs,
             no_build: true,
@@ -77,29 +93,39 @@ fn main() -> ExitCode {
 
 /// Builds every binary the tests and the demo run (drainctl, drain-demo-server).
 fn build() -> Result<()> {
-    run(Command::new(cargo()).args(["build", "--workspace", "--exclude", "drain-ebpf", "--bins"]))
+    run(Command::new(cargo()).args(["build", "--workspace", "--bins"]))
 }
 
 /// Builds the binaries the benchmark runs (drainctl, drain-bench-farm), optimised.
 fn build_release() -> Result<()> {
-    run(Command::new(cargo()).args([
-        "build",
-        "--release",
-        "--workspace",
-        "--exclude",
-        "drain-ebpf",
-        "--bins",
-    ]))
+    run(Command::new(cargo()).args(["build", "--release", "--workspace", "--bins"]))
 }
 
-fn test() -> Result<()> {
-    run(Command::new(cargo()).args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "drain-ebpf",
-        "--no-fail-fast",
-    ]))
+/// The fresh-toolchain check runs first (its output would otherwise bury the test
+/// summary) but does not stop the tests: both results are reported.
+fn test(skip_fresh_toolchain: bool) -> Result<()> {
+    let fresh = if skip_fresh_toolchain {
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            bail!("--skip-fresh-toolchain is refused under CI=true: CI must prove the pin");
+        }
+        println!("fresh-toolchain: skipped (--skip-fresh-toolchain)");
+        Ok(())
+    } else {
+        fresh_toolchain::run_check(&workspace())
+    };
+    let tests = run(Command::new(cargo()).args(["test", "--workspace", "--no-fail-fast"]));
+    match (fresh, tests) {
+        (Ok(()), tests) => tests,
+        (Err(fresh), Ok(())) => Err(fresh.context("the fresh-toolchain check failed")),
+        (Err(fresh), Err(tests)) => {
+            Err(tests.context(format!("and the fresh-toolchain check failed: {fresh:#}")))
+        }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn cargo() -> String {

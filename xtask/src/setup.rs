@@ -1,41 +1,51 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks to build and test the project.
 //!
-//! The eBPF program needs nightly with `rust-src` (for `-Z build-std=core`) and
-//! bpf-linker built against LLVM 22 (rustc's LLVM); the tests and the demo need iproute2,
-//! curl and a keep-alive load generator. Each step checks first and does nothing when its
-//! part is there, so a second run takes about a second.
+//! The eBPF program needs the pinned nightly with `rust-src` (for `-Z build-std=core`)
+//! and bpf-linker built against that nightly's LLVM; both are named in
+//! drain-ebpf/toolchain, and installed exactly as named whatever else the machine has.
+//! The tests and the demo need iproute2, curl and a keep-alive load generator. Each step
+//! checks first and does nothing when its part is there, so a second run takes about a
+//! second.
 
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
+use drain_ebpf_toolchain::{self as toolchain, BPF_LINKER_VERSION, LLVM_MAJOR, NIGHTLY};
 
 use crate::{output_of, run};
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2 (`ip`, `ss`) for namespaces and
-/// comparisons, curl and hey as real clients.
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "iproute2",
-    "curl",
-    "hey",
-];
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages besides LLVM: iproute2 (`ip`, `ss`) for namespaces and comparisons,
+/// curl and hey as real clients.
+const APT_PACKAGES: &[&str] = &["libzstd-dev", "iproute2", "curl", "hey"];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
-    nightly_rust_src()?;
+    pinned_nightly()?;
     bpf_linker()?;
-    println!("setup: everything is in place");
+    let installed = toolchain::check()?;
+    println!(
+        "setup: everything is in place (eBPF: {NIGHTLY} with LLVM {}, {} for LLVM {})",
+        installed.rustc_llvm,
+        installed.linker.display(),
+        installed.linker_llvm_major
+    );
     Ok(())
 }
 
+/// LLVM for bpf-linker to build against, with the major the pin names.
+fn llvm_packages() -> [String; 2] {
+    [
+        format!("llvm-{LLVM_MAJOR}-dev"),
+        format!("libpolly-{LLVM_MAJOR}-dev"),
+    ]
+}
+
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    let llvm = llvm_packages();
+    let missing: Vec<&str> = llvm
         .iter()
-        .copied()
+        .map(String::as_str)
+        .chain(APT_PACKAGES.iter().copied())
         .filter(|package| !dpkg_installed(package))
         .collect();
     if missing.is_empty() {
@@ -54,46 +64,78 @@ fn dpkg_installed(package: &str) -> bool {
         .is_ok_and(|status| status.contains("install ok installed"))
 }
 
-fn nightly_rust_src() -> Result<()> {
+/// Installs [`NIGHTLY`] with rust-src, by its dated name: the floating `nightly` is never
+/// used, so whatever other nightlies the machine has do not matter.
+fn pinned_nightly() -> Result<()> {
     let installed = output_of(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
         "--installed",
     ]))
     .unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        return Ok(());
-    }
-    println!("setup: installing nightly with rust-src (for the eBPF build)");
-    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-}
-
-fn bpf_linker() -> Result<()> {
-    let version = output_of(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if version.contains(BPF_LINKER_VERSION) {
-        return Ok(());
-    }
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    // bpf-linker's build script finds LLVM through LLVM_PREFIX; llvm-sys through its own
-    // variable. Without them the link fails with "unable to find library -lLLVM".
-    run(Command::new("cargo")
-        .args([
+    if !installed.lines().any(|line| line.starts_with("rust-src")) {
+        println!("setup: installing {NIGHTLY} with rust-src (for the eBPF build)");
+        run(Command::new("rustup").args([
+            "toolchain",
             "install",
-            "bpf-linker",
-            "--locked",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX))?;
-    let version = output_of(Command::new("bpf-linker").arg("--version"))
-        .context("bpf-linker is not on PATH after installing it (is ~/.cargo/bin on PATH?)")?;
-    if !version.contains(BPF_LINKER_VERSION) {
-        bail!("bpf-linker reports {version:?} after installing {BPF_LINKER_VERSION}");
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let llvm = toolchain::rustc_llvm_version(NIGHTLY)?;
+    if toolchain::llvm_major(&llvm) != Some(LLVM_MAJOR) {
+        bail!(toolchain::ToolchainError::PinInconsistent {
+            rustc: toolchain::llvm_major(&llvm).unwrap_or_default()
+        });
     }
     Ok(())
+}
+
+/// Builds bpf-linker [`BPF_LINKER_VERSION`] against Debian's LLVM [`LLVM_MAJOR`], unless
+/// the one in PATH is that version linked against that LLVM (`cargo install bpf-linker`
+/// alone picks the newest LLVM feature, which the pinned nightly's bitcode does not match).
+fn bpf_linker() -> Result<()> {
+    if linker_matches_pin() {
+        return Ok(());
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)"
+    );
+    let prefix = toolchain::llvm_prefix();
+    // bpf-linker's build script finds LLVM through LLVM_PREFIX; llvm-sys through its own
+    // variable, named after its version (221 for LLVM 22.1). Without them the link fails
+    // with "unable to find library -lLLVM".
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--locked", "--force"])
+        .args(["--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &prefix))?;
+    if !linker_matches_pin() {
+        let found = toolchain::find_in_path("bpf-linker")
+            .context("bpf-linker is not on PATH after installing it (is ~/.cargo/bin on PATH?)")?;
+        bail!(
+            "{} is not bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR} after installing it: \
+             another bpf-linker comes first in PATH",
+            found.display()
+        );
+    }
+    Ok(())
+}
+
+fn linker_matches_pin() -> bool {
+    let Some(linker) = toolchain::find_in_path("bpf-linker") else {
+        return false;
+    };
+    let version = output_of(Command::new(&linker).arg("--version")).unwrap_or_default();
+    version
+        .split_whitespace()
+        .any(|word| word == BPF_LINKER_VERSION)
+        && toolchain::linked_llvm_major(&linker).ok() == Some(LLVM_MAJOR)
 }
