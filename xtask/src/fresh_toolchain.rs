@@ -31,6 +31,7 @@ const HOST_TOOLCHAIN: &str = "machine-stable";
 
 pub fn run_check(workspace: &Path) -> Result<()> {
     let started = Instant::now();
+    let workspace = &fs::canonicalize(workspace).unwrap_or_else(|_| workspace.to_path_buf());
     let scratch = Scratch::create(&workspace.join("target/fresh-toolchain"))?;
     println!(
         "fresh-toolchain: empty RUSTUP_HOME and CARGO_HOME in {}",

@@ -77,6 +77,7 @@ fn pinned_nightly() -> Result<()> {
     .unwrap_or_default();
     if !installed.lines().any(|line| line.starts_with("rust-src")) {
         println!("setup: installing {NIGHTLY} with rust-src (for the eBPF build)");
+        // --no-self-update: installing a toolchain must not replace the user's rustup.
         run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -85,6 +86,7 @@ fn pinned_nightly() -> Result<()> {
             "minimal",
             "--component",
             "rust-src",
+            "--no-self-update",
         ]))?;
     }
     let llvm = toolchain::rustc_llvm_version(NIGHTLY)?;
