@@ -395,3 +395,49 @@ fn a_pipelined_request_is_served_not_cut() {
     assert_eq!(second.body_text(), "slept 1500 received 9\n");
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
 }
+
+/// A server's own graceful stop (nginx's QUIT, Go's `Shutdown`) closes its listener first
+/// and keeps serving the connections it has. The drain remembers the server it started
+/// with: it is not done while that server still holds a connection, and once the last
+/// request is answered it still closes the connection gracefully.
+#[test]
+fn a_server_that_closes_its_listener_first_is_drained_to_its_last_connection() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(addr, &events, "/sleep/2500");
+    let mut drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--quiet-period",
+        "200ms",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    wait_until_refusing(&drainctl);
+    server.signal(Signal::SIGUSR1).unwrap();
+    events
+        .wait_for("listeners closed", 5 * SECOND)
+        .expect("the server closed its listener");
+    std::thread::sleep(SECOND / 2);
+    assert!(
+        drainctl.is_running(),
+        "drainctl ended while a request was in flight"
+    );
+
+    assert_eq!(busy.read_response().unwrap().status, 200);
+    assert_eq!(busy.wait_closed(10 * SECOND), Closed::Eof);
+    let output = drainctl.wait(10 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["closed_gracefully"], 1, "{report}");
+    assert_eq!(report["closed_abortively"], 0, "{report}");
+    let eof = format!("eof {}", busy.local_addr());
+    assert!(
+        events.all_lines().contains(&eof),
+        "the server read EOF and closed the connection itself"
+    );
+}

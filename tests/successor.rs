@@ -3,15 +3,18 @@
 //! generator (hey, Go's net/http keep-alive pools).
 
 use std::{
+    net::{SocketAddr, TcpStream},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use drain_tests::{
-    busy_client, connect_refused_quickly, run_drainctl, spawn_drainctl, start_server, ChildGuard,
-    Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
+    bin_path, busy_client, connect_refused_quickly, idle_client, run_drainctl, spawn_drainctl,
+    spawn_drainctl_with, start_server, start_server_via, wait_request_read, ChildGuard, Closed,
+    ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
+use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -222,4 +225,157 @@ fn restart_under_keep_alive_get_load_loses_no_request() {
 #[test]
 fn restart_under_keep_alive_post_load_loses_no_request() {
     restart_under_hey("POST");
+}
+
+/// Whether `server` (rather than the other demo server) logged accepting the connection
+/// from `peer`. Reuseport spreads new connections over both; each logs what it accepts.
+fn accepted_by(server: &EventReader, other: &EventReader, peer: SocketAddr) -> bool {
+    let line = format!("accepted {peer}");
+    let deadline = Instant::now() + 5 * SECOND;
+    while Instant::now() < deadline {
+        if server.all_lines().contains(&line) {
+            return true;
+        }
+        if other.all_lines().contains(&line) {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("neither server logged {line:?}");
+}
+
+/// `--force` at the deadline forces only what is the drain's. The old server holds a
+/// request that outlasts the deadline; the successor on the same port holds idle and
+/// busy keep-alive connections and, stopped, two connections in its accept queue. The
+/// old one is shut down (its client reads a FIN); every connection of the successor,
+/// queued ones included, is still served afterwards.
+#[test]
+fn force_at_the_deadline_leaves_the_successors_connections_and_queue_alone() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let mut stuck = busy_client(addr, &old_events, "/sleep/60000");
+    let (new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old.pid().to_string(),
+        "--quiet-period",
+        "0s",
+        "--timeout",
+        "3s",
+        "--force",
+        "--close-grace",
+        "500ms",
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
+        .expect("successors set");
+    // From now on every new connection goes to the successor.
+    let mut idle: Vec<KeepAliveClient> = (0..3).map(|_| idle_client(addr)).collect();
+    let mut busy = busy_client(addr, &new_events, "/sleep/5000");
+    new.signal(Signal::SIGSTOP).unwrap();
+    let queued: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(addr).expect("the kernel completes the handshake"))
+        .collect();
+
+    let output = drainctl.wait(20 * SECOND);
+    new.signal(Signal::SIGCONT).unwrap();
+    assert_eq!(output.code, Some(1), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["forced_gracefully"], 1, "{report}");
+    assert_eq!(report["forced_abortively"], 0, "{report}");
+    assert_eq!(stuck.wait_closed(5 * SECOND), Closed::Eof);
+
+    for client in &mut idle {
+        let response = client.request("GET", "/", b"").expect("still open");
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(busy.read_response().expect("still open").status, 200);
+    for stream in queued {
+        let mut client = KeepAliveClient::from_stream(stream).unwrap();
+        let response = client
+            .request("GET", "/", b"")
+            .expect("still queued, then served");
+        assert_eq!(response.status, 200);
+    }
+}
+
+/// A successor whose owner the drain cannot see (here: outside the PID namespace that the
+/// drained server and drainctl share, with its own /proc) holds connections on the same
+/// port and address. Nothing proves they are the drain's: they are counted as
+/// `unknown_owner` and left alone, and the drain finishes with its own server's.
+#[test]
+fn connections_of_a_successor_the_drain_cannot_see_are_left_alone() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old_ns, old_events, addr) = start_server_via(
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        ["--listen", "127.0.0.1:8080", "--reuseport"],
+    );
+    let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        if ours.len() >= 2 && theirs.len() >= 3 {
+            break;
+        }
+        let client = idle_client(addr);
+        if accepted_by(&new_events, &old_events, client.local_addr()) {
+            theirs.push(client);
+        } else {
+            ours.push(client);
+        }
+    }
+    assert!(ours.len() >= 2 && theirs.len() >= 3, "reuseport spread");
+    theirs[0].send_request("GET", "/sleep/60000", b"").unwrap();
+    wait_request_read(&new_events, "/sleep/60000");
+
+    // `unshare --fork` runs the server as its child, pid 1 of the new namespace.
+    let unshare = old_ns.pid();
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children");
+    let server = children.split_whitespace().next().expect("the server");
+    let output = spawn_drainctl_with(
+        Command::new("nsenter")
+            .args(["--target", server, "--pid", "--mount", "--"])
+            .arg(bin_path("drainctl"))
+            .args([
+                "drain",
+                "--standalone",
+                "--port",
+                "8080",
+                "--pid",
+                "1",
+                "--quiet-period",
+                "0s",
+                "--spread",
+                "0s",
+                "--timeout",
+                "5s",
+                "--json",
+            ]),
+    )
+    .wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["unknown_owner"], theirs.len(), "{report}");
+    assert_eq!(report["closed_gracefully"], ours.len(), "{report}");
+    assert_eq!(report["closed_abortively"], 0, "{report}");
+    for client in &mut ours {
+        assert_eq!(client.wait_closed(5 * SECOND), Closed::Eof);
+    }
+    for client in &mut theirs[1..] {
+        let response = client.request("GET", "/", b"").expect("still open");
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(
+        theirs[0].wait_closed(Duration::from_millis(200)),
+        Closed::StillOpen
+    );
 }

@@ -35,9 +35,12 @@ pub use http::{
     KeepAliveClient, Response, Server,
 };
 pub use netns::{current_thread_netns_inode, Netns};
-pub use process::{bin_path, raise_open_files_limit, spawn_demo_server, ChildGuard};
+pub use process::{
+    bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_via, ChildGuard,
+};
 pub use scenario::{
-    assert_refused_at_once, busy_client, idle_client, start_server, wait_request_read,
+    assert_refused_at_once, busy_client, idle_client, start_server, start_server_via,
+    wait_request_read,
 };
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

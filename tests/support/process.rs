@@ -116,8 +116,28 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    spawn_demo_server_via(&[], args)
+}
+
+/// Like [`spawn_demo_server`], run through a `wrapper` command that execs (or forks)
+/// the server with the same stdout, e.g. `["unshare", "--pid", "--fork",
+/// "--mount-proc"]` for a server in a PID namespace of its own. The guard then holds the
+/// wrapper.
+pub fn spawn_demo_server_via<I, S>(wrapper: &[&str], args: I) -> (ChildGuard, EventReader)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let bin = bin_path("drain-demo-server");
-    let mut child = Command::new(&bin)
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(&bin);
+            command
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -6,7 +6,7 @@
 use std::{ffi::OsStr, net::SocketAddr, time::Duration};
 
 use crate::{
-    connect_refused_quickly, spawn_demo_server, ChildGuard, ConnectOutcome, EventReader,
+    connect_refused_quickly, spawn_demo_server_via, ChildGuard, ConnectOutcome, EventReader,
     KeepAliveClient,
 };
 
@@ -19,7 +19,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let (server, events) = spawn_demo_server(args);
+    start_server_via(&[], args)
+}
+
+/// [`start_server`] through a wrapper command ([`spawn_demo_server_via`]).
+pub fn start_server_via<I, S>(wrapper: &[&str], args: I) -> (ChildGuard, EventReader, SocketAddr)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let (server, events) = spawn_demo_server_via(wrapper, args);
     let addr = events
         .wait_listening(5 * SECOND)
         .expect("demo server is listening");

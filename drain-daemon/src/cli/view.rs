@@ -119,6 +119,12 @@ pub fn print_report(report: &DrainReport) {
         report.refused_connections,
         report.steered_connections
     );
+    if report.unknown_owner > 0 {
+        println!(
+            "  left alone: {} connection(s) on the port held by no visible process (not provably this drain's)",
+            report.unknown_owner
+        );
+    }
     if report.forced_gracefully + report.forced_abortively > 0 {
         println!(
             "  forced at the deadline (--force): {} with a FIN, {} reset",

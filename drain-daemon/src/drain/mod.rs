@@ -2,18 +2,22 @@
 //!
 //! 1. **Steer**: new connections to the port are refused ([`crate::steer`]) while the
 //!    draining listeners live.
-//! 2. **Scan** the port ([`crate::inventory`]) every poll interval.
+//! 2. **Scan** the port ([`crate::inventory`]) every poll interval, keeping only what is
+//!    provably the drain's ([`ownership`]): a successor's connections, or ones whose
+//!    holder is not visible, are never touched.
 //! 3. **Close** the idle connections ([`crate::close`]), paced by a [`Pace`] so clients
 //!    do not all reconnect at once; in-flight ones are left to finish, and closed once
 //!    idle.
-//! 4. **Finish** when no connection of the listener is open and its accept queue is
-//!    empty ([`Outcome::Drained`]), or at the deadline ([`Outcome::DeadlineReached`];
+//! 4. **Finish** when the listener's owners hold no connection on the port (also after
+//!    they closed the listener themselves) and its accept queue is empty
+//!    ([`Outcome::Drained`]), or at the deadline ([`Outcome::DeadlineReached`];
 //!    with `force`, what remains is then closed), with a [`DrainReport`] of what
 //!    happened and what remains.
 //!
 //! An accept grace may come first: new connections are still accepted for a while, for
 //! load balancers that have not yet seen the instance leave.
 
+mod ownership;
 pub mod report;
 pub mod schedule;
 
@@ -24,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ownership::Ownership;
 use report::Tally;
 pub use report::{DrainReport, Remaining};
 use schedule::CloseSchedule;
@@ -198,9 +203,13 @@ pub async fn drain(
     }
     // Listeners opened during the grace are drained too.
     let before = inventory.scan(port)?;
-    let draining = draining_listeners(&before, plan.pid)?;
-    let before = before.only_listeners(&draining);
-    let listener_sockets = borrow_listeners(port, &before.listeners)?;
+    let mut ownership = Ownership::new(&before, draining_listeners(&before, plan.pid)?);
+    let draining: Vec<Listener> = before
+        .listeners
+        .into_iter()
+        .filter(|l| ownership.listeners().contains(&l.socket.inode))
+        .collect();
+    let listener_sockets = borrow_listeners(port, &draining)?;
     let fds: Vec<_> = listener_sockets.iter().map(|fd| fd.as_fd()).collect();
     let mut steering = Steering::refuse(port, &fds)?;
     // Holding the listeners would keep them open after the server closes them.
@@ -212,12 +221,12 @@ pub async fn drain(
     }
     info!(
         port,
-        listeners = before.listeners.len(),
+        listeners = draining.len(),
         "new connections are refused; draining"
     );
 
     let mut announcer = netns::current_inode().ok().map(|inode| {
-        let listeners = before.listeners.iter().map(|l| l.socket.inode).collect();
+        let listeners = draining.iter().map(|l| l.socket.inode).collect();
         Announcer::new(inode, port, listeners, plan.timeout)
     });
     let started = Instant::now();
@@ -234,9 +243,15 @@ pub async fn drain(
     };
     let (outcome, last, cancel_mode) = loop {
         let pass_started = Instant::now();
-        let everything = inventory.scan(port)?;
-        update_successors(&mut steering, &everything, &draining, &mut successors);
-        let snapshot = everything.only_listeners(&draining);
+        let scan = ownership.scan(&mut inventory)?;
+        update_successors(
+            &mut steering,
+            port,
+            &scan.listeners,
+            ownership.listeners(),
+            &mut successors,
+        );
+        let snapshot = scan.ours;
         tally.observe(&snapshot);
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
@@ -281,12 +296,20 @@ pub async fn drain(
     };
 
     let last = if outcome == Outcome::DeadlineReached && plan.force {
-        force_remaining(&mut inventory, last, &mut tally, plan.close_grace).await?
+        force_remaining(
+            &mut inventory,
+            &mut ownership,
+            last,
+            &mut tally,
+            plan.close_grace,
+        )
+        .await?
     } else {
         last
     };
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
+    tally.unknown_owner = ownership.unknown_owner();
     if let Some(announcer) = &mut announcer {
         announcer.finish(outcome, refused_connections);
     }
@@ -398,16 +421,16 @@ async fn close_idle(
     closed
 }
 
-/// `--force` at the deadline: shuts down everything still open (FIN), waits
-/// `close_grace`, then resets what is left and every connection still queued.
-/// Returns the scan after that.
+/// `--force` at the deadline: shuts down everything of the drain's still open (FIN),
+/// waits `close_grace`, then resets what of it is left and its queued connections.
+/// Returns the drain's part of the scan after that.
 async fn force_remaining(
     inventory: &mut Inventory,
+    ownership: &mut Ownership,
     remaining: PortInventory,
     tally: &mut Tally,
     close_grace: Duration,
 ) -> Result<PortInventory, DrainError> {
-    let port = remaining.port;
     for connection in &remaining.connections {
         match close::force(inventory, connection) {
             Ok(CloseMethod::Graceful) => tally.forced_gracefully += 1,
@@ -418,7 +441,7 @@ async fn force_remaining(
         }
     }
     tokio::time::sleep(close_grace).await;
-    let after = inventory.scan(port)?;
+    let after = ownership.scan(inventory)?.ours;
     for id in after
         .connections
         .iter()
@@ -436,7 +459,7 @@ async fn force_remaining(
         abortively = tally.forced_abortively,
         "deadline reached: forced the remaining connections closed (--force)"
     );
-    Ok(inventory.scan(port)?)
+    Ok(ownership.scan(inventory)?.ours)
 }
 
 /// The socket inodes of the listeners to drain: those of `pid`'s process tree, or all.
@@ -469,12 +492,12 @@ fn draining_listeners(scan: &PortInventory, pid: Option<i32>) -> Result<HashSet<
 /// them changed since the last pass: one started after the drain, or one closed.
 fn update_successors(
     steering: &mut Steering,
-    scan: &PortInventory,
+    port: u16,
+    listeners: &[Listener],
     draining: &HashSet<u64>,
     current: &mut HashSet<u64>,
 ) {
-    let found: Vec<&Listener> = scan
-        .listeners
+    let found: Vec<&Listener> = listeners
         .iter()
         .filter(|listener| !draining.contains(&listener.socket.inode))
         .collect();
@@ -484,14 +507,14 @@ fn update_successors(
     }
     let sockets: Vec<OwnedFd> = found
         .iter()
-        .filter_map(|listener| borrow_listeners(scan.port, std::slice::from_ref(*listener)).ok())
+        .filter_map(|listener| borrow_listeners(port, std::slice::from_ref(*listener)).ok())
         .flatten()
         .collect();
     let fds: Vec<_> = sockets.iter().map(|fd| fd.as_fd()).collect();
     match steering.set_successors(&fds) {
         Ok(()) => {
             info!(
-                port = scan.port,
+                port,
                 successors = fds.len(),
                 "new connections go to the successor listeners"
             );

@@ -42,7 +42,7 @@ pub struct DrainReport {
     /// Idle connections closed gracefully: the server read EOF and closed them (or, if
     /// it did not within the close grace, the drain sent their FIN).
     pub closed_gracefully: u64,
-    /// Idle connections closed with SOCK_DESTROY (RST): no owner visible, or no rights.
+    /// Idle connections closed with SOCK_DESTROY (RST): no ptrace rights over the owner.
     pub closed_abortively: u64,
     /// Connections that closed without the drain closing them (finished requests,
     /// clients leaving).
@@ -55,6 +55,11 @@ pub struct DrainReport {
     pub refused_connections: u64,
     /// New connections handed to a successor listener during the drain.
     pub steered_connections: u64,
+    /// Connections on the port held by no process the drain can see (a successor in
+    /// another PID namespace, a connection handed to an unrelated process): nothing
+    /// proves they are the drain's, so they were left alone.
+    #[serde(default)]
+    pub unknown_owner: u64,
     /// Connections still waiting in the accept queue at the end.
     pub accept_queue: u32,
     pub remaining: Vec<Remaining>,
@@ -77,6 +82,7 @@ pub(super) struct Tally {
     pub(super) forced_gracefully: u64,
     pub(super) forced_abortively: u64,
     pub(super) steered: u64,
+    pub(super) unknown_owner: u64,
 }
 
 impl Tally {
@@ -154,6 +160,7 @@ impl Tally {
             forced_abortively: self.forced_abortively,
             refused_connections,
             steered_connections: self.steered,
+            unknown_owner: self.unknown_owner,
             accept_queue: last.accept_queue(),
             remaining,
             still_refusing: steering_pinned_at.is_some(),

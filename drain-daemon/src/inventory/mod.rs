@@ -7,11 +7,14 @@
 //! that is unavailable from `/proc/net/tcp{,6}` ([`procfs`], without TCP_INFO); owners
 //! come from procfs ([`owners`]).
 //!
-//! A connection counts for the listener when its owner is one of the listener's owners.
-//! With steering the kernel may hand a connection to port P to another listener (one
-//! bound to another port, in another process): such sockets have the local port P too,
-//! so ownership, not the port, tells them apart. Established sockets no process holds
-//! yet are in an accept queue; they are counted by the listener's queue length.
+//! A connection counts for the port when its owner is one of the listeners' owners, or a
+//! process the caller tracks ([`Inventory::track_processes`]: a drain keeps following a
+//! server that closed its listener first), or when no visible process holds it. With
+//! steering the kernel may hand a connection to port P to another listener (one bound to
+//! another port, in another process): such sockets have the local port P too, so
+//! ownership, not the port, tells them apart; which connections are a drain's is decided
+//! by the drain ([`crate::drain`]). Established sockets no process holds yet are in an
+//! accept queue; they are counted by the listener's queue length.
 
 pub mod classify;
 pub mod owners;
@@ -104,21 +107,6 @@ impl PortInventory {
     pub fn in_flight(&self) -> impl Iterator<Item = &Connection> {
         self.connections.iter().filter(|c| !c.activity.is_idle())
     }
-
-    /// Only the listeners whose socket inode is in `inodes`, and the connections their
-    /// owners hold (or whose owner is unknown). Used when a port has a draining and a
-    /// successor service: the successor's connections are not the drain's.
-    pub fn only_listeners(mut self, inodes: &HashSet<u64>) -> PortInventory {
-        self.listeners.retain(|l| inodes.contains(&l.socket.inode));
-        let owners: HashSet<i32> = self
-            .listeners
-            .iter()
-            .flat_map(|l| l.owners.iter().map(|o| o.pid))
-            .collect();
-        self.connections
-            .retain(|c| c.owner.as_ref().is_none_or(|o| owners.contains(&o.pid)));
-        self
-    }
 }
 
 /// States in which a connection still belongs to the server: it may carry a request.
@@ -173,6 +161,12 @@ impl Inventory {
     pub fn with_connection_owners(mut self, enabled: bool) -> Self {
         self.connection_owners = enabled;
         self
+    }
+
+    /// Reports the connections `pids` hold on the scanned port, whether or not they still
+    /// hold a listener there (replaces the previous set).
+    pub fn track_processes(&mut self, pids: impl IntoIterator<Item = i32>) {
+        self.owners.track(pids);
     }
 
     /// Which source this inventory reads.
@@ -260,6 +254,7 @@ impl Inventory {
         let mut listener_pids: Vec<i32> = listeners
             .iter()
             .flat_map(|l| l.owners.iter().map(|o| o.pid))
+            .chain(self.owners.tracked())
             .collect();
         listener_pids.sort_unstable();
         listener_pids.dedup();

@@ -22,7 +22,10 @@
 //!
 //! Sockets held by unrelated processes (other ports, other services) are never read, so
 //! the cost does not grow with them. A connection handed to a process outside that
-//! family has no known owner; the drain then closes it with SOCK_DESTROY.
+//! family has no known owner, and a drain leaves it alone: nothing proves it is the
+//! drain's. A caller can add processes to read whatever listeners they hold
+//! ([`OwnerFinder::track`]): a drain keeps reading the servers it started with after
+//! they close their listeners.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -50,16 +53,39 @@ pub struct OwnerFinder {
     /// The processes that may hold the listeners and their connections.
     family: Vec<i32>,
     listeners_seen: HashSet<u64>,
+    /// Processes always read for connections, listeners or not, ascending.
+    tracked: Vec<i32>,
 }
 
 impl OwnerFinder {
+    /// Reads `pids` for connections in every later search, whether or not they still
+    /// hold a listener (replaces the previous set).
+    pub fn track(&mut self, pids: impl IntoIterator<Item = i32>) {
+        self.tracked = pids.into_iter().collect();
+        self.tracked.sort_unstable();
+        self.tracked.dedup();
+    }
+
+    /// The processes set by [`OwnerFinder::track`].
+    pub fn tracked(&self) -> impl Iterator<Item = i32> + '_ {
+        self.tracked.iter().copied()
+    }
+
+    /// The family and the tracked processes, ascending.
+    fn readable(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self.family.iter().chain(&self.tracked).copied().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// The owners of `listeners` and `connections` (socket inodes). Connections are only
     /// looked for in the listener owners' family.
     pub fn find(&mut self, listeners: &HashSet<u64>, connections: &HashSet<u64>) -> Owners {
         let known = !self.family.is_empty() && listeners.is_subset(&self.listeners_seen);
         let wanted: HashSet<u64> = listeners.union(connections).copied().collect();
         if known && !connections.is_empty() {
-            let owners = read_processes(&wanted, &self.family, &Reading::Everything);
+            let owners = read_processes(&wanted, &self.readable(), &Reading::Everything);
             if listeners.iter().all(|inode| owners.contains_key(inode)) {
                 // New children (a reloaded worker) show up in the next family.
                 self.family = family_of(&owners, listeners);
@@ -82,7 +108,7 @@ impl OwnerFinder {
         } else {
             Reading::Everything
         };
-        read_processes(&wanted, &self.family, &reading)
+        read_processes(&wanted, &self.readable(), &reading)
     }
 }
 
@@ -183,14 +209,22 @@ pub fn process_tree(pid: i32) -> HashSet<i32> {
 fn parent_map() -> HashMap<i32, i32> {
     all_pids()
         .into_iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let after_comm = &stat[stat.rfind(')')? + 1..];
-            let ppid = after_comm.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
+        .filter_map(|pid| Some((pid, stat_field(pid, 4)?)))
         .collect()
+}
+
+/// When `pid` started (clock ticks after boot), `None` once it is gone. A pid with
+/// another start time is another process that reuses the number.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// Field `n` (1-based, as proc(5) numbers them) of `/proc/<pid>/stat`.
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; state is field 3.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(n - 3)?.parse().ok()
 }
 
 /// The descriptor numbers probed first for listeners.
@@ -382,6 +416,33 @@ mod tests {
         assert_eq!(process_tree(child_pid), HashSet::from([child_pid]));
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn a_process_keeps_its_start_time_and_a_gone_one_has_none() {
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        assert_eq!(start_time(me), start_time(me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert_eq!(start_time(pid), None);
+    }
+
+    #[test]
+    fn a_tracked_process_is_read_for_connections_without_a_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(listener);
+        let accepted_inode = inode_of(accepted.as_raw_fd());
+        let mut finder = OwnerFinder::default();
+        let wanted = HashSet::from([accepted_inode]);
+        assert!(finder.find(&HashSet::new(), &wanted).is_empty());
+        finder.track([std::process::id() as i32]);
+        let owners = finder.find(&HashSet::new(), &wanted);
+        assert_eq!(owners[&accepted_inode][0].fd, accepted.as_raw_fd());
+        drop(client);
     }
 
     #[test]

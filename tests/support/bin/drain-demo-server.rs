@@ -9,6 +9,10 @@
 //! SIGINT, then prints `stopping <signal>`, closes its listeners and exits 0. Connections
 //! still open at that point are closed by the exit. Exit 2 on bad arguments, 1 on a bind
 //! error.
+//!
+//! SIGUSR1 plays a server's own graceful stop (nginx's QUIT, Go's `Shutdown`): it closes
+//! the listeners, prints `listeners closed`, and keeps serving the connections it has
+//! until they end or SIGTERM/SIGINT comes.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGTERM);
     stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGUSR1);
     if let Err(e) = stop_signals.thread_block() {
         eprintln!("drain-demo-server: blocking signals: {e}");
         return ExitCode::FAILURE;
@@ -68,8 +73,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    let server = match drain_tests::serve_all(listeners, std::io::stdout()) {
-        Ok(s) => s,
+    let mut server = match drain_tests::serve_all(listeners, std::io::stdout()) {
+        Ok(s) => Some(s),
         Err(e) => {
             eprintln!("drain-demo-server: start: {e}");
             return ExitCode::FAILURE;
@@ -78,6 +83,12 @@ fn main() -> ExitCode {
 
     let sig = loop {
         match stop_signals.wait() {
+            Ok(Signal::SIGUSR1) => {
+                if let Some(server) = server.take() {
+                    server.stop();
+                    let _ = writeln!(std::io::stdout(), "listeners closed");
+                }
+            }
             Ok(sig) => break sig,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -88,7 +99,9 @@ fn main() -> ExitCode {
     };
     // Not println!: that panics if the reader of our stdout has gone away.
     let _ = writeln!(std::io::stdout(), "stopping {sig}");
-    server.stop();
+    if let Some(server) = server {
+        server.stop();
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,0 +1,145 @@
+//! Which of a port's sockets are the drain's, and so may be closed.
+//!
+//! A port can hold more than the drained server: a successor on the same port, a
+//! process in another PID namespace, a connection handed to an unrelated process. Closing
+//! one of those cuts a service that is not being drained, so the drain acts only on what
+//! is provably its own:
+//!
+//! - **Connections held by an owner of a draining listener**, known by pid *and* start
+//!   time (a reused pid is another process). The owners are remembered from the start
+//!   and followed after they close their listeners: a server's own graceful stop (nginx's
+//!   QUIT, Go's `Shutdown`) closes the listener first and goes on serving, and the drain
+//!   is not done while it does. A process that later holds a draining listener (a
+//!   reloaded worker) becomes an owner too.
+//! - **Sockets in a draining listener's accept queue.** The kernel does not say which
+//!   listener queues a socket, and a successor on the same address queues the same kind.
+//!   A queued socket counts only when it was queued at the previous scan as well and, in
+//!   this scan, no other listener of the port has a queue while the draining ones hold at
+//!   least as many: a socket never returns to a queue, so it sat in one queue between the
+//!   two sightings, and each listener's queue length is read in between (sock_diag dumps
+//!   a family's listeners before its connections).
+//!
+//! Connections no visible process holds are counted ([`Ownership::unknown_owner`]) and
+//! left alone; those of other visible processes (successors) are not the drain's at all.
+
+use std::collections::{hash_map::Entry, HashMap, HashSet};
+
+use tracing::debug;
+
+use crate::inventory::{
+    owners, sock_diag::SocketId, Inventory, InventoryError, Listener, PortInventory,
+};
+
+/// What the drain owns on its port, kept across scans.
+#[derive(Debug)]
+pub(super) struct Ownership {
+    port: u16,
+    /// Socket inodes of the draining listeners.
+    listeners: HashSet<u64>,
+    /// The draining listeners' owner processes: pid -> start time.
+    owners: HashMap<i32, u64>,
+    /// The sockets queued at the previous scan.
+    queued_before: HashSet<SocketId>,
+    /// Cookies of the connections seen with no visible holder.
+    unknown_owner: HashSet<u64>,
+}
+
+/// One scan of the port, split.
+#[derive(Debug)]
+pub(super) struct Scan {
+    /// Every listener on the port, the drain's and the successors'.
+    pub(super) listeners: Vec<Listener>,
+    /// The drain's listeners, connections and queued sockets.
+    pub(super) ours: PortInventory,
+}
+
+impl Ownership {
+    /// Owns `listeners` (socket inodes) of `scan`'s port and the processes holding them
+    /// in `scan`.
+    pub(super) fn new(scan: &PortInventory, listeners: HashSet<u64>) -> Self {
+        let mut ownership = Ownership {
+            port: scan.port,
+            listeners,
+            owners: HashMap::new(),
+            queued_before: HashSet::new(),
+            unknown_owner: HashSet::new(),
+        };
+        ownership.learn_owners(scan);
+        ownership
+    }
+
+    /// Socket inodes of the draining listeners.
+    pub(super) fn listeners(&self) -> &HashSet<u64> {
+        &self.listeners
+    }
+
+    /// How many distinct connections on the port had no visible holder, and were left
+    /// alone.
+    pub(super) fn unknown_owner(&self) -> u64 {
+        self.unknown_owner.len() as u64
+    }
+
+    /// Scans the port, the owners' connections included after their listeners closed.
+    pub(super) fn scan(&mut self, inventory: &mut Inventory) -> Result<Scan, InventoryError> {
+        inventory.track_processes(self.owners.keys().copied());
+        let everything = inventory.scan(self.port)?;
+        Ok(Scan {
+            listeners: everything.listeners.clone(),
+            ours: self.claim(everything),
+        })
+    }
+
+    /// The drain's part of `scan`.
+    fn claim(&mut self, mut scan: PortInventory) -> PortInventory {
+        // After the scan, so a pid reused before or during it is caught.
+        self.owners
+            .retain(|&pid, &mut started| owners::start_time(pid) == Some(started));
+        self.learn_owners(&scan);
+
+        let (ours, others): (Vec<Listener>, Vec<Listener>) = scan
+            .listeners
+            .into_iter()
+            .partition(|l| self.listeners.contains(&l.socket.inode));
+        scan.listeners = ours;
+        let queued_now = scan.queued.iter().map(|s| s.id).collect();
+        let queued_before = std::mem::replace(&mut self.queued_before, queued_now);
+        scan.queued.retain(|s| queued_before.contains(&s.id));
+        let only_ours_queue = others.iter().all(|l| l.accept_queue() == 0);
+        if !only_ours_queue || scan.queued.len() > scan.accept_queue() as usize {
+            scan.queued.clear();
+        }
+
+        let before = self.unknown_owner.len();
+        scan.connections.retain(|c| match &c.owner {
+            Some(owner) => self.owners.contains_key(&owner.pid),
+            None => {
+                self.unknown_owner.insert(c.socket.id.cookie);
+                false
+            }
+        });
+        if self.unknown_owner.len() > before {
+            debug!(
+                port = self.port,
+                unknown_owner = self.unknown_owner.len(),
+                "connections held by no visible process are left alone"
+            );
+        }
+        scan
+    }
+
+    /// Remembers the processes holding a draining listener in `scan`.
+    fn learn_owners(&mut self, scan: &PortInventory) {
+        let holders = scan
+            .listeners
+            .iter()
+            .filter(|l| self.listeners.contains(&l.socket.inode))
+            .flat_map(|l| &l.owners);
+        for owner in holders {
+            if let Entry::Vacant(entry) = self.owners.entry(owner.pid) {
+                if let Some(started) = owners::start_time(owner.pid) {
+                    entry.insert(started);
+                }
+            }
+        }
+    }
+}
