@@ -240,6 +240,16 @@ fn a_second_drain_of_a_draining_port_is_refused_and_names_the_first() {
         "{}",
         second.stderr_text()
     );
+    // Nor can it be released from under the running drain.
+    let release =
+        spawn_drainctl_with(&mut mounts.drainctl(["release", "--standalone", "--port", "8080"]))
+            .wait(10 * SECOND);
+    assert_eq!(release.code, Some(3), "log:\n{}", release.stderr_text());
+    assert!(
+        release.stderr_text().contains(&expected),
+        "{}",
+        release.stderr_text()
+    );
     // The first drain's steering is intact, and it runs to its end.
     assert_refused_at_once(addr);
     assert_eq!(busy.read_response().expect("answered").status, 200);
