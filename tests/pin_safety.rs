@@ -295,3 +295,25 @@ fn a_sweep_leaves_a_locked_port_alone() {
         "the stale pinned drain is swept once unlocked"
     );
 }
+
+#[test]
+fn pins_of_a_deleted_namespace_are_swept_with_its_directory() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(true);
+    let deleted = {
+        let inner = Netns::new().expect("a second network namespace");
+        let (mut server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+        let output = drain(&mounts, "8080");
+        assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+        server.terminate(5 * SECOND).unwrap();
+        mounts.path(&format!("/sys/fs/bpf/drain-daemon/netns-{}", inner.inode()))
+    };
+    // The thread is back in the test's namespace; nothing holds the inner one any more.
+    assert!(deleted.join("port-8080/link").exists());
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let output = drain(&mounts, "8080");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert!(!deleted.exists(), "{} was not swept", deleted.display());
+}
