@@ -145,3 +145,47 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     assert_eq!(second.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&second.stderr).contains("another drain-daemon serves"));
 }
+
+#[test]
+fn a_socket_path_that_is_not_a_socket_is_left_alone() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let file = socket_path("not-a-socket");
+    let dir = file.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&file, b"precious").unwrap();
+    let link = dir.join("link.sock");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+
+    for (path, kind) in [(&file, "a regular file"), (&link, "a symbolic link")] {
+        let mut daemon = ChildGuard(
+            std::process::Command::new(bin_path("drain-daemon"))
+                .arg("--socket")
+                .arg(path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = daemon.wait_timeout(10 * SECOND).unwrap();
+        let mut stderr = String::new();
+        if status.is_some() {
+            std::io::Read::read_to_string(&mut daemon.0.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
+        }
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"precious",
+            "--socket {kind}"
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(status.and_then(|s| s.code()), Some(3), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{} is {kind}, not a socket", path.display())),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,25 +2,32 @@
 //!
 //! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). Each
 //! pass it rewrites a small JSON record at
-//! `/run/drain-daemon/drains/netns-<inode>/port-<port>.json` (atomically: write, then
-//! rename), and a last time with its outcome. `status` reads the record and checks that
+//! `/run/drain-daemon/drains/netns-<inode>/port-<port>.json`, and a last time with its
+//! outcome. Records are written as root in a tree other users must not steer, so every
+//! level is a root-only directory opened without following symlinks, and a record is
+//! replaced atomically through a new file of an unpredictable name ([`SafeDir`]); one
+//! is read without following a symlink too. Without root, `status` cannot read them. `status` reads the record and checks that
 //! its process is still alive, so a killed drain shows as such instead of running
 //! forever. A record names the listeners it drained (socket inodes): namespace inodes
 //! are reused, and a record is only about a listener that still exists. Announcing is
 //! best effort: a drain never fails because it could not write.
 
 use std::{
-    fs, io,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::drain::{Outcome, Progress};
+use crate::{
+    drain::{Outcome, Progress},
+    safe_dir::{DirError, SafeDir},
+};
 
-const RECORD_ROOT: &str = "/run/drain-daemon/drains";
+/// The system directory the records' tree starts in; the levels below are ours.
+const RUN: &str = "/run";
+const RECORD_DIRS: [&str; 2] = ["drain-daemon", "drains"];
 
 /// Where a drain stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,15 +87,18 @@ impl DrainRecord {
 
 /// Keeps a drain's record up to date.
 pub struct Announcer {
-    path: PathBuf,
+    netns_inode: u64,
     record: DrainRecord,
+    /// Told once: a drain does not fail over its record.
+    warned: bool,
 }
 
 impl Announcer {
     pub fn new(netns_inode: u64, port: u16, listener_inodes: Vec<u64>, timeout: Duration) -> Self {
         let now = unix_ms();
         Self {
-            path: record_path(netns_inode, port),
+            netns_inode,
+            warned: false,
             record: DrainRecord {
                 pid: std::process::id(),
                 port,
@@ -128,29 +138,48 @@ impl Announcer {
 
     fn write(&mut self) {
         self.record.updated_unix_ms = unix_ms();
-        if let Err(err) = write_atomically(&self.path, &self.record) {
-            debug!(path = %self.path.display(), "cannot announce the drain: {err}");
+        let written = serde_json::to_vec(&self.record)
+            .map_err(std::io::Error::from)
+            .map_err(|source| DirError::Io {
+                call: "serialize",
+                path: record_name(self.record.port).into(),
+                source,
+            })
+            .and_then(|json| {
+                record_dir(self.netns_inode, true)?
+                    .write_atomically(&record_name(self.record.port), &json)
+            });
+        match written {
+            Ok(()) => {}
+            Err(err) if err.is_untrusted() && !self.warned => {
+                warn!("not announcing the drain for drainctl status: {err}");
+                self.warned = true;
+            }
+            Err(err) => debug!("cannot announce the drain: {err}"),
         }
     }
 }
 
 /// The last record of a drain of `port` in the network namespace `netns_inode`.
 pub fn read(netns_inode: u64, port: u16) -> Option<DrainRecord> {
-    let text = fs::read_to_string(record_path(netns_inode, port)).ok()?;
-    serde_json::from_str(&text).ok()
+    let text = record_dir(netns_inode, false)
+        .ok()?
+        .read(&record_name(port))
+        .ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
-fn record_path(netns_inode: u64, port: u16) -> PathBuf {
-    Path::new(RECORD_ROOT).join(format!("netns-{netns_inode}/port-{port}.json"))
-}
-
-fn write_atomically(path: &Path, record: &DrainRecord) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+/// `/run/drain-daemon/drains/netns-<inode>`, opened level by level (created when `create`).
+fn record_dir(netns_inode: u64, create: bool) -> Result<SafeDir, DirError> {
+    let mut dir = SafeDir::open_system(Path::new(RUN))?;
+    for name in RECORD_DIRS {
+        dir = dir.child(name, create)?;
     }
-    let temporary = path.with_extension(format!("json.{}", std::process::id()));
-    fs::write(&temporary, serde_json::to_vec(record)?)?;
-    fs::rename(&temporary, path)
+    dir.child(&format!("netns-{netns_inode}"), create)
+}
+
+fn record_name(port: u16) -> String {
+    format!("port-{port}.json")
 }
 
 /// Milliseconds since the Unix epoch, the time base of the records.

@@ -177,7 +177,14 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
         }
         Request::Release { port, .. } => match steer::release(port) {
             Ok(released) => Reply::Released { released },
-            Err(err) => error_reply(ErrorKind::Failure, err.to_string()),
+            Err(err) => {
+                let kind = if err.is_environment() {
+                    ErrorKind::Environment
+                } else {
+                    ErrorKind::Failure
+                };
+                error_reply(kind, err.to_string())
+            }
         },
         Request::Cancel { .. } => error_reply(
             ErrorKind::Failure,

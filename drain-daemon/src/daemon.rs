@@ -7,7 +7,7 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -78,7 +78,9 @@ async fn run(socket: &Path) -> io::Result<()> {
     result
 }
 
-/// Binds the control socket, replacing a stale one but never a live daemon's.
+/// Binds the control socket, replacing a stale socket but never a live daemon's, and
+/// never anything that is not a socket: the path is an argument, and root must not
+/// delete the file a mistyped `--socket` names.
 async fn bind(socket: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         fs::DirBuilder::new()
@@ -86,14 +88,41 @@ async fn bind(socket: &Path) -> io::Result<UnixListener> {
             .mode(0o700)
             .create(dir)?;
     }
-    if socket.exists() {
-        if UnixStream::connect(socket).await.is_ok() {
+    match fs::symlink_metadata(socket) {
+        Ok(found) if found.file_type().is_socket() => {
+            if UnixStream::connect(socket).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another drain-daemon serves {}", socket.display()),
+                ));
+            }
+            fs::remove_file(socket)?;
+        }
+        Ok(found) => {
+            let kind = if found.is_symlink() {
+                "a symbolic link"
+            } else if found.is_dir() {
+                "a directory"
+            } else if found.is_file() {
+                "a regular file"
+            } else {
+                "a special file"
+            };
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("another drain-daemon serves {}", socket.display()),
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is {kind}, not a socket: refusing to replace it (choose another --socket)",
+                    socket.display()
+                ),
             ));
         }
-        fs::remove_file(socket)?;
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("lstat {}: {err}", socket.display()),
+            ))
+        }
     }
     let listener = UnixListener::bind(socket).map_err(|err| {
         io::Error::new(err.kind(), format!("binding {}: {err}", socket.display()))

@@ -7,7 +7,8 @@
 //! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
 //! [`status`] reports what ports hold and which drains run. [`cli`] is `drainctl`'s
 //! command line; [`daemon`] is `drain-daemon`, serving
-//! `drainctl` through the [`control`] API.
+//! `drainctl` through the [`control`] API. [`safe_dir`] is how the files they keep as
+//! root (bpffs pins, drain records) are reached without following anyone's symlinks.
 #![forbid(unsafe_code)]
 
 pub mod announce;
@@ -19,5 +20,6 @@ pub mod drain;
 pub mod inventory;
 pub mod netns;
 pub mod pidfd;
+pub mod safe_dir;
 pub mod status;
 pub mod steer;

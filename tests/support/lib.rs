@@ -3,6 +3,8 @@
 //! self-tested pieces instead of ad-hoc sleeps and sockets.
 //!
 //! - [`Netns`]: a private network namespace for the test thread (and the processes it spawns).
+//! - [`PrivateMounts`]: a private mount namespace with its own bpffs and /run, for tests
+//!   of the pin tree that must not touch the host's.
 //! - [`http`]: a real HTTP/1.1 keep-alive server (in-process, or as the `drain-demo-server`
 //!   process) that logs every connection event, plus keep-alive client helpers.
 //! - [`bin_path`], [`ChildGuard`], [`spawn_demo_server`]: running workspace binaries.
@@ -24,6 +26,7 @@
 pub mod drainctl;
 pub mod events;
 pub mod http;
+pub mod mountns;
 pub mod netns;
 pub mod process;
 pub mod scenario;
@@ -34,6 +37,7 @@ pub use http::{
     bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,
     KeepAliveClient, Response, Server,
 };
+pub use mountns::PrivateMounts;
 pub use netns::{current_thread_netns_inode, Netns};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_via, ChildGuard,

@@ -466,7 +466,11 @@ async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
             message: "releasing a drain needs root: run drainctl as root".into(),
         }),
         Ok(None) => steer::release(args.port).map_err(|err| Failure {
-            exit: Exit::Failure,
+            exit: if err.is_environment() {
+                Exit::Environment
+            } else {
+                Exit::Failure
+            },
             message: err.to_string(),
         }),
         Err(failure) => Err(failure),

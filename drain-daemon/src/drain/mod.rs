@@ -129,12 +129,7 @@ impl DrainError {
             | DrainError::NoListenerOfPid { .. }
             | DrainError::ListenerOwnerUnknown { .. }
             | DrainError::BorrowListener { .. } => true,
-            DrainError::Steer(err) => matches!(
-                err,
-                SteerError::PermissionDenied(_)
-                    | SteerError::Unsupported(_)
-                    | SteerError::TooManyListeners { .. }
-            ),
+            DrainError::Steer(err) => err.is_environment(),
             DrainError::Inventory(_) => false,
         }
     }

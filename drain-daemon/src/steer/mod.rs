@@ -9,23 +9,29 @@
 //! service started later on the same port gets its connections again.
 //!
 //! The program, its maps and its link are pinned in bpffs under
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/`, so the refusal lasts after
-//! `drainctl` exits (between the end of `ExecStop=` and the service's exit, new clients
-//! are refused rather than accepted and then cut). A pinned drain whose listeners are
-//! all gone is stale and is removed by the next [`Steering::refuse`] or
-//! [`sweep_stale`] in any namespace. Where bpffs cannot be mounted, the refusal is held
-//! by this process only, and the caller is told through [`Persistence`].
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/` ([`pins`]), so the refusal
+//! lasts after `drainctl` exits (between the end of `ExecStop=` and the service's exit,
+//! new clients are refused rather than accepted and then cut). A drain holds the port's
+//! pin directory locked for its whole run: a second drain of the port is refused
+//! ([`PinError::Busy`]) instead of sharing, and later tearing down, the first one's
+//! steering. A pinned drain whose listeners are all gone is stale and is removed by the
+//! next [`Steering::refuse`] or [`sweep_stale`] in any namespace. Where bpffs cannot be
+//! mounted, the refusal is held by this process only, and the caller is told through
+//! [`Persistence`].
+
+mod pins;
 
 use std::{
+    borrow::BorrowMut,
     collections::BTreeSet,
     fs, io,
     os::fd::{AsRawFd, BorrowedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use aya::{
     maps::{Map, MapData, MapError, PerCpuArray, SockHash},
-    programs::{links::FdLink, links::PinnedLink, ProgramError, SkLookup},
+    programs::{links::FdLink, ProgramError, SkLookup},
     EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -33,16 +39,14 @@ use drain_common::{
     COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL,
     PROGRAM_NAME, SUCCESSORS_MAP,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+pub use self::pins::PinError;
+use self::pins::{PinRoot, PortDir};
 use crate::netns;
 
 /// The sk_lookup program, built by this crate's build script.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
-
-const BPFFS: &str = "/sys/fs/bpf";
-const PIN_ROOT: &str = "/sys/fs/bpf/drain-daemon";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Why steering could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,21 @@ pub enum SteerError {
     TooManyListeners { port: u16 },
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+}
+
+impl SteerError {
+    /// True when the machine or the input is at fault (exit code 3), not the tool.
+    pub fn is_environment(&self) -> bool {
+        match self {
+            SteerError::PermissionDenied(_)
+            | SteerError::Unsupported(_)
+            | SteerError::TooManyListeners { .. } => true,
+            SteerError::Pins(err) => err.is_environment(),
+            _ => false,
+        }
+    }
 }
 
 /// How long the refusal lasts.
@@ -89,6 +108,9 @@ pub struct Steering {
     counts: PerCpuArray<MapData, u64>,
     persistence: Persistence,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// The port's locked pin directory, while pinned: no other drain, release or sweep
+    /// touches the port's pins until this is dropped.
+    pins: Option<PortDir>,
     /// Holds the link when it is not pinned; dropping it detaches the program.
     _link: Option<FdLink>,
 }
@@ -105,29 +127,28 @@ impl Steering {
             return Err(SteerError::TooManyListeners { port });
         }
         let (netns, netns_inode) = netns::open_current().map_err(SteerError::Netns)?;
-        let pin_dir = match ensure_bpffs() {
-            Ok(()) => {
-                sweep_stale();
-                Some(pin_dir(netns_inode, port))
+        let pins = match PinRoot::open_or_create() {
+            Ok(root) => {
+                root.sweep_stale();
+                root.lock_port(netns_inode, port, true)?
             }
-            Err(err) => {
+            Err(err) if err.is_unavailable() => {
                 warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
                 None
             }
+            Err(err) => return Err(err.into()),
         };
-        let reused = match pin_dir.as_deref() {
-            Some(dir) => open_pinned(dir)?,
-            None => None,
-        };
-        let mut steering = match reused {
-            Some(pinned) => {
-                info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
-                pinned
-            }
-            None => load_and_attach(port, &netns, pin_dir)?,
-        };
-        steering.replace_listeners(listeners)?;
-        Ok(steering)
+        match pins {
+            Some(pins) if pins.has_link() => match open_pinned(pins)? {
+                Ok(mut pinned) => {
+                    info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
+                    pinned.replace_listeners(listeners)?;
+                    Ok(pinned)
+                }
+                Err(pins) => load_and_attach(port, &netns, listeners, Some(pins)),
+            },
+            pins => load_and_attach(port, &netns, listeners, pins),
+        }
     }
 
     /// The port whose listeners are refused.
@@ -174,11 +195,11 @@ impl Steering {
     }
 
     /// Stops refusing now: unpins and detaches the program.
-    pub fn release(self) -> io::Result<()> {
-        if let Persistence::Pinned(dir) = &self.persistence {
-            remove_pin_dir(dir)?;
+    pub fn release(self) -> Result<(), PinError> {
+        match self.pins {
+            Some(pins) => Ok(pins.remove()?),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
@@ -188,8 +209,8 @@ impl Steering {
 
 /// Puts `sockets` into free slots of `map` first and only then removes the previous
 /// entries, so a listener steered before stays steered throughout.
-fn replace_sockets(
-    map: &mut SockHash<MapData, u32>,
+fn replace_sockets<T: BorrowMut<MapData>>(
+    map: &mut SockHash<T, u32>,
     sockets: &[BorrowedFd<'_>],
     port: u16,
 ) -> Result<(), SteerError> {
@@ -211,112 +232,87 @@ fn replace_sockets(
 /// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
 pub fn release(port: u16) -> Result<bool, SteerError> {
     let netns_inode = netns::current_inode().map_err(SteerError::Netns)?;
-    let dir = pin_dir(netns_inode, port);
-    if !dir.exists() {
+    let Some(root) = PinRoot::open_existing()? else {
         return Ok(false);
-    }
-    remove_pin_dir(&dir).map_err(|err| SteerError::Pin {
-        path: dir.clone(),
-        message: err.to_string(),
-    })?;
-    Ok(true)
+    };
+    let Some(pins) = root.lock_port(netns_inode, port, false)? else {
+        return Ok(false);
+    };
+    let pinned = pins.has_link();
+    pins.remove().map_err(PinError::from)?;
+    Ok(pinned)
 }
 
 /// Removes every pinned drain, in any network namespace, whose listeners are all closed.
 /// Their programs no longer refuse anything; this frees them.
 pub fn sweep_stale() {
-    let Ok(namespaces) = fs::read_dir(PIN_ROOT) else {
-        return;
-    };
-    for namespace in namespaces.filter_map(Result::ok) {
-        let Ok(ports) = fs::read_dir(namespace.path()) else {
-            continue;
-        };
-        for dir in ports.filter_map(Result::ok).map(|entry| entry.path()) {
-            if !has_open_listeners(&dir) {
-                debug!(dir = %dir.display(), "removing a stale pinned drain");
-                if let Err(err) = remove_pin_dir(&dir) {
-                    warn!(dir = %dir.display(), "cannot remove a stale pinned drain: {err}");
-                }
-            }
-        }
-        // Fails while other ports of that namespace remain: that is intended.
-        let _ = fs::remove_dir(namespace.path());
+    match PinRoot::open_existing() {
+        Ok(Some(root)) => root.sweep_stale(),
+        Ok(None) => {}
+        Err(err) => warn!("not sweeping stale pinned drains: {err}"),
     }
 }
 
 /// Whether new connections to `port` are refused in this network namespace by a pinned
 /// drain (one whose listeners are still open).
 pub fn is_refusing(port: u16) -> bool {
-    netns::current_inode().is_ok_and(|inode| has_open_listeners(&pin_dir(inode, port)))
+    let Ok(inode) = netns::current_inode() else {
+        return false;
+    };
+    PinRoot::open_existing()
+        .ok()
+        .flatten()
+        .and_then(|root| root.find_port(inode, port).ok())
+        .is_some_and(|dir| pins::listeners_open(&dir))
 }
 
-fn pin_dir(netns_inode: u64, port: u16) -> PathBuf {
-    Path::new(PIN_ROOT).join(format!("netns-{netns_inode}/port-{port}"))
-}
-
-fn has_open_listeners(dir: &Path) -> bool {
-    open_listeners_map(dir)
-        .map(|map| map.keys().any(|key| key.is_ok()))
-        .unwrap_or(false)
-}
-
-fn open_listeners_map(dir: &Path) -> Result<SockHash<MapData, u32>, MapError> {
-    let data = MapData::from_pin(dir.join("listeners"))?;
-    SockHash::try_from(Map::SockHash(data))
-}
-
-/// Opens the pinned drain at `dir` if it still refuses something; removes it if stale.
-fn open_pinned(dir: &Path) -> Result<Option<Steering>, SteerError> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let pinned = (|| {
-        let listeners = open_listeners_map(dir).ok()?;
+/// Opens the drain pinned in `pins` if it still refuses something; unpins it if stale
+/// and hands the directory back.
+fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
+    let opened = (|| {
+        let listeners =
+            SockHash::try_from(Map::SockHash(pins.open_map(pins::LISTENERS).ok()?)).ok()?;
         listeners.keys().next()?.ok()?;
-        let successors = MapData::from_pin(dir.join("successors")).ok()?;
+        let successors = pins.open_map(pins::SUCCESSORS).ok()?;
         let successors = SockHash::try_from(Map::SockHash(successors)).ok()?;
-        let counts = MapData::from_pin(dir.join("counts")).ok()?;
+        let counts = pins.open_map(pins::COUNTS).ok()?;
         let counts = PerCpuArray::try_from(Map::PerCpuArray(counts)).ok()?;
-        let link = FdLink::from(PinnedLink::from_pin(dir.join("link")).ok()?);
+        let link = FdLink::from(pins.open_link().ok()?);
         let logger = link
             .info()
             .ok()
             .and_then(|info| EbpfLogger::init_from_id(info.program_id()).ok());
         Some((listeners, successors, counts, logger))
     })();
-    match pinned {
-        Some((listeners, successors, counts, logger)) => Ok(Some(Steering {
-            port: port_of_pin_dir(dir),
+    match opened {
+        Some((listeners, successors, counts, logger)) => Ok(Ok(Steering {
+            port: pins.port(),
             listeners,
             successors,
             counts,
-            persistence: Persistence::Pinned(dir.to_path_buf()),
+            persistence: Persistence::Pinned(pins.path().to_path_buf()),
             logger,
+            pins: Some(pins),
             _link: None,
         })),
         None => {
-            remove_pin_dir(dir).map_err(|err| SteerError::Pin {
-                path: dir.to_path_buf(),
+            pins.unpin().map_err(|err| SteerError::Pin {
+                path: pins.path().to_path_buf(),
                 message: format!("removing a stale pinned drain: {err}"),
             })?;
-            Ok(None)
+            Ok(Err(pins))
         }
     }
 }
 
-fn port_of_pin_dir(dir: &Path) -> u16 {
-    dir.file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| name.strip_prefix("port-"))
-        .and_then(|port| port.parse().ok())
-        .unwrap_or(0)
-}
-
+/// Loads a new instance of the program for `port` with `listeners` in its map, attaches
+/// it, and pins it into `pins` if given. The listeners go in before the program is
+/// attached and pinned, so nothing ever sees it without them.
 fn load_and_attach(
     port: u16,
     netns: &fs::File,
-    pin_dir: Option<PathBuf>,
+    listeners: &[BorrowedFd<'_>],
+    pins: Option<PortDir>,
 ) -> Result<Steering, SteerError> {
     let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
         aya_log::Level::Debug
@@ -335,6 +331,26 @@ fn load_and_attach(
             None
         }
     };
+    let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+        ebpf.take_map(name).ok_or(SteerError::Map {
+            name,
+            source: MapError::InvalidName {
+                name: name.to_string(),
+            },
+        })
+    };
+    let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
+    let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
+    let counts_map = take(&mut ebpf, COUNTS_MAP)?;
+    let mut borrowed =
+        SockHash::<&mut MapData, u32>::try_from(&mut listeners_map).map_err(|source| {
+            SteerError::Map {
+                name: LISTENERS_MAP,
+                source,
+            }
+        })?;
+    replace_sockets(&mut borrowed, listeners, port)?;
+
     let program: &mut SkLookup = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| SteerError::Program(ProgramError::UnexpectedProgramType))?
@@ -344,37 +360,30 @@ fn load_and_attach(
     let link_id = program.attach(netns).map_err(classify_program_error)?;
     let link = FdLink::from(program.take_link(link_id).map_err(SteerError::Program)?);
 
-    let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-        ebpf.take_map(name).ok_or(SteerError::Map {
-            name,
-            source: MapError::InvalidName {
-                name: name.to_string(),
-            },
-        })
-    };
-    let listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
-    let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
-    let counts_map = take(&mut ebpf, COUNTS_MAP)?;
     let maps = [
-        ("listeners", &listeners_map),
-        ("successors", &successors_map),
-        ("counts", &counts_map),
+        (pins::LISTENERS, &listeners_map),
+        (pins::SUCCESSORS, &successors_map),
+        (pins::COUNTS, &counts_map),
     ];
-
-    let (persistence, link) = match pin_dir {
-        Some(dir) => match pin_all(&dir, &maps, link) {
-            Ok(()) => (Persistence::Pinned(dir), None),
+    let (persistence, pins, link) = match pins {
+        Some(pins) => match pin_all(&pins, &maps, link) {
+            Ok(()) => (
+                Persistence::Pinned(pins.path().to_path_buf()),
+                Some(pins),
+                None,
+            ),
             Err((err, Some(link))) => {
-                warn!(dir = %dir.display(), "cannot pin the steering program ({err}); new connections are refused only while this process runs");
-                let _ = remove_pin_dir(&dir);
-                (Persistence::Process, Some(link))
+                warn!(dir = %pins.path().display(), "cannot pin the steering program ({err}); new connections are refused only while this process runs");
+                let _ = pins.remove();
+                (Persistence::Process, None, Some(link))
             }
             Err((message, None)) => {
-                let _ = remove_pin_dir(&dir);
-                return Err(SteerError::Pin { path: dir, message });
+                let path = pins.path().to_path_buf();
+                let _ = pins.remove();
+                return Err(SteerError::Pin { path, message });
             }
         },
-        None => (Persistence::Process, Some(link)),
+        None => (Persistence::Process, None, Some(link)),
     };
     let listeners = SockHash::try_from(listeners_map).map_err(|source| SteerError::Map {
         name: LISTENERS_MAP,
@@ -396,6 +405,7 @@ fn load_and_attach(
         counts,
         persistence,
         logger,
+        pins,
         _link: link,
     })
 }
@@ -404,60 +414,17 @@ fn load_and_attach(
 /// the caller can hold it; aya consumes the link when pinning it, so a failure there is
 /// final.
 fn pin_all(
-    dir: &Path,
+    pins: &PortDir,
     maps: &[(&str, &Map)],
     link: FdLink,
 ) -> Result<(), (String, Option<FdLink>)> {
-    let pinned = fs::create_dir_all(dir)
-        .map_err(|err| format!("mkdir {}: {err}", dir.display()))
-        .and_then(|()| {
-            maps.iter().try_for_each(|(name, map)| {
-                map.pin(dir.join(name))
-                    .map_err(|err| format!("{name}: {err}"))
-            })
-        });
-    if let Err(err) = pinned {
+    if let Err(err) = maps
+        .iter()
+        .try_for_each(|(name, map)| pins.pin_map(name, map))
+    {
         return Err((err, Some(link)));
     }
-    link.pin(dir.join("link"))
-        .map(drop)
-        .map_err(|err| (err.to_string(), None))
-}
-
-fn remove_pin_dir(dir: &Path) -> io::Result<()> {
-    // The link first: unpinning it detaches the program at once. Then whatever else is
-    // pinned there, also what an older version pinned.
-    match fs::remove_file(dir.join("link")) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-        _ => {}
-    }
-    for entry in fs::read_dir(dir)? {
-        fs::remove_file(entry?.path())?;
-    }
-    fs::remove_dir(dir)
-}
-
-/// Makes sure a bpffs is mounted at /sys/fs/bpf, mounting one if needed (root only).
-fn ensure_bpffs() -> io::Result<()> {
-    let is_bpffs = |path: &str| {
-        nix::sys::statfs::statfs(path)
-            .map(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC)
-            .unwrap_or(false)
-    };
-    if is_bpffs(BPFFS) {
-        return Ok(());
-    }
-    fs::create_dir_all(BPFFS)?;
-    nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(io::Error::from)?;
-    info!("mounted bpffs at {BPFFS}");
-    Ok(())
+    pins.pin_link(link).map_err(|err| (err, None))
 }
 
 fn classify_program_error(err: ProgramError) -> SteerError {
@@ -503,15 +470,5 @@ mod tests {
             classify_program_error(syscall_error(libc::ENOMEM)),
             SteerError::Program(_)
         ));
-    }
-
-    #[test]
-    fn pin_directories_name_namespace_and_port() {
-        let dir = pin_dir(4026531840, 8080);
-        assert_eq!(
-            dir,
-            Path::new("/sys/fs/bpf/drain-daemon/netns-4026531840/port-8080")
-        );
-        assert_eq!(port_of_pin_dir(&dir), 8080);
     }
 }
