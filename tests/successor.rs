@@ -10,7 +10,7 @@ use std::{
 };
 
 use drain_tests::{
-    bin_path, busy_client, connect_refused_quickly, idle_client, run_drainctl, spawn_drainctl,
+    bin_path, busy_client, connect_refused_quickly, hey, idle_client, run_drainctl, spawn_drainctl,
     spawn_drainctl_with, start_server, start_server_via, wait_request_read, ChildGuard, Closed,
     ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
@@ -123,28 +123,6 @@ fn drain_of_a_pid_without_a_listener_is_an_environment_error() {
     );
 }
 
-/// hey's summary: (responses by status, error lines).
-fn run_hey(args: &[&str]) -> (String, Vec<String>) {
-    let output = Command::new("hey")
-        .args(args)
-        .output()
-        .expect("hey is installed (cargo xtask setup)");
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(output.status.success(), "hey failed: {text}");
-    let errors = text
-        .split("Error distribution:")
-        .nth(1)
-        .map(|errors| {
-            errors
-                .lines()
-                .filter(|l| l.trim().starts_with('['))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    (text, errors)
-}
-
 /// Restart under load: hey keeps 10 keep-alive connections in use (each worker sends
 /// a request a second, Go's pool spreading them over its connections); the old server
 /// is drained with graceful closes while a successor serves on the same port. No request
@@ -165,7 +143,7 @@ fn restart_under_hey(method: &str) {
     let load = {
         let method = method.to_string();
         thread::spawn(move || {
-            run_hey(&[
+            hey(&[
                 "-z", "6s", "-c", "10", "-q", "1", "-m", &method, "-d", "order=42", &url,
             ])
         })
@@ -189,7 +167,8 @@ fn restart_under_hey(method: &str) {
         ],
         20 * SECOND,
     );
-    let (summary, errors) = load.join().unwrap();
+    let load = load.join().unwrap();
+    let (summary, errors) = (load.summary, load.errors);
     assert_eq!(output.code, Some(0), "drain log:\n{}", output.stderr_text());
     assert!(started.elapsed() < 8 * SECOND);
     assert!(errors.is_empty(), "hey saw errors:\n{summary}");

@@ -11,17 +11,18 @@
 //! ECONNABORTED) is the fallback when no owner is visible or ptrace rights are missing.
 //!
 //! Immediately before closing, the connection is re-read by its exact identity and
-//! closed only if it is still idle: a request that arrived since the scan is served.
+//! closed only if it still may be ([`When`]): idle, or still early enough in its client's
+//! pause ([`Rhythm`]); a request that arrived since the scan is served.
 
-use std::os::fd::AsFd as _;
+use std::{os::fd::AsFd as _, time::Duration};
 
 use rustix::net::{shutdown, Shutdown};
 use tracing::debug;
 
 use crate::{
     inventory::{
-        sock_diag::{SockDiagError, SocketId},
-        Activity, Busy, Connection, Inventory, InventoryError,
+        sock_diag::{SockDiagError, SocketId, TcpSocket},
+        Activity, Busy, Connection, Inventory, InventoryError, Rhythm,
     },
     pidfd::{self, PidfdError},
 };
@@ -59,17 +60,46 @@ pub enum CloseError {
     },
 }
 
-/// Closes `connection` if it is still idle: gracefully when its owner's socket can be
-/// borrowed, abortively otherwise.
-pub fn close_if_idle(
+/// When a connection may be closed, judged again on a fresh read right before closing.
+#[derive(Clone, Copy, Debug)]
+pub enum When<'a> {
+    /// It is idle (`classify`).
+    Idle,
+    /// It is idle, or between a response and its client's next request with enough of
+    /// the pause left ([`Rhythm::at_boundary`]).
+    AtBoundary {
+        rhythm: &'a Rhythm,
+        max_scan_gap: Duration,
+    },
+}
+
+impl When<'_> {
+    /// Whether a connection that is not idle may be closed all the same.
+    fn allows_busy(self, socket: &TcpSocket, busy: Busy) -> bool {
+        match self {
+            When::Idle => false,
+            When::AtBoundary {
+                rhythm,
+                max_scan_gap,
+            } => rhythm.at_boundary(socket, Activity::InFlight(busy), max_scan_gap),
+        }
+    }
+}
+
+/// Closes `connection` if it still may be closed (`when`): gracefully when its owner's
+/// socket can be borrowed, abortively otherwise.
+pub fn close_when(
     inventory: &mut Inventory,
     connection: &Connection,
+    when: When<'_>,
 ) -> Result<CloseOutcome, CloseError> {
     let id = &connection.socket.id;
     match inventory.recheck(id).map_err(CloseError::Recheck)? {
         None => return Ok(CloseOutcome::AlreadyClosed),
-        Some(Activity::InFlight(busy)) => return Ok(CloseOutcome::BecameBusy(busy)),
-        Some(Activity::Idle) => {}
+        Some((socket, Activity::InFlight(busy))) if !when.allows_busy(&socket, busy) => {
+            return Ok(CloseOutcome::BecameBusy(busy));
+        }
+        Some(_) => {}
     }
     let graceful = match &connection.owner {
         Some(owner) => {
@@ -91,15 +121,15 @@ pub fn close_if_idle(
     }
 }
 
-/// Sends the FIN of a connection whose server was asked to close it ([`close_if_idle`])
+/// Sends the FIN of a connection whose server was asked to close it ([`close_when`])
 /// but did not: shuts down the write side of its socket, if it is still idle. Returns
 /// whether a FIN was sent.
 pub fn send_fin(inventory: &mut Inventory, connection: &Connection) -> Result<bool, CloseError> {
-    if inventory
+    let activity = inventory
         .recheck(&connection.socket.id)
         .map_err(CloseError::Recheck)?
-        != Some(Activity::Idle)
-    {
+        .map(|(_, activity)| activity);
+    if activity != Some(Activity::Idle) {
         return Ok(false);
     }
     let Some(owner) = &connection.owner else {

@@ -9,6 +9,7 @@
 //!   process) that logs every connection event, plus keep-alive client helpers.
 //! - [`bin_path`], [`ChildGuard`], [`spawn_demo_server`]: running workspace binaries.
 //! - [`EventReader`]: waiting for event lines with a timeout.
+//! - [`hey`]: a real keep-alive load generator, and what it saw.
 //!
 //! A privileged end-to-end test looks like:
 //!
@@ -26,6 +27,7 @@
 pub mod drainctl;
 pub mod events;
 pub mod http;
+pub mod load;
 pub mod mountns;
 pub mod netns;
 pub mod process;
@@ -37,6 +39,7 @@ pub use http::{
     bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,
     KeepAliveClient, Response, Server,
 };
+pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
 pub use netns::{current_thread_netns_inode, Netns};
 pub use process::{

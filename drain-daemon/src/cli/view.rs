@@ -11,7 +11,7 @@ use tracing::info;
 
 use crate::{
     drain::{DrainReport, Outcome, Progress},
-    inventory::SourceKind,
+    inventory::{rhythm::MIN_MARGIN, SourceKind},
     status::{self, Status},
 };
 
@@ -112,7 +112,9 @@ pub fn print_report(report: &DrainReport) {
     };
     println!("{headline}");
     println!(
-        "  closed idle: {closed} ({} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
+        "  closed: {closed} ({} idle, {} busy between requests; {} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
+        closed - report.closed_at_boundary,
+        report.closed_at_boundary,
         report.closed_gracefully,
         report.closed_abortively,
         report.finished_on_their_own,
@@ -144,8 +146,15 @@ pub fn print_report(report: &DrainReport) {
             let last_data = remaining.last_data_ms.map_or("-".to_string(), |ms| {
                 format!("{:.1}s ago", f64::from(ms) / 1000.0)
             });
+            let rhythm = match remaining.client_pause_ms {
+                Some(ms) if ms < MIN_MARGIN.as_millis() as u64 => {
+                    format!("; the client sends back to back ({ms} ms pause): no moment to close")
+                }
+                Some(ms) => format!("; the client pauses {ms} ms between requests"),
+                None => String::new(),
+            };
             println!(
-                "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}",
+                "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}{rhythm}",
                 remaining.peer.to_string(),
                 remaining.state,
                 owner,

@@ -5,9 +5,9 @@
 //! 2. **Scan** the port ([`crate::inventory`]) every poll interval, keeping only what is
 //!    provably the drain's ([`ownership`]): a successor's connections, or ones whose
 //!    holder is not visible, are never touched.
-//! 3. **Close** the idle connections ([`crate::close`]), paced by a [`Pace`] so clients
-//!    do not all reconnect at once; in-flight ones are left to finish, and closed once
-//!    idle.
+//! 3. **Close** the idle connections ([`crate::close`]), and the busy ones between a
+//!    response and their client's next request ([`boundary`]), paced by a [`Pace`] so
+//!    clients do not all reconnect at once; requests in flight are left to finish.
 //! 4. **Finish** when the listener's owners hold no connection on the port (also after
 //!    they closed the listener themselves) and its accept queue is empty
 //!    ([`Outcome::Drained`]), or at the deadline ([`Outcome::DeadlineReached`];
@@ -17,6 +17,7 @@
 //! An accept grace may come first: new connections are still accepted for a while, for
 //! load balancers that have not yet seen the instance leave.
 
+mod boundary;
 mod ownership;
 pub mod report;
 pub mod schedule;
@@ -28,6 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use boundary::Rhythms;
 use ownership::Ownership;
 use report::Tally;
 pub use report::{DrainReport, Remaining};
@@ -39,8 +41,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::Announcer,
-    close::{self, close_if_idle, send_fin, CloseMethod, CloseOutcome},
-    inventory::{Connection, Inventory, InventoryError, Listener, PortInventory},
+    close::{self, close_when, send_fin, CloseMethod, CloseOutcome, When},
+    inventory::{Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
     pidfd::{self, PidfdError},
     steer::{Persistence, SteerError, Steering},
@@ -228,6 +230,7 @@ pub async fn drain(
     let deadline = started + plan.timeout;
     let mut schedule = CloseSchedule::new(plan.pace, started);
     let mut tally = Tally::default();
+    let mut rhythms = Rhythms::default();
 
     // A spread's closes are paced within each pass too, over the time to the next one,
     // so slow passes do not turn into bursts; a batch is closed at once.
@@ -238,6 +241,9 @@ pub async fn drain(
     };
     let (outcome, last, cancel_mode) = loop {
         let pass_started = Instant::now();
+        // The kernel reads TCP_INFO's "ms ago" stamps at the start of the scan: the owner
+        // search that follows can take tens of milliseconds.
+        let scanned_at = Instant::now();
         let scan = ownership.scan(&mut inventory)?;
         update_successors(
             &mut steering,
@@ -248,6 +254,7 @@ pub async fn drain(
         );
         let snapshot = scan.ours;
         tally.observe(&snapshot);
+        rhythms.observe(&snapshot, scanned_at);
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
         }
@@ -256,6 +263,7 @@ pub async fn drain(
         let closed_now = close_idle(
             &mut inventory,
             &snapshot,
+            &rhythms,
             &mut tally,
             &mut schedule,
             plan.close_grace,
@@ -263,11 +271,12 @@ pub async fn drain(
             deadline,
         )
         .await;
+        let still_open = |c: &&Connection| !closed_now.contains(&c.socket.id.cookie);
         let pass = Progress {
             elapsed_ms: (now - started).as_millis() as u64,
             time_left_ms: deadline.saturating_duration_since(now).as_millis() as u64,
-            idle: snapshot.idle().count() - closed_now.len(),
-            in_flight: snapshot.in_flight().count(),
+            idle: snapshot.idle().filter(still_open).count(),
+            in_flight: snapshot.in_flight().filter(still_open).count(),
             accept_queue: snapshot.accept_queue(),
             closed: tally.closed_total(),
             refused: steering.refused_connections(),
@@ -305,6 +314,11 @@ pub async fn drain(
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
     tally.unknown_owner = ownership.unknown_owner();
+    tally.client_pauses = last
+        .connections
+        .iter()
+        .filter_map(|c| Some((c.socket.id.cookie, rhythms.of(c)?.pause()?)))
+        .collect();
     if let Some(announcer) = &mut announcer {
         announcer.finish(outcome, refused_connections);
     }
@@ -342,24 +356,34 @@ fn jittered(interval: Duration) -> Duration {
 /// are made in groups, one group per tick.
 const CLOSE_TICK: Duration = Duration::from_millis(1);
 
-/// Closes the idle connections the schedule allows now, in random order, evenly over
-/// `close_over` when given, stopping at `deadline`; returns the cookies of those closed.
-/// A connection whose server was asked before and still holds it gets its FIN once
-/// `close_grace` has passed (outside the schedule: it was counted when asked).
+/// Closes the connections the schedule allows now: busy ones found at a boundary
+/// first (their margin shrinks while they wait), then idle ones, each group in random
+/// order, evenly over `close_over` when given, stopping at `deadline`; returns the
+/// cookies of those closed. A connection whose server was asked before and still holds
+/// it gets its FIN once `close_grace` has passed and it is idle (outside the schedule: it
+/// was counted when asked).
+#[allow(clippy::too_many_arguments)]
 async fn close_idle(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
+    rhythms: &Rhythms,
     tally: &mut Tally,
     schedule: &mut CloseSchedule,
     close_grace: Duration,
     close_over: Option<Duration>,
     deadline: Instant,
 ) -> HashSet<u64> {
-    let mut waiting: Vec<&Connection> = Vec::new();
+    let mut at_boundary: Vec<(&Connection, When<'_>)> = snapshot
+        .in_flight()
+        .filter(|c| !tally.asked_at.contains_key(&c.socket.id.cookie))
+        .filter_map(|c| rhythms.at_boundary(c).map(|when| (c, when)))
+        .collect();
+    fastrand::shuffle(&mut at_boundary);
+    let mut idle: Vec<(&Connection, When<'_>)> = Vec::new();
     for connection in snapshot.idle() {
         let cookie = connection.socket.id.cookie;
         match tally.asked_at.get(&cookie) {
-            None => waiting.push(connection),
+            None => idle.push((connection, When::Idle)),
             Some(asked) if asked.elapsed() >= close_grace && tally.fin_sent.insert(cookie) => {
                 match send_fin(inventory, connection) {
                     Ok(true) => {
@@ -374,7 +398,9 @@ async fn close_idle(
             Some(_) => {}
         }
     }
-    fastrand::shuffle(&mut waiting);
+    fastrand::shuffle(&mut idle);
+    let mut waiting = at_boundary;
+    waiting.extend(idle);
     let allowed = schedule.allowance(Instant::now(), waiting.len());
     let gap = close_over.map_or(Duration::ZERO, |over| over / allowed.max(1) as u32);
     let per_tick = if gap.is_zero() {
@@ -383,17 +409,22 @@ async fn close_idle(
         (CLOSE_TICK.as_nanos() / gap.as_nanos()).max(1) as usize
     };
     let mut closed = HashSet::new();
-    for (i, connection) in waiting.into_iter().take(allowed).enumerate() {
+    for (i, (connection, when)) in waiting.into_iter().take(allowed).enumerate() {
         if i > 0 && i % per_tick == 0 {
             tokio::time::sleep(gap * per_tick as u32).await;
         }
         if Instant::now() >= deadline {
             break;
         }
-        match close_if_idle(inventory, connection) {
+        match close_when(inventory, connection, when) {
             Ok(CloseOutcome::Closed(method)) => {
-                debug!(peer = %connection.socket.id.remote, ?method, "closed an idle connection");
-                tally.closed(connection, method);
+                let at_boundary = matches!(when, When::AtBoundary { .. });
+                let client_pause_ms = rhythms
+                    .of(connection)
+                    .and_then(Rhythm::pause)
+                    .map(|pause| pause.as_millis());
+                debug!(peer = %connection.socket.id.remote, ?method, at_boundary, ?client_pause_ms, "closed a connection");
+                tally.closed(connection, method, at_boundary);
                 closed.insert(connection.socket.id.cookie);
             }
             Ok(CloseOutcome::AlreadyClosed) => {}
@@ -401,16 +432,17 @@ async fn close_idle(
                 debug!(peer = %connection.socket.id.remote, %busy, "a request arrived; leaving it to finish");
             }
             Err(err) => {
-                warn!(peer = %connection.socket.id.remote, "cannot close an idle connection: {err}")
+                warn!(peer = %connection.socket.id.remote, "cannot close a connection: {err}")
             }
         }
     }
     if !closed.is_empty() {
+        let left = |c: &&Connection| !closed.contains(&c.socket.id.cookie);
         info!(
             closed = closed.len(),
-            idle_left = snapshot.idle().count() - closed.len(),
-            in_flight = snapshot.in_flight().count(),
-            "closed a batch of idle connections"
+            idle_left = snapshot.idle().filter(left).count(),
+            in_flight = snapshot.in_flight().filter(left).count(),
+            "closed a batch of connections"
         );
     }
     closed

@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,10 @@ pub struct Remaining {
     pub tracked_ms: u64,
     pub owner_pid: Option<i32>,
     pub owner_command: Option<String>,
+    /// The shortest pause its client was seen taking between a response and its next
+    /// request (under 15 ms: back to back, no moment to close it); `None` when unknown.
+    #[serde(default)]
+    pub client_pause_ms: Option<u64>,
 }
 
 /// What a drain did and what it left.
@@ -39,11 +43,15 @@ pub struct DrainReport {
     pub port: u16,
     pub outcome: Outcome,
     pub elapsed_ms: u64,
-    /// Idle connections closed gracefully: the server read EOF and closed them (or, if
-    /// it did not within the close grace, the drain sent their FIN).
+    /// Connections closed gracefully: the server read EOF and closed them (or, if it did
+    /// not within the close grace, the drain sent their FIN).
     pub closed_gracefully: u64,
-    /// Idle connections closed with SOCK_DESTROY (RST): no ptrace rights over the owner.
+    /// Connections closed with SOCK_DESTROY (RST): no ptrace rights over the owner.
     pub closed_abortively: u64,
+    /// Of the closed ones, those that were busy and closed between a response and their
+    /// client's next request (the rest were idle).
+    #[serde(default)]
+    pub closed_at_boundary: u64,
     /// Connections that closed without the drain closing them (finished requests,
     /// clients leaving).
     pub finished_on_their_own: u64,
@@ -79,10 +87,13 @@ pub(super) struct Tally {
     pub(super) fin_sent: HashSet<u64>,
     pub(super) closed_gracefully: u64,
     pub(super) closed_abortively: u64,
+    pub(super) closed_at_boundary: u64,
     pub(super) forced_gracefully: u64,
     pub(super) forced_abortively: u64,
     pub(super) steered: u64,
     pub(super) unknown_owner: u64,
+    /// What the drain learned of its connections' clients, for the report's remaining.
+    pub(super) client_pauses: HashMap<u64, Duration>,
 }
 
 impl Tally {
@@ -95,9 +106,15 @@ impl Tally {
         }
     }
 
-    pub(super) fn closed(&mut self, connection: &Connection, method: CloseMethod) {
+    pub(super) fn closed(
+        &mut self,
+        connection: &Connection,
+        method: CloseMethod,
+        at_boundary: bool,
+    ) {
         self.asked_at
             .insert(connection.socket.id.cookie, Instant::now());
+        self.closed_at_boundary += u64::from(at_boundary);
         match method {
             CloseMethod::Graceful => self.closed_gracefully += 1,
             CloseMethod::Abortive => self.closed_abortively += 1,
@@ -147,6 +164,10 @@ impl Tally {
                     .map_or(0, |seen| (now - *seen).as_millis() as u64),
                 owner_pid: c.owner.as_ref().map(|o| o.pid),
                 owner_command: c.owner.as_ref().map(|o| o.command.clone()),
+                client_pause_ms: self
+                    .client_pauses
+                    .get(&c.socket.id.cookie)
+                    .map(|pause| pause.as_millis() as u64),
             })
             .collect();
         DrainReport {
@@ -155,6 +176,7 @@ impl Tally {
             elapsed_ms: (now - started).as_millis() as u64,
             closed_gracefully: self.closed_gracefully,
             closed_abortively: self.closed_abortively,
+            closed_at_boundary: self.closed_at_boundary,
             finished_on_their_own,
             forced_gracefully: self.forced_gracefully,
             forced_abortively: self.forced_abortively,

@@ -19,6 +19,7 @@
 pub mod classify;
 pub mod owners;
 pub mod procfs;
+pub mod rhythm;
 pub mod sock_diag;
 
 use std::{collections::HashSet, io, net::IpAddr, time::Duration};
@@ -28,6 +29,7 @@ use tracing::warn;
 
 pub use classify::{classify, Activity, Busy};
 pub use owners::SocketOwner;
+pub use rhythm::Rhythm;
 use sock_diag::{SockDiag, SockDiagError, SocketId, TcpSocket, TcpState, TcpStates};
 
 /// Why the inventory could not be read.
@@ -288,9 +290,12 @@ impl Inventory {
         })
     }
 
-    /// Re-reads one connection by its exact identity (4-tuple and cookie): its activity
-    /// now, or `None` once it is closed or no longer open.
-    pub fn recheck(&mut self, id: &SocketId) -> Result<Option<Activity>, InventoryError> {
+    /// Re-reads one connection by its exact identity (4-tuple and cookie): its socket and
+    /// activity now, or `None` once it is closed or no longer open.
+    pub fn recheck(
+        &mut self,
+        id: &SocketId,
+    ) -> Result<Option<(TcpSocket, Activity)>, InventoryError> {
         let socket = match &mut self.source {
             Source::SockDiag(diag) => diag.get(id)?,
             Source::Procfs => procfs::read_port(id.local.port(), open_states())
@@ -300,7 +305,10 @@ impl Inventory {
         };
         Ok(socket
             .filter(|socket| open_states().contains(socket.state))
-            .map(|socket| classify(&socket, self.quiet_period)))
+            .map(|socket| {
+                let activity = classify(&socket, self.quiet_period);
+                (socket, activity)
+            }))
     }
 
     /// SOCK_DESTROY one connection (abortive close; the peer gets a RST).

@@ -1,0 +1,157 @@
+//! Draining a server that is in use, with the default options: under continuous
+//! keep-alive load no connection is ever idle for the quiet period, so the drain must
+//! close busy connections between a response and their client's next request, and lose
+//! nothing doing it. Real server processes, a real load generator (hey, Go's net/http
+//! keep-alive pool), real eBPF, a private network namespace per test; the load always
+//! outlasts the drain, so no connection ends on its own.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use drain_tests::{hey, run_drainctl, start_server, EventReader, HeyRun, Netns};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// An old server and its successor on the same port (SO_REUSEPORT), `hey_args` of load
+/// against `path` for `load_seconds`, then, 2 s in, `drainctl drain --port 8080 --pid
+/// OLD --json` plus `drain_args`. Returns the drain's report, exit code and run time,
+/// what hey saw and the old server's events.
+struct Handover {
+    report: serde_json::Value,
+    code: Option<i32>,
+    drain_took: Duration,
+    load: HeyRun,
+    old_events: EventReader,
+    drain_log: String,
+}
+
+fn handover(path: &str, hey_args: &[&str], load_seconds: u64, drain_args: &[&str]) -> Handover {
+    let (old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_new, _new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let url = format!("http://{addr}{path}");
+    let mut args: Vec<String> = vec!["-z".into(), format!("{load_seconds}s")];
+    args.extend(hey_args.iter().map(|a| a.to_string()));
+    args.push(url);
+    let load = thread::spawn(move || hey(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    thread::sleep(2 * SECOND);
+    let pid = old.pid().to_string();
+    let mut drain = vec!["drain", "--port", "8080", "--pid", &pid, "--json"];
+    drain.extend(drain_args);
+    let started = Instant::now();
+    let output = run_drainctl(drain, 60 * SECOND);
+    let drain_took = started.elapsed();
+    let load = load.join().unwrap();
+    Handover {
+        report: output.json(),
+        code: output.code,
+        drain_took,
+        load,
+        old_events,
+        drain_log: output.stderr_text(),
+    }
+}
+
+/// Every request the old server read, it answered: nothing was cut mid-request.
+fn assert_answered_all_it_read(events: &EventReader) {
+    let lines = events.all_lines();
+    let read = lines.iter().filter(|l| l.starts_with("request ")).count();
+    let answered = lines.iter().filter(|l| l.starts_with("response ")).count();
+    assert!(read > 0, "the old server served before the drain");
+    assert_eq!(
+        read, answered,
+        "the old server answered every request it read"
+    );
+}
+
+/// The case of the issue this was built for: keep-alive clients that send a request,
+/// get the answer after ~100 ms and wait for their next 200 ms tick (hey `-q 5`), so
+/// every connection is busy half the time and none is ever quiet for 1 s. With the
+/// defaults the drain learns each client's pause, closes each connection right after a
+/// response, and finishes long before its deadline; no request fails, GET or POST.
+fn paced_load_is_drained_with_the_defaults(method: &str) {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let run = handover(
+        "/sleep/100",
+        &["-c", "50", "-q", "5", "-m", method, "-d", "order=42"],
+        14,
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "drain log:\n{}", run.drain_log);
+    assert!(
+        run.drain_took < 10 * SECOND,
+        "drained while the load still ran, in {:?}",
+        run.drain_took
+    );
+    assert!(
+        run.load.errors.is_empty(),
+        "hey saw errors:\n{}",
+        run.load.summary
+    );
+    assert!(run.load.ok > 0, "{}", run.load.summary);
+    let closed_at_boundary = run.report["closed_at_boundary"].as_u64().unwrap();
+    assert!(closed_at_boundary > 0, "{}", run.report);
+    assert_eq!(run.report["closed_abortively"], 0, "{}", run.report);
+    assert!(run.report["remaining"].as_array().unwrap().is_empty());
+    assert_answered_all_it_read(&run.old_events);
+}
+
+#[test]
+fn paced_keep_alive_get_load_is_drained_with_the_defaults_losing_nothing() {
+    paced_load_is_drained_with_the_defaults("GET");
+}
+
+#[test]
+fn paced_keep_alive_post_load_is_drained_with_the_defaults_losing_nothing() {
+    paced_load_is_drained_with_the_defaults("POST");
+}
+
+/// Heartbeats (a websocket's ping every 0.5 s, an SSE keep-alive): each exchange is
+/// answered in microseconds, so the drain never catches a request being served and
+/// learns the rhythm from the request interval instead. With the defaults every
+/// connection is closed between two exchanges and none is lost.
+#[test]
+fn heartbeat_connections_are_closed_between_two_exchanges_with_the_defaults() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let run = handover("/", &["-c", "40", "-q", "2"], 12, &[]);
+    assert_eq!(run.code, Some(0), "drain log:\n{}", run.drain_log);
+    assert!(run.drain_took < 8 * SECOND, "{:?}", run.drain_took);
+    assert!(
+        run.load.errors.is_empty(),
+        "hey saw errors:\n{}",
+        run.load.summary
+    );
+    assert!(
+        run.report["closed_at_boundary"].as_u64().unwrap() > 0,
+        "{}",
+        run.report
+    );
+    assert_answered_all_it_read(&run.old_events);
+}
+
+/// A client that sends its next request the instant it reads an answer has no pause to
+/// close in: the drain leaves such connections alone, cuts nothing, and at its deadline
+/// reports them (exit 1) for the stop that follows.
+#[test]
+fn back_to_back_clients_are_left_open_to_the_deadline_and_reported() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let run = handover("/sleep/20", &["-c", "10"], 8, &["--timeout", "3s"]);
+    assert_eq!(run.code, Some(1), "drain log:\n{}", run.drain_log);
+    assert!(
+        run.load.errors.is_empty(),
+        "hey saw errors:\n{}",
+        run.load.summary
+    );
+    assert_eq!(run.report["closed_gracefully"], 0, "{}", run.report);
+    assert_eq!(run.report["closed_abortively"], 0, "{}", run.report);
+    let remaining = run.report["remaining"].as_array().unwrap();
+    assert!(!remaining.is_empty(), "{}", run.report);
+    assert_answered_all_it_read(&run.old_events);
+}
