@@ -7,7 +7,8 @@
 //! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
 //! [`status`] reports what ports hold and which drains run. [`cli`] is `drainctl`'s
 //! command line; [`daemon`] is `drain-daemon`, serving
-//! `drainctl` through the [`control`] API.
+//! `drainctl` through the [`control`] API. [`duration`] is how durations are written and
+//! the range each of a drain's settings must stay in, for both.
 #![forbid(unsafe_code)]
 
 pub mod announce;
@@ -16,6 +17,7 @@ pub mod close;
 pub mod control;
 pub mod daemon;
 pub mod drain;
+pub mod duration;
 pub mod inventory;
 pub mod netns;
 pub mod pidfd;
