@@ -195,3 +195,33 @@ fn a_drain_whose_stdout_is_closed_still_drains_and_exits_with_its_outcome() {
     assert_eq!(idle.wait_closed(Duration::from_secs(5)), Closed::Eof);
     assert!(events.all_lines().iter().any(|l| l.starts_with("eof ")));
 }
+
+#[test]
+fn release_prints_json_when_asked() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let release = || {
+        let args = ["--standalone", "release", "--port", "8080", "--json"];
+        let output = drainctl(&args, Stdio::piped());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("release --json printed no JSON ({e}): {output:?}"));
+        json
+    };
+    let drain = drainctl(
+        &["--standalone", "drain", "--port", "8080", "--timeout", "5s"],
+        Stdio::piped(),
+    );
+    assert_eq!(drain.status.code(), Some(0), "{drain:?}");
+    assert_eq!(
+        release(),
+        serde_json::json!({"port": 8080, "released": true})
+    );
+    assert_eq!(
+        release(),
+        serde_json::json!({"port": 8080, "released": false})
+    );
+}
