@@ -225,3 +225,28 @@ fn release_prints_json_when_asked() {
         serde_json::json!({"port": 8080, "released": false})
     );
 }
+
+#[test]
+fn a_closed_stderr_changes_no_exit_code() {
+    let _netns = nix::unistd::geteuid()
+        .is_root()
+        .then(|| Netns::new().ok())
+        .flatten();
+    for (args, code) in [
+        (&["drain", "--port", "0"][..], 2),
+        (&["status", "-v"], 0),
+        (
+            &["--daemon-socket", "/nonexistent", "release", "--port", "1"],
+            3,
+        ),
+    ] {
+        let output = Command::new(bin_path("drainctl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(closed_pipe())
+            .status()
+            .unwrap_or_else(|e| panic!("run drainctl {args:?}: {e}"));
+        assert_eq!(output.code(), Some(code), "drainctl {args:?}");
+    }
+}
