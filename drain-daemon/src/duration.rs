@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use crate::drain::{DrainPlan, Pace};
 
+/// The longest any duration may be: far beyond any service manager's stop timeout, far
+/// below an `Instant` overflow.
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The range one duration setting must stay in, and the option that sets it.
@@ -26,11 +28,9 @@ pub struct Limit {
     pub max: Duration,
 }
 
-/// A day bounds every duration: far beyond any service manager's stop timeout, far
-/// below an `Instant` overflow.
 pub const TIMEOUT: Limit = Limit::up_to_a_day("--timeout", Duration::ZERO);
 /// Below 10 ms scanning is a busy loop that takes the CPU the server needs to finish
-/// its requests; above a minute a drain no longer notices connections ending.
+/// its requests; more than a minute between scans would only make drains end late.
 pub const POLL_INTERVAL: Limit = Limit {
     option: "--poll-interval",
     min: Duration::from_millis(10),
