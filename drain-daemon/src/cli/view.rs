@@ -183,7 +183,7 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
     }
     if report.still_refusing {
         writeln!(
-        out,
+            out,
             "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
             report.port, report.port
         )?;
