@@ -231,3 +231,25 @@ fn a_running_drain_and_its_end_are_shown() {
     );
     assert_eq!(p["connections"]["in_flight"], 1);
 }
+
+#[test]
+fn a_finished_drain_is_shown_by_name_not_by_rust_debug_name() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _busy = busy_client(addr, &events, "/sleep/60000");
+    let drain = run_drainctl(
+        ["drain", "--port", "8080", "--timeout", "500ms"],
+        20 * SECOND,
+    );
+    assert_eq!(drain.code, Some(1), "{}", drain.stderr_text());
+    let human = run_drainctl(["status", "--port", "8080"], 10 * SECOND);
+    assert!(
+        human.stdout.contains("deadline reached after") && !human.stdout.contains("Deadline"),
+        "{}",
+        human.stdout
+    );
+    let json = drainctl_status(&["--port", "8080"]);
+    assert_eq!(port(&json, 8080)["drain"]["phase"], "deadline_reached");
+}

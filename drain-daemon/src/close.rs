@@ -102,15 +102,13 @@ pub fn close_when(
         Some(_) => {}
     }
     let graceful = match &connection.owner {
-        Some(owner) => {
-            match pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
-                Ok(socket) => {
-                    shutdown(socket.as_fd(), Shutdown::Read).map_err(CloseError::Shutdown)?;
-                    return Ok(CloseOutcome::Closed(CloseMethod::Graceful));
-                }
-                Err(err) => describe(&err),
+        Some(owner) => match pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
+            Ok(socket) => {
+                shutdown(socket.as_fd(), Shutdown::Read).map_err(CloseError::Shutdown)?;
+                return Ok(CloseOutcome::Closed(CloseMethod::Graceful));
             }
-        }
+            Err(err) => describe(&err),
+        },
         None => "no process holding it is visible".to_string(),
     };
     debug!(peer = %id.remote, "graceful close not possible ({graceful}); using SOCK_DESTROY");
@@ -135,7 +133,7 @@ pub fn send_fin(inventory: &mut Inventory, connection: &Connection) -> Result<bo
     let Some(owner) = &connection.owner else {
         return Ok(false);
     };
-    match pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
+    match pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
         Ok(socket) => {
             shutdown(socket.as_fd(), Shutdown::Write).map_err(CloseError::Shutdown)?;
             Ok(true)
@@ -152,7 +150,7 @@ pub fn force(
     connection: &Connection,
 ) -> Result<CloseMethod, CloseError> {
     if let Some(owner) = &connection.owner {
-        if let Ok(socket) = pidfd::duplicate_socket(owner.pid, owner.fd, connection.socket.inode) {
+        if let Ok(socket) = pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
             shutdown(socket.as_fd(), Shutdown::Both).map_err(CloseError::Shutdown)?;
             return Ok(CloseMethod::Graceful);
         }

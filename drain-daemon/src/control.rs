@@ -10,7 +10,6 @@
 use std::{
     io,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::{
     drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
+    duration::{self, PlanError},
     netns, steer,
 };
 
@@ -90,6 +90,28 @@ pub enum ControlError {
     Closed,
 }
 
+/// Why a request line was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid request: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A drain plan outside the limits drainctl applies: a client other than drainctl
+    /// must not get a drain that overflows its deadline or busy-loops.
+    #[error("invalid drain plan: {0}")]
+    Plan(#[from] PlanError),
+}
+
+/// Reads one request line: the JSON of a [`Request`], a drain's plan checked with
+/// [`duration::check_plan`]. Pure (no I/O), so the fuzzer calls it (tests/fuzz.rs):
+/// whatever a local client sends must be an error reply, never a panic in the daemon.
+pub fn parse_request(line: &str) -> Result<Request, RequestError> {
+    let request: Request = serde_json::from_str(line)?;
+    if let Request::Drain { plan, .. } = &request {
+        duration::check_plan(plan)?;
+    }
+    Ok(request)
+}
+
 /// A client connection carrying one request.
 pub struct Client {
     lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
@@ -147,10 +169,10 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
     let Some(line) = lines.next_line().await? else {
         return Ok(());
     };
-    let request: Request = match serde_json::from_str(&line) {
+    let request = match parse_request(&line) {
         Ok(request) => request,
         Err(err) => {
-            let reply = error_reply(ErrorKind::Failure, format!("invalid request: {err}"));
+            let reply = error_reply(ErrorKind::Failure, err.to_string());
             return write_reply(&mut writer, &reply).await;
         }
     };
@@ -170,8 +192,7 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
                 format!("drain-daemon serves network namespace {own_netns}, not {netns_inode}"),
             )
         }
-        Request::Drain { mut plan, .. } => {
-            plan.poll_interval = plan.poll_interval.max(Duration::from_millis(1));
+        Request::Drain { plan, .. } => {
             info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
             return run_drain(plan, lines, writer).await;
         }
@@ -203,7 +224,7 @@ async fn run_drain(
     let cancel = async move {
         loop {
             match lines.next_line().await {
-                Ok(Some(line)) => match serde_json::from_str(&line) {
+                Ok(Some(line)) => match parse_request(&line) {
                     Ok(Request::Cancel { abort: true }) => return Cancel::Abort,
                     Ok(Request::Cancel { abort: false }) => return Cancel::Stop,
                     _ => continue,
@@ -257,6 +278,8 @@ async fn write_reply(writer: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), C
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -296,5 +319,30 @@ mod tests {
             line,
             r#"{"reply":"error","kind":"other_namespace","message":"x"}"#
         );
+    }
+
+    #[test]
+    fn plans_outside_the_limits_are_refused_not_run() {
+        let line = |timeout_ms: &str, poll_interval_ms: &str| {
+            format!(
+                r#"{{"request":"drain","plan":{{"port":8080,"timeout_ms":{timeout_ms},"poll_interval_ms":{poll_interval_ms},"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{{"spread":0}},"force":false,"accept_grace_ms":0}},"netns_inode":1}}"#
+            )
+        };
+        assert!(parse_request(&line("30000", "100")).is_ok());
+        let err = parse_request(&line("18446744073709551615", "100")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid drain plan: --timeout: "),
+            "{err}"
+        );
+        let err = parse_request(&line("30000", "0")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid drain plan: --poll-interval: shorter than the minimum of 10ms"
+        );
+        assert!(matches!(
+            parse_request("{\"request\":"),
+            Err(RequestError::Json(_))
+        ));
     }
 }

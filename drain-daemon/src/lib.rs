@@ -9,6 +9,8 @@
 //! command line; [`daemon`] is `drain-daemon`, serving
 //! `drainctl` through the [`control`] API. [`safe_dir`] is how the files they keep as
 //! root (bpffs pins, drain records) are reached without following anyone's symlinks.
+//! [`duration`] is how durations are written and the range each of a drain's settings
+//! must stay in, for both.
 #![forbid(unsafe_code)]
 
 pub mod announce;
@@ -17,6 +19,7 @@ pub mod close;
 pub mod control;
 pub mod daemon;
 pub mod drain;
+pub mod duration;
 pub mod inventory;
 pub mod netns;
 pub mod pidfd;

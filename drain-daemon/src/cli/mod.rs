@@ -18,6 +18,7 @@ mod view;
 use crate::{
     control::{self, Client, ErrorKind, Reply, Request},
     drain::{self, Cancel, DrainPlan, DrainReport, Outcome, Pace, Progress},
+    duration,
     inventory::{Inventory, SourceKind},
     netns, status, steer,
 };
@@ -93,7 +94,8 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Only this port (default: every port with a TCP listener).
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short, long, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Only this local address (listeners bound to it or to the wildcard address).
     #[arg(short, long, requires = "port")]
@@ -105,7 +107,8 @@ pub struct StatusArgs {
     #[arg(long, value_enum)]
     pub inventory_source: Option<InventorySource>,
     /// Judge connections idle after this long without data (as `drain` does).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::QUIET_PERIOD.parse(text))]
     pub quiet_period: Duration,
 }
 
@@ -127,46 +130,56 @@ impl From<InventorySource> for SourceKind {
 #[derive(Debug, clap::Args)]
 pub struct DrainArgs {
     /// The TCP port whose listener is drained (1-65535).
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short, long, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
-    /// Give up after this long and report what remains (e.g. 30s, 500ms, 2m, 1m30s).
-    #[arg(short, long, default_value = "30s", value_parser = parse_duration)]
+    /// Give up after this long and report what remains (e.g. 30s, 500ms, 2min, 1m30s;
+    /// at most 1 day).
+    #[arg(short, long, default_value = "30s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::TIMEOUT.parse(text))]
     pub timeout: Duration,
-    /// How often the port's sockets are scanned.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// How often the port's sockets are scanned (10ms to 1min).
+    #[arg(long, default_value = "100ms", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::POLL_INTERVAL.parse(text))]
     pub poll_interval: Duration,
     /// A connection counts as idle only after moving no data for this long.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::QUIET_PERIOD.parse(text))]
     pub quiet_period: Duration,
     /// After the server was made to read EOF on an idle connection, how long it may keep
     /// it open before drainctl sends the FIN itself (and, with --force, how long forced
     /// connections get before they are reset).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::CLOSE_GRACE.parse(text))]
     pub close_grace: Duration,
     /// Close the idle connections evenly over this window; 0s closes them all at once
     /// [default: 10ms per connection idle at the start, at most a third of --timeout
     /// and at most 10s].
-    #[arg(long, value_parser = parse_duration, conflicts_with = "batch")]
+    #[arg(long, conflicts_with = "batch", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::SPREAD.parse(text))]
     pub spread: Option<Duration>,
     /// Instead of --spread: close this percentage (1-100) of the connections idle at
     /// the start every --interval.
-    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    #[arg(long, value_name = "PCT", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
     pub batch: Option<u8>,
     /// The batch interval of --batch.
-    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "batch")]
+    #[arg(long, default_value = "1s", requires = "batch", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::INTERVAL.parse(text))]
     pub interval: Duration,
     /// At the deadline, close what remains: FIN first, RST after --close-grace.
     #[arg(long)]
     pub force: bool,
     /// Keep accepting new connections this long before refusing them (the time load
     /// balancers need to see the instance leave).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::ACCEPT_GRACE.parse(text))]
     pub accept_grace: Duration,
     /// Drain only the listeners of this process and its descendants (the old service);
     /// the port's other listeners (a successor with SO_REUSEPORT) get the new
     /// connections. Default: every listener at the start drains, and listeners that
     /// appear later get the new connections.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_pid)]
     pub pid: Option<i32>,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
@@ -205,57 +218,56 @@ impl DrainArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
     /// The TCP port to stop refusing (1-65535).
-    #[arg(short, long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(short, long, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
+    /// Print the result as one JSON object on stdout: `{"port":P,"released":BOOL}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
+/// A `--pid` value: a positive process id that exists now, in drainctl's PID namespace
+/// (the one the daemon is told about, too). Checked here so a typo is a usage error
+/// naming the option, not a drain that finds no listener of that process.
+fn parse_pid(text: &str) -> Result<i32, String> {
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|err| format!("not a process id: {err}"))?;
+    if pid <= 0 {
+        return Err(format!("{pid} is not a process id (it must be 1 or more)"));
     }
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("no process {pid} is running"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number at {rest:?}"
-            ));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value.saturating_mul(60)),
-            "h" => Duration::from_secs(value.saturating_mul(3600)),
-            "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: a unit (ms, s, m, h) must follow {value}"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ))
-            }
-        };
-        total = total.saturating_add(unit);
-        rest = &rest[unit_len..];
+    Ok(pid)
+}
+
+/// The one line a usage error is shown as: clap's message without its usage and help
+/// blocks, but with its tip (a similar option that exists).
+fn usage_error_line(err: &clap::Error) -> String {
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required: drain, release or status (drainctl --help says more)"
+            .into();
     }
-    Ok(total)
+    let rendered = err.render().to_string();
+    let mut blocks = rendered.split("\n\n").map(|block| {
+        block
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let mut line = blocks.next().unwrap_or_default();
+    if let Some(stripped) = line.strip_prefix("error: ") {
+        line = stripped.to_string();
+    }
+    for tip in blocks.filter(|block| block.starts_with("tip: ")) {
+        line.push_str("; ");
+        line.push_str(&tip);
+    }
+    line
 }
 
 /// Entry point of the `drainctl` binary.
@@ -263,12 +275,15 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let _ = err.print();
             return match err.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    let _ = err.print();
                     ExitCode::SUCCESS
                 }
-                _ => Exit::Usage.into(),
+                _ => {
+                    view::error_line(&usage_error_line(&err));
+                    Exit::Usage.into()
+                }
             };
         }
     };
@@ -280,7 +295,7 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("drainctl: cannot start the async runtime: {err}");
+            view::error_line(&format!("cannot start the async runtime: {err}"));
             return Exit::Failure.into();
         }
     };
@@ -321,9 +336,9 @@ impl Route {
                 Ok(Route::Daemon(client))
             }
             Err(err) if daemon_socket.is_some() => {
-                eprintln!(
-                    "drainctl: {err}: is drain-daemon running? (--standalone drains without it)"
-                );
+                view::error_line(&format!(
+                    "{err}: is drain-daemon running? (--standalone drains without it)"
+                ));
                 Err(Exit::Environment)
             }
             Err(_) => {
@@ -382,20 +397,21 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     let report = match result {
         Ok(report) => report,
         Err(failure) => {
-            eprintln!("drainctl: {}", failure.message);
+            view::error_line(&failure.message);
             return failure.exit;
         }
     };
-    if args.json {
-        match serde_json::to_string(&report) {
-            Ok(json) => println!("{json}"),
-            Err(err) => {
-                eprintln!("drainctl: cannot encode the report: {err}");
-                return Exit::Failure;
-            }
+    // The exit code is the drain's outcome whatever happens to the report: a service
+    // manager acts on it, and the drain is done either way.
+    let printed = view::to_stdout(|out| {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)
+        } else {
+            view::print_report(&report, out)
         }
-    } else {
-        view::print_report(&report);
+    });
+    if let Err(err) = printed {
+        view::error_line(&format!("cannot print the report on stdout: {err}"));
     }
     match report.outcome {
         Outcome::Drained => Exit::Drained,
@@ -475,23 +491,26 @@ async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
         }),
         Err(failure) => Err(failure),
     };
-    match released {
-        Ok(true) => {
-            println!("port {}: new connections are accepted again", args.port);
-            Exit::Drained
-        }
-        Ok(false) => {
-            println!(
-                "port {}: no drain to release in this network namespace",
-                args.port
-            );
-            Exit::Drained
-        }
+    let released = match released {
+        Ok(released) => released,
         Err(failure) => {
-            eprintln!("drainctl: {}", failure.message);
-            failure.exit
+            view::error_line(&failure.message);
+            return failure.exit;
         }
+    };
+    let port = args.port;
+    let printed = view::to_stdout(|out| match (args.json, released) {
+        (true, _) => writeln!(out, r#"{{"port":{port},"released":{released}}}"#),
+        (false, true) => writeln!(out, "port {port}: new connections are accepted again"),
+        (false, false) => writeln!(
+            out,
+            "port {port}: no drain to release in this network namespace"
+        ),
+    });
+    if let Err(err) = printed {
+        view::error_line(&format!("cannot print the result on stdout: {err}"));
     }
+    Exit::Drained
 }
 
 /// `Ok(None)`: the daemon serves another network namespace.
@@ -525,20 +544,21 @@ fn run_status(args: StatusArgs) -> Exit {
     let status = match status {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("drainctl: {err}");
+            view::error_line(&err.to_string());
             return Exit::Failure;
         }
     };
-    if args.json {
-        match serde_json::to_string(&status) {
-            Ok(json) => println!("{json}"),
-            Err(err) => {
-                eprintln!("drainctl: cannot encode the status: {err}");
-                return Exit::Failure;
-            }
+    // A reader that stopped early (`| head -1`) got what it wanted: exit 0, quietly.
+    let printed = view::to_stdout(|out| {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&status)?)
+        } else {
+            view::print_status(&status, out)
         }
-    } else {
-        view::print_status(&status);
+    });
+    if let Err(err) = printed {
+        view::error_line(&format!("cannot print the status on stdout: {err}"));
+        return Exit::Failure;
     }
     if !nix::unistd::geteuid().is_root() {
         warn!("not root: owners in other users' processes are not shown");
@@ -591,21 +611,6 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("drainctl").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]
@@ -684,7 +689,9 @@ mod tests {
 
     #[test]
     fn ports_out_of_range_are_usage_errors() {
-        for bad in ["0", "65536", "http"] {
+        // "-1" reaches the range check (allow_hyphen_values) instead of being taken for
+        // an option, so the error names --port.
+        for bad in ["0", "65536", "http", "-1"] {
             let err = parse(&["drain", "--port", bad]).unwrap_err();
             assert_eq!(
                 err.kind(),
@@ -693,9 +700,6 @@ mod tests {
             );
             assert_eq!(err.exit_code(), Exit::Usage as i32);
         }
-        // Taken for an option, which is a usage error all the same.
-        let err = parse(&["drain", "--port", "-1"]).unwrap_err();
-        assert_eq!(err.exit_code(), Exit::Usage as i32);
         assert_eq!(
             parse(&["drain"]).unwrap_err().kind(),
             clap::error::ErrorKind::MissingRequiredArgument

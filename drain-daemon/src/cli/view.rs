@@ -3,13 +3,14 @@
 //! serialized data types themselves; this is only the human side.
 
 use std::{
-    io::{self, IsTerminal as _, Write as _},
+    io::{self, IsTerminal as _, Write},
     sync::atomic::{AtomicBool, Ordering},
 };
 
 use tracing::info;
 
 use crate::{
+    announce::Phase,
     drain::{DrainReport, Outcome, Progress},
     inventory::{rhythm::MIN_MARGIN, SourceKind},
     status::{self, Status},
@@ -74,7 +75,7 @@ impl ProgressView {
     /// Ends the live line so what follows starts on a fresh line.
     pub fn finish(&self) {
         if self.live && LIVE_LINE.swap(false, Ordering::Relaxed) {
-            eprintln!();
+            let _ = writeln!(io::stderr());
         }
     }
 }
@@ -93,7 +94,34 @@ pub fn log_writer() -> impl io::Write {
     io::stderr()
 }
 
-pub fn print_report(report: &DrainReport) {
+/// Writes one error line on stderr. Never panics (`eprintln!` does when stderr is
+/// closed): with nobody reading, the exit code is all that is left to say it.
+pub fn error_line(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "drainctl: {message}");
+}
+
+/// Writes what a command prints on stdout. A reader that went away (`drainctl status |
+/// head -1`) is no error: it read what it wanted, and `println!` would panic on the
+/// EPIPE. Other write errors are returned for the command to report.
+pub fn to_stdout(print: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match print(&mut out).and_then(|()| out.flush()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
+    }
+}
+
+/// A drain phase as people read it; the JSON output has the snake_case names.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Draining => "draining",
+        Phase::Drained => "drained",
+        Phase::DeadlineReached => "deadline reached",
+        Phase::Cancelled => "cancelled",
+    }
+}
+
+pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()> {
     let seconds = report.elapsed_ms as f64 / 1000.0;
     let closed = report.closed_gracefully + report.closed_abortively;
     let headline = match report.outcome {
@@ -110,8 +138,9 @@ pub fn print_report(report: &DrainReport) {
             report.remaining.len()
         ),
     };
-    println!("{headline}");
-    println!(
+    writeln!(out, "{headline}")?;
+    writeln!(
+        out,
         "  closed: {closed} ({} idle, {} busy between requests; {} graceful FIN, {} reset)   finished on their own: {}   new connections refused: {}, to successors: {}",
         closed - report.closed_at_boundary,
         report.closed_at_boundary,
@@ -120,24 +149,27 @@ pub fn print_report(report: &DrainReport) {
         report.finished_on_their_own,
         report.refused_connections,
         report.steered_connections
-    );
+    )?;
     if report.unknown_owner > 0 {
-        println!(
+        writeln!(
+            out,
             "  left alone: {} connection(s) on the port held by no visible process (not provably this drain's)",
             report.unknown_owner
-        );
+        )?;
     }
     if report.forced_gracefully + report.forced_abortively > 0 {
-        println!(
+        writeln!(
+            out,
             "  forced at the deadline (--force): {} with a FIN, {} reset",
             report.forced_gracefully, report.forced_abortively
-        );
+        )?;
     }
     if !report.remaining.is_empty() {
-        println!(
+        writeln!(
+            out,
             "  {:<40} {:<11} {:<12} {:>10} {:>10}  ACTIVITY",
             "PEER", "STATE", "OWNER", "LAST DATA", "TRACKED"
-        );
+        )?;
         for remaining in &report.remaining {
             let owner = match (remaining.owner_pid, &remaining.owner_command) {
                 (Some(pid), Some(command)) => format!("{pid}/{command}"),
@@ -153,7 +185,8 @@ pub fn print_report(report: &DrainReport) {
                 Some(ms) => format!("; the client pauses {ms} ms between requests"),
                 None => String::new(),
             };
-            println!(
+            writeln!(
+                out,
                 "  {:<40} {:<11} {:<12} {:>10} {:>9.1}s  {}{rhythm}",
                 remaining.peer.to_string(),
                 remaining.state,
@@ -161,26 +194,28 @@ pub fn print_report(report: &DrainReport) {
                 last_data,
                 remaining.tracked_ms as f64 / 1000.0,
                 remaining.activity
-            );
+            )?;
         }
     }
     if report.still_refusing {
-        println!(
+        writeln!(
+            out,
             "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
             report.port, report.port
-        );
+        )?;
     }
+    Ok(())
 }
 
-pub fn print_status(status: &Status) {
+pub fn print_status(status: &Status, out: &mut dyn Write) -> io::Result<()> {
     if status.ports.is_empty() {
-        println!("no TCP listener in this network namespace");
-        return;
+        return writeln!(out, "no TCP listener in this network namespace");
     }
-    println!(
+    writeln!(
+        out,
         "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  DRAIN",
         "PORT", "LISTENER", "OWNERS", "ACCEPT-Q", "CONNS", "IDLE", "IN-FLIGHT"
-    );
+    )?;
     for port in &status.ports {
         let drain = match (&port.drain, port.refusing_new_connections) {
             (Some(drain), _) if drain.running => format!(
@@ -192,8 +227,8 @@ pub fn print_status(status: &Status) {
                 drain.pid
             ),
             (Some(drain), refusing) => format!(
-                "{:?} after {:.1}s, {} closed{}",
-                drain.phase,
+                "{} after {:.1}s, {} closed{}",
+                phase_name(drain.phase),
                 drain.elapsed_ms as f64 / 1000.0,
                 drain.closed,
                 if refusing {
@@ -228,7 +263,8 @@ pub fn print_status(status: &Status) {
             ),
         };
         let (address, owners, queue) = listener_row(first);
-        println!(
+        writeln!(
+            out,
             "{:<6} {:<28} {:<24} {:>9} {:>6} {:>5} {:>9}  {drain}",
             port.port,
             address,
@@ -237,13 +273,17 @@ pub fn print_status(status: &Status) {
             port.connections.total,
             port.connections.idle,
             port.connections.in_flight
-        );
+        )?;
         for listener in listeners {
             let (address, owners, queue) = listener_row(Some(listener));
-            println!("{:<6} {address:<28} {owners:<24} {queue:>9}", "");
+            writeln!(out, "{:<6} {address:<28} {owners:<24} {queue:>9}", "")?;
         }
     }
     if status.source == SourceKind::Procfs {
-        println!("(read from /proc/net/tcp: without TCP_INFO no connection is judged idle)");
+        writeln!(
+            out,
+            "(read from /proc/net/tcp: without TCP_INFO no connection is judged idle)"
+        )?;
     }
+    Ok(())
 }

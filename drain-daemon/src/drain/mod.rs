@@ -558,7 +558,7 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
         .map(|listener| {
             let mut last_error = None;
             for owner in &listener.owners {
-                match pidfd::duplicate_socket(owner.pid, owner.fd, listener.socket.inode) {
+                match pidfd::duplicate_socket(owner.pid, owner.fd, &listener.socket) {
                     Ok(socket) => return Ok(socket),
                     Err(err) => last_error = Some(err),
                 }
