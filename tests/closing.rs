@@ -121,7 +121,7 @@ fn batches_close_a_share_every_interval() {
     let batches = output
         .stderr
         .iter()
-        .filter(|line| line.contains("closed a batch of idle connections closed=2"))
+        .filter(|line| line.contains("closed a batch of connections closed=2"))
         .count();
     assert_eq!(batches, 4, "log:\n{}", output.stderr_text());
     for client in &mut clients {

@@ -441,3 +441,74 @@ fn a_server_that_closes_its_listener_first_is_drained_to_its_last_connection() {
         "the server read EOF and closed the connection itself"
     );
 }
+
+/// A listener held by a process that outlives the server (systemd's socket activation, a
+/// supervisor) does not close when the server exits, and a restart hands the same socket
+/// to the next instance: a refusal keyed on it would refuse that instance forever. The
+/// drain sees the keeper, refuses only while it runs, says so, and the next instance
+/// gets its connections.
+#[test]
+fn a_listener_kept_by_a_supervisor_is_not_refused_after_the_server_is_gone() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (supervisor, events) =
+        drain_tests::spawn_demo_server(["--supervise", "--listen", "127.0.0.1:8080"]);
+    // The n-th instance's pid, once it listens (its `listening` line and the
+    // supervisor's `server <pid>` line come in either order).
+    let instance = |n: usize| -> i32 {
+        let started = Instant::now();
+        loop {
+            let lines = events.all_lines();
+            let listening = lines.iter().filter(|l| l.starts_with("listening ")).count();
+            let pids: Vec<i32> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("server ")?.trim().parse().ok())
+                .collect();
+            if listening >= n && pids.len() >= n {
+                return pids[n - 1];
+            }
+            assert!(started.elapsed() < 5 * SECOND, "instance {n} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let first = instance(1);
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let _idle = idle_client(addr);
+    // Keeps the drain going while the refusal is checked.
+    let _busy = busy_client(addr, &events, "/sleep/1500");
+
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &first.to_string(),
+        "--json",
+    ]);
+    wait_until_refusing(&drainctl);
+    assert_refused_at_once(addr);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["still_refusing"], false, "{report}");
+    let kept_by = &report["listener_kept_by"];
+    assert_eq!(kept_by[0]["pid"], supervisor.pid(), "{report}");
+    assert!(
+        output.stderr_text().contains("outlives the drained server"),
+        "{}",
+        output.stderr_text()
+    );
+
+    // The restart: the old instance stops, the supervisor starts the next one on the
+    // same socket, and new clients reach it.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGTERM).unwrap();
+    events
+        .wait_for("stopping ", 5 * SECOND)
+        .expect("the first server stopped");
+    supervisor.signal(Signal::SIGHUP).unwrap();
+    let second = instance(2);
+    assert_ne!(first, second);
+    let mut client = KeepAliveClient::connect(addr).expect("the next instance accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}

@@ -197,6 +197,18 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
             )?;
         }
     }
+    if !report.listener_kept_by.is_empty() {
+        let kept_by: Vec<String> = report
+            .listener_kept_by
+            .iter()
+            .map(|p| format!("{}/{}", p.pid, p.command))
+            .collect();
+        writeln!(
+            out,
+            "  the listener is also held by {}, which outlives the server: new connections were refused only during the drain, so the next instance that inherits the listener gets them",
+            kept_by.join(", ")
+        )?;
+    }
     if report.still_refusing {
         writeln!(
             out,

@@ -32,7 +32,7 @@ use std::{
 use boundary::Rhythms;
 use ownership::Ownership;
 use report::Tally;
-pub use report::{DrainReport, Remaining};
+pub use report::{DrainReport, ProcessRef, Remaining};
 use schedule::CloseSchedule;
 pub use schedule::Pace;
 
@@ -42,10 +42,10 @@ use tracing::{debug, info, warn};
 use crate::{
     announce::Announcer,
     close::{self, close_when, send_fin, CloseMethod, CloseOutcome, When},
-    inventory::{Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
+    inventory::{owners, Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
     pidfd::{self, PidfdError},
-    steer::{Persistence, SteerError, Steering},
+    steer::{Lasting, Persistence, SteerError, Steering},
 };
 
 /// What to drain and how. Serialized (durations in milliseconds) as the body of the
@@ -200,15 +200,36 @@ pub async fn drain(
     }
     // Listeners opened during the grace are drained too.
     let before = inventory.scan(port)?;
-    let mut ownership = Ownership::new(&before, draining_listeners(&before, plan.pid)?);
+    let tree = plan.pid.map(owners::process_tree);
+    let mut ownership = Ownership::new(
+        &before,
+        draining_listeners(&before, plan.pid, tree.as_ref())?,
+    );
     let draining: Vec<Listener> = before
         .listeners
         .into_iter()
         .filter(|l| ownership.listeners().contains(&l.socket.inode))
         .collect();
+    let keepers = ownership::keepers(&draining, tree.as_ref());
+    let lasting = if keepers.is_empty() {
+        Lasting::UntilListenersClose
+    } else {
+        let kept_by: Vec<String> = keepers
+            .iter()
+            .map(|k| format!("{}/{}", k.pid, k.command))
+            .collect();
+        warn!(
+            port,
+            kept_by = kept_by.join(", "),
+            "the listener is also held by a process that outlives the drained server: the \
+             refusal of new connections lasts only until this drain ends, so the next \
+             instance that inherits the listener gets them"
+        );
+        Lasting::WhileHeld
+    };
     let listener_sockets = borrow_listeners(port, &draining)?;
     let fds: Vec<_> = listener_sockets.iter().map(|fd| fd.as_fd()).collect();
-    let mut steering = Steering::refuse(port, &fds)?;
+    let mut steering = Steering::refuse(port, &fds, lasting)?;
     // Holding the listeners would keep them open after the server closes them.
     drop(fds);
     drop(listener_sockets);
@@ -336,14 +357,16 @@ pub async fn drain(
         // The refusal lasts beyond this process only when pinned.
         _ => pinned_at.is_some() && steering.open_listeners() > 0,
     };
-    Ok(tally.report(
+    let mut report = tally.report(
         port,
         outcome,
         started,
         &last,
         refused_connections,
         pinned_at.filter(|_| still_refusing),
-    ))
+    );
+    report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
+    Ok(report)
 }
 
 /// The poll interval with ±20 % jitter, so drains started together (a fleet restarting)
@@ -490,17 +513,20 @@ async fn force_remaining(
 }
 
 /// The socket inodes of the listeners to drain: those of `pid`'s process tree, or all.
-fn draining_listeners(scan: &PortInventory, pid: Option<i32>) -> Result<HashSet<u64>, DrainError> {
+fn draining_listeners(
+    scan: &PortInventory,
+    pid: Option<i32>,
+    tree: Option<&HashSet<i32>>,
+) -> Result<HashSet<u64>, DrainError> {
     let port = scan.port;
     if scan.listeners.is_empty() {
         return Err(DrainError::NoListener { port });
     }
-    let tree = pid.map(crate::inventory::owners::process_tree);
     debug!(?tree, "the process tree whose listeners drain");
     let draining: HashSet<u64> = scan
         .listeners
         .iter()
-        .filter(|listener| match &tree {
+        .filter(|listener| match tree {
             Some(tree) => listener
                 .owners
                 .iter()

@@ -22,13 +22,34 @@
 //! Connections no visible process holds are counted ([`Ownership::unknown_owner`]) and
 //! left alone; those of other visible processes (successors) are not the drain's at all.
 
-use std::collections::{hash_map::Entry, HashMap, HashSet};
+use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use tracing::debug;
 
 use crate::inventory::{
-    owners, sock_diag::SocketId, Inventory, InventoryError, Listener, PortInventory,
+    owners, sock_diag::SocketId, Inventory, InventoryError, Listener, PortInventory, SocketOwner,
 };
+
+/// The processes holding a draining listener that are not servers being drained, so the
+/// listener stays open after the servers exit: with `tree` (the `--pid` process tree),
+/// every holder outside it (a supervisor that handed the listener down); without, the
+/// namespace's init beside other holders (systemd's socket activation keeps the socket
+/// for the next instance). A refusal keyed on such a listener would outlive the service.
+pub(super) fn keepers(draining: &[Listener], tree: Option<&HashSet<i32>>) -> Vec<SocketOwner> {
+    let mut keepers = BTreeMap::new();
+    for listener in draining {
+        for owner in &listener.owners {
+            let keeps = match tree {
+                Some(tree) => !tree.contains(&owner.pid),
+                None => owner.pid == 1 && listener.owners.iter().any(|o| o.pid != 1),
+            };
+            if keeps {
+                keepers.entry(owner.pid).or_insert_with(|| owner.clone());
+            }
+        }
+    }
+    keepers.into_values().collect()
+}
 
 /// What the drain owns on its port, kept across scans.
 #[derive(Debug)]
@@ -141,5 +162,61 @@ impl Ownership {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::sock_diag::{TcpSocket, TcpState};
+
+    fn listener(holders: &[i32]) -> Listener {
+        Listener {
+            socket: TcpSocket {
+                id: SocketId {
+                    local: "127.0.0.1:8080".parse().unwrap(),
+                    remote: "0.0.0.0:0".parse().unwrap(),
+                    cookie: 1,
+                    interface: 0,
+                },
+                state: TcpState::Listen,
+                recv_queue: 0,
+                send_queue: 1024,
+                inode: 10,
+                uid: 0,
+                info: None,
+            },
+            owners: holders
+                .iter()
+                .map(|&pid| SocketOwner {
+                    pid,
+                    fd: 3,
+                    command: format!("p{pid}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn pids(keepers: Vec<SocketOwner>) -> Vec<i32> {
+        keepers.into_iter().map(|k| k.pid).collect()
+    }
+
+    #[test]
+    fn socket_activation_keeps_the_listener_beside_the_server() {
+        // systemd (pid 1) holds the socket it handed to the service.
+        assert_eq!(pids(keepers(&[listener(&[1, 420])], None)), [1]);
+        // A server that is pid 1 of its own namespace (a container) keeps nothing.
+        assert!(keepers(&[listener(&[1])], None).is_empty());
+        assert!(keepers(&[listener(&[420, 421])], None).is_empty());
+    }
+
+    #[test]
+    fn with_a_pid_every_holder_outside_its_tree_keeps_the_listener() {
+        let tree = HashSet::from([420, 421]);
+        assert_eq!(
+            pids(keepers(&[listener(&[300, 420, 421])], Some(&tree))),
+            [300]
+        );
+        assert!(keepers(&[listener(&[420, 421])], Some(&tree)).is_empty());
     }
 }

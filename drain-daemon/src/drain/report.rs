@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Outcome;
 use crate::{
     close::CloseMethod,
-    inventory::{Connection, PortInventory},
+    inventory::{Connection, PortInventory, SocketOwner},
 };
 
 /// A connection still open when the drain ended.
@@ -75,6 +75,27 @@ pub struct DrainReport {
     pub steering_pinned_at: Option<String>,
     /// Whether new connections are still refused after the drain returned.
     pub still_refusing: bool,
+    /// Processes that also hold the drained listener and outlive the server (pid 1 with
+    /// socket activation, a supervisor): the refusal then ends with the drain, so the
+    /// next instance that inherits the listener is not refused.
+    #[serde(default)]
+    pub listener_kept_by: Vec<ProcessRef>,
+}
+
+/// A process, as reports name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: i32,
+    pub command: String,
+}
+
+impl From<SocketOwner> for ProcessRef {
+    fn from(owner: SocketOwner) -> Self {
+        ProcessRef {
+            pid: owner.pid,
+            command: owner.command,
+        }
+    }
 }
 
 /// Counts over the whole drain, by socket cookie.
@@ -187,6 +208,7 @@ impl Tally {
             remaining,
             still_refusing: steering_pinned_at.is_some(),
             steering_pinned_at,
+            listener_kept_by: Vec::new(),
         }
     }
 }

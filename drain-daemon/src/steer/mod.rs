@@ -96,8 +96,22 @@ pub enum Persistence {
     /// Pinned in bpffs at this directory: the refusal lasts until the draining listeners
     /// close (or [`release`]), whatever happens to this process.
     Pinned(PathBuf),
-    /// bpffs was not available: the refusal lasts while this [`Steering`] lives.
+    /// Not pinned (bpffs was not available, or [`Lasting::WhileHeld`]): the refusal
+    /// lasts while this [`Steering`] lives.
     Process,
+}
+
+/// How long a caller wants the refusal to last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lasting {
+    /// Until the draining listeners close (pinned where bpffs allows): the refusal
+    /// outlives the process that set it up, up to the server's exit.
+    UntilListenersClose,
+    /// While the [`Steering`] lives. For a listener that a process other than the
+    /// drained servers also holds (pid 1 with socket activation, a supervisor): it does
+    /// not close when they exit, and the next instance that inherits it must not find it
+    /// refused.
+    WhileHeld,
 }
 
 /// The refusal of new connections to one port's draining listeners.
@@ -108,8 +122,8 @@ pub struct Steering {
     counts: PerCpuArray<MapData, u64>,
     persistence: Persistence,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
-    /// The port's locked pin directory, while pinned: no other drain, release or sweep
-    /// touches the port's pins until this is dropped.
+    /// The port's locked pin directory (pinned into or not, see [`Lasting`]): no other
+    /// drain, release or sweep touches the port's pins until this is dropped.
     pins: Option<PortDir>,
     /// Holds the link when it is not pinned; dropping it detaches the program.
     _link: Option<FdLink>,
@@ -120,9 +134,14 @@ impl Steering {
     /// (descriptors of the draining listening sockets, duplicated into this process).
     ///
     /// Reuses the pinned program of an earlier drain of the same port in this namespace
-    /// if its listeners are still open. Minimum kernel: 5.9 (sk_lookup, bpf_link for
-    /// network namespaces, listening sockets in SOCKHASH).
-    pub fn refuse(port: u16, listeners: &[BorrowedFd<'_>]) -> Result<Self, SteerError> {
+    /// if its listeners are still open and the refusal is to last until they close;
+    /// [`Lasting::WhileHeld`] unpins it instead. Minimum kernel: 5.9 (sk_lookup, bpf_link
+    /// for network namespaces, listening sockets in SOCKHASH).
+    pub fn refuse(
+        port: u16,
+        listeners: &[BorrowedFd<'_>],
+        lasting: Lasting,
+    ) -> Result<Self, SteerError> {
         if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
             return Err(SteerError::TooManyListeners { port });
         }
@@ -138,16 +157,25 @@ impl Steering {
             }
             Err(err) => return Err(err.into()),
         };
+        let pin = lasting == Lasting::UntilListenersClose;
         match pins {
-            Some(pins) if pins.has_link() => match open_pinned(pins)? {
+            Some(pins) if pin && pins.has_link() => match open_pinned(pins)? {
                 Ok(mut pinned) => {
                     info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
                     pinned.replace_listeners(listeners)?;
                     Ok(pinned)
                 }
-                Err(pins) => load_and_attach(port, &netns, listeners, Some(pins)),
+                Err(pins) => load_and_attach(port, &netns, listeners, Some(pins), pin),
             },
-            pins => load_and_attach(port, &netns, listeners, pins),
+            Some(pins) => {
+                // An earlier drain's pins would go on refusing after this one.
+                pins.unpin().map_err(|err| SteerError::Pin {
+                    path: pins.path().to_path_buf(),
+                    message: format!("removing an earlier drain's pins: {err}"),
+                })?;
+                load_and_attach(port, &netns, listeners, Some(pins), pin)
+            }
+            None => load_and_attach(port, &netns, listeners, None, pin),
         }
     }
 
@@ -306,13 +334,15 @@ fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
 }
 
 /// Loads a new instance of the program for `port` with `listeners` in its map, attaches
-/// it, and pins it into `pins` if given. The listeners go in before the program is
+/// it, and pins it into the locked `pins` when given and `pin`; unpinned, it is held by
+/// the returned [`Steering`] (with the lock). The listeners go in before the program is
 /// attached and pinned, so nothing ever sees it without them.
 fn load_and_attach(
     port: u16,
     netns: &fs::File,
     listeners: &[BorrowedFd<'_>],
     pins: Option<PortDir>,
+    pin: bool,
 ) -> Result<Steering, SteerError> {
     let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
         aya_log::Level::Debug
@@ -366,6 +396,7 @@ fn load_and_attach(
         (pins::COUNTS, &counts_map),
     ];
     let (persistence, pins, link) = match pins {
+        Some(pins) if !pin => (Persistence::Process, Some(pins), Some(link)),
         Some(pins) => match pin_all(&pins, &maps, link) {
             Ok(()) => (
                 Persistence::Pinned(pins.path().to_path_buf()),
