@@ -177,6 +177,10 @@ pub async fn drain(
     cancel: impl Future<Output = Cancel>,
     mut progress: impl FnMut(&Progress),
 ) -> Result<DrainReport, DrainError> {
+    // A service manager kills at its own deadline: the timeout bounds the whole run,
+    // setup (scans, owner search, loading and attaching the program) included.
+    let started = Instant::now();
+    let deadline = started + plan.accept_grace + plan.timeout;
     if !nix::unistd::geteuid().is_root() {
         return Err(DrainError::NotRoot);
     }
@@ -188,7 +192,6 @@ pub async fn drain(
     tokio::pin!(cancel);
     if !plan.accept_grace.is_zero() {
         info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
-        let started = Instant::now();
         tokio::select! {
             () = tokio::time::sleep(plan.accept_grace) => {}
             mode = &mut cancel => {
@@ -247,9 +250,7 @@ pub async fn drain(
         let listeners = draining.iter().map(|l| l.socket.inode).collect();
         Announcer::new(inode, port, listeners, plan.timeout)
     });
-    let started = Instant::now();
-    let deadline = started + plan.timeout;
-    let mut schedule = CloseSchedule::new(plan.pace, started);
+    let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
 
