@@ -512,3 +512,45 @@ fn a_listener_kept_by_a_supervisor_is_not_refused_after_the_server_is_gone() {
     let mut client = KeepAliveClient::connect(addr).expect("the next instance accepts");
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 }
+
+/// `ip netns exec` runs drainctl in a mount namespace of its own, with a /sys of its own:
+/// a bpffs mounted there, and the pinned refusal in it, would end with drainctl, while
+/// the report said new connections stay refused. The report must tell what really
+/// happens: either the refusal is pinned where it outlives drainctl (the host's bpffs,
+/// where it can be reached) and a new connection is refused after drainctl exits, or it
+/// is not, the report says so and drainctl warns.
+#[test]
+fn a_drain_under_ip_netns_exec_reports_truthfully_how_long_the_refusal_lasts() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (server, _events, addr) = start_server(["--listen", "127.0.0.1:8090"]);
+    let name = format!("drain-test-{}-{}", std::process::id(), server.pid());
+    let attach = Command::new("ip")
+        .args(["netns", "attach", &name, &server.pid().to_string()])
+        .status()
+        .expect("ip netns attach");
+    assert!(attach.success());
+    let output = spawn_drainctl_with(
+        Command::new("ip")
+            .args(["netns", "exec", &name])
+            .arg(bin_path("drainctl"))
+            .args(["drain", "--port", "8090", "--timeout", "3s", "--json"]),
+    )
+    .wait(20 * SECOND);
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    if report["still_refusing"] == true {
+        assert_refused_at_once(addr);
+    } else {
+        assert!(report["steering_pinned_at"].is_null(), "{report}");
+        assert!(
+            output.stderr_text().contains("mount namespace of its own"),
+            "{}",
+            output.stderr_text()
+        );
+        let mut client = KeepAliveClient::connect(addr).expect("accepted after drainctl exit");
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    }
+}

@@ -120,6 +120,32 @@ impl SafeDir {
         Ok(dir)
     }
 
+    /// Like [`SafeDir::open_system`], in the mount tree of init (pid 1) as reached
+    /// through `/proc/1/root`, whatever mount namespace this process is in.
+    pub fn open_system_of_init(path: &Path) -> Result<SafeDir, DirError> {
+        const INIT_ROOT: &str = "/proc/1/root";
+        // The one link followed: the kernel's own, to init's root directory.
+        let fd = rfs::openat(
+            rfs::CWD,
+            INIT_ROOT,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| DirError::io("openat", Path::new(INIT_ROOT), errno))?;
+        let mut dir = SafeDir {
+            fd,
+            path: PathBuf::from(INIT_ROOT),
+        };
+        dir.check(Owner::System)?;
+        for name in path.components().filter_map(|c| match c {
+            Component::Normal(name) => name.to_str(),
+            _ => None,
+        }) {
+            dir = dir.open_child(name, Owner::System)?;
+        }
+        Ok(dir)
+    }
+
     /// Opens our directory `name` in this one, creating it (mode 0700) when `create`.
     pub fn child(&self, name: &str, create: bool) -> Result<SafeDir, DirError> {
         if create {

@@ -52,6 +52,8 @@ pub enum PinError {
     Mount(#[source] io::Error),
     #[error("{BPFFS} is not a bpffs mount (fstatfs)")]
     NotBpffs,
+    #[error("this process runs in a mount namespace of its own (`ip netns exec` makes one, with a /sys of its own) where a bpffs would end with it, and the host's {BPFFS} is not a bpffs it can reach through /proc/1/root: enter only the network namespace (nsenter --net=/run/netns/NAME) or mount bpffs on the host (mount -t bpf -o mode=0700 bpf {BPFFS})")]
+    PrivateMountNamespace,
     #[error("pin directory: {0}")]
     Dir(#[from] DirError),
     #[error("the pin directory of port {port} was removed {LOCK_ATTEMPTS} times while it was being locked")]
@@ -71,7 +73,10 @@ impl PinError {
 
     /// bpffs cannot be had at all: the refusal can still be held by the process.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, PinError::Mount(_) | PinError::NotBpffs)
+        matches!(
+            self,
+            PinError::Mount(_) | PinError::NotBpffs | PinError::PrivateMountNamespace
+        )
     }
 }
 
@@ -87,22 +92,34 @@ pub struct PinRoot {
 impl PinRoot {
     /// Opens the pin root, mounting bpffs and creating the directory (0700) if needed.
     pub fn open_or_create() -> Result<PinRoot, PinError> {
-        ensure_bpffs()?;
-        Self::open(true)
+        let bpffs = ensure_bpffs()?;
+        Self::open(bpffs, true)
     }
 
     /// Opens the pin root if it exists.
     pub fn open_existing() -> Result<Option<PinRoot>, PinError> {
-        match Self::open(false) {
+        let bpffs =
+            if rustix::fs::statfs(BPFFS).is_ok_and(is_bpffs) || !in_private_mount_namespace() {
+                Bpffs::Own
+            } else {
+                Bpffs::Init
+            };
+        match Self::open(bpffs, false) {
             Ok(root) => Ok(Some(root)),
+            // Init's tree is out of reach (another user namespace): nothing pinned there
+            // can be seen from here.
+            Err(PinError::Dir(err)) if bpffs == Bpffs::Init && !err.is_untrusted() => Ok(None),
             Err(PinError::Dir(err)) if err.is_not_found() => Ok(None),
             Err(PinError::NotBpffs) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
-    fn open(create: bool) -> Result<PinRoot, PinError> {
-        let bpffs = SafeDir::open_system(Path::new(BPFFS))?;
+    fn open(bpffs: Bpffs, create: bool) -> Result<PinRoot, PinError> {
+        let bpffs = match bpffs {
+            Bpffs::Own => SafeDir::open_system(Path::new(BPFFS))?,
+            Bpffs::Init => SafeDir::open_system_of_init(Path::new(BPFFS))?,
+        };
         if !rustix::fs::fstatfs(&bpffs).is_ok_and(is_bpffs) {
             return Err(PinError::NotBpffs);
         }
@@ -365,11 +382,34 @@ fn is_bpffs(fs: rustix::fs::StatFs) -> bool {
     fs.f_type == BPF_FS_MAGIC
 }
 
-/// Makes sure a bpffs is mounted at /sys/fs/bpf, mounting one (root only, like systemd
-/// does: `mode=0700`, no setuid, devices or executables) if not.
-fn ensure_bpffs() -> Result<(), PinError> {
+/// Which bpffs holds the pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bpffs {
+    /// The one at /sys/fs/bpf as this process sees it.
+    Own,
+    /// Init's, through /proc/1/root: this process is in a mount namespace of its own
+    /// with no bpffs, where a mount would end with the process.
+    Init,
+}
+
+/// Finds a bpffs at /sys/fs/bpf that outlives this process, mounting one (root only,
+/// like systemd does: `mode=0700`, no setuid, devices or executables) if there is none.
+///
+/// `ip netns exec` runs a command in a new mount namespace with a /sys of its own: a
+/// bpffs mounted there, and every pin in it, would end with the command, and the refusal
+/// with them. There the host's bpffs is used through /proc/1/root, and none is mounted.
+fn ensure_bpffs() -> Result<Bpffs, PinError> {
     if rustix::fs::statfs(BPFFS).is_ok_and(is_bpffs) {
-        return Ok(());
+        return Ok(Bpffs::Own);
+    }
+    if in_private_mount_namespace() {
+        let init_bpffs = SafeDir::open_system_of_init(Path::new(BPFFS))
+            .is_ok_and(|dir| rustix::fs::fstatfs(&dir).is_ok_and(is_bpffs));
+        return if init_bpffs {
+            Ok(Bpffs::Init)
+        } else {
+            Err(PinError::PrivateMountNamespace)
+        };
     }
     fs::create_dir_all(BPFFS).map_err(PinError::Mount)?;
     use nix::mount::MsFlags;
@@ -382,7 +422,29 @@ fn ensure_bpffs() -> Result<(), PinError> {
     )
     .map_err(|errno| PinError::Mount(errno.into()))?;
     info!("mounted bpffs at {BPFFS} (mode 0700)");
-    Ok(())
+    Ok(Bpffs::Own)
+}
+
+/// Whether this process is alone in its mount namespace, as in the one `ip netns exec`
+/// or `unshare --mount` makes for a command: that namespace, and whatever is mounted in
+/// it, ends with this process. A process whose namespace root cannot read is in an
+/// ancestor user namespace (the machine's init in a container), not in one made here.
+fn in_private_mount_namespace() -> bool {
+    let ns = |pid: &str| {
+        rustix::fs::stat(format!("/proc/{pid}/ns/mnt").as_str()).map(|st| (st.st_dev, st.st_ino))
+    };
+    let Ok(ours) = ns("self") else {
+        return false;
+    };
+    let me = std::process::id().to_string();
+    let Ok(proc) = fs::read_dir("/proc") else {
+        return false;
+    };
+    !proc
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()) && *name != me)
+        .any(|pid| ns(&pid).is_ok_and(|theirs| theirs == ours))
 }
 
 #[cfg(test)]
