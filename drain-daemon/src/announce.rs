@@ -38,6 +38,8 @@ pub enum Phase {
     Drained,
     DeadlineReached,
     Cancelled,
+    /// The drain stopped on an error (its report is the error message).
+    Failed,
 }
 
 impl From<Outcome> for Phase {
@@ -133,6 +135,13 @@ impl Announcer {
             self.record.in_flight = 0;
             self.record.accept_queue = 0;
         }
+        self.write();
+    }
+
+    /// The drain stopped on an error.
+    pub fn fail(&mut self, refused: u64) {
+        self.record.phase = Phase::Failed;
+        self.record.refused = refused;
         self.write();
     }
 

@@ -118,6 +118,7 @@ fn phase_name(phase: Phase) -> &'static str {
         Phase::Drained => "drained",
         Phase::DeadlineReached => "deadline reached",
         Phase::Cancelled => "cancelled",
+        Phase::Failed => "failed",
     }
 }
 

@@ -120,6 +120,15 @@ pub enum DrainError {
     Steer(#[from] SteerError),
     #[error("reading the sockets of the port: {0}")]
     Inventory(#[from] InventoryError),
+    #[error("reading the sockets of port {port} failed {attempts} times in a row, last: {source}; {left}")]
+    ScanFailed {
+        port: u16,
+        attempts: u32,
+        #[source]
+        source: InventoryError,
+        /// What the drain leaves behind, for the user to act on.
+        left: String,
+    },
 }
 
 impl DrainError {
@@ -132,7 +141,7 @@ impl DrainError {
             | DrainError::ListenerOwnerUnknown { .. }
             | DrainError::BorrowListener { .. } => true,
             DrainError::Steer(err) => err.is_environment(),
-            DrainError::Inventory(_) => false,
+            DrainError::Inventory(_) | DrainError::ScanFailed { .. } => false,
         }
     }
 }
@@ -253,6 +262,7 @@ pub async fn drain(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
+    let mut failed_scans = 0;
 
     // A spread's closes are paced within each pass too, over the time to the next one,
     // so slow passes do not turn into bursts; a batch is closed at once.
@@ -266,7 +276,37 @@ pub async fn drain(
         // The kernel reads TCP_INFO's "ms ago" stamps at the start of the scan: the owner
         // search that follows can take tens of milliseconds.
         let scanned_at = Instant::now();
-        let scan = ownership.scan(&mut inventory)?;
+        let scan = match ownership.scan(&mut inventory) {
+            Ok(scan) => {
+                failed_scans = 0;
+                scan
+            }
+            // A dump can fail once (ENOBUFS under memory pressure, a timeout on a loaded
+            // host) and work at the next pass: the drain goes on, the refusal holds.
+            Err(err) if failed_scans + 1 < MAX_FAILED_SCANS && Instant::now() < deadline => {
+                failed_scans += 1;
+                warn!(
+                    port,
+                    attempt = failed_scans,
+                    "reading the port's sockets failed ({err}); trying again at the next pass"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(plan.poll_interval)) => continue,
+                    mode = &mut cancel => break (Outcome::Cancelled, PortInventory { port, ..PortInventory::default() }, Some(mode)),
+                }
+            }
+            Err(source) => {
+                if let Some(announcer) = &mut announcer {
+                    announcer.fail(steering.refused_connections());
+                }
+                return Err(DrainError::ScanFailed {
+                    port,
+                    attempts: failed_scans + 1,
+                    source,
+                    left: left_behind(&steering, tally.closed_total()),
+                });
+            }
+        };
         update_successors(
             &mut steering,
             port,
@@ -368,6 +408,23 @@ pub async fn drain(
     );
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
     Ok(report)
+}
+
+/// Passes in a row whose scan may fail before the drain gives up (with the default poll
+/// interval, about half a second of failures).
+const MAX_FAILED_SCANS: u32 = 5;
+
+/// What a drain that failed midway leaves behind, said so the user can act on it.
+fn left_behind(steering: &Steering, closed: u64) -> String {
+    let refusal = match steering.persistence() {
+        Persistence::Pinned(dir) if steering.open_listeners() > 0 => format!(
+            "new connections to port {port} stay refused until its listener closes (pinned at {}; `drainctl release --port {port}` ends it now)",
+            dir.display(),
+            port = steering.port()
+        ),
+        _ => "new connections are accepted again".to_string(),
+    };
+    format!("{closed} connection(s) were closed before; {refusal}")
 }
 
 /// The poll interval with ±20 % jitter, so drains started together (a fleet restarting)
