@@ -616,11 +616,26 @@ fn update_successors(
     if inodes == *current {
         return;
     }
-    let sockets: Vec<OwnedFd> = found
-        .iter()
-        .filter_map(|listener| borrow_listeners(port, std::slice::from_ref(*listener)).ok())
-        .flatten()
-        .collect();
+    // One that cannot be borrowed now (its owner not yet visible, a process starting) is
+    // tried again at the next pass: `current` holds only those actually steered to.
+    let mut borrowed = HashSet::new();
+    let mut sockets: Vec<OwnedFd> = Vec::new();
+    for listener in found {
+        match borrow_listeners(port, std::slice::from_ref(listener)) {
+            Ok(socket) => {
+                borrowed.insert(listener.socket.inode);
+                sockets.extend(socket);
+            }
+            Err(err) => debug!(
+                port,
+                inode = listener.socket.inode,
+                "cannot borrow a successor listener yet: {err}"
+            ),
+        }
+    }
+    if borrowed == *current {
+        return;
+    }
     let fds: Vec<_> = sockets.iter().map(|fd| fd.as_fd()).collect();
     match steering.set_successors(&fds) {
         Ok(()) => {
@@ -629,7 +644,7 @@ fn update_successors(
                 successors = fds.len(),
                 "new connections go to the successor listeners"
             );
-            *current = inodes;
+            *current = borrowed;
         }
         Err(err) => warn!("cannot hand new connections to the successors: {err}"),
     }
