@@ -21,13 +21,16 @@
 //! assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 //! ```
 
+pub mod daemon;
 pub mod drainctl;
 pub mod events;
 pub mod http;
 pub mod netns;
 pub mod process;
 pub mod scenario;
+pub mod systemd;
 
+pub use daemon::{daemon_socket_path, spawn_daemon, spawn_daemon_with, SERVING};
 pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
 pub use events::{EventReader, EventWriter};
 pub use http::{
@@ -35,7 +38,9 @@ pub use http::{
     KeepAliveClient, Response, Server,
 };
 pub use netns::{current_thread_netns_inode, Netns};
-pub use process::{bin_path, raise_open_files_limit, spawn_demo_server, ChildGuard};
+pub use process::{
+    bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as, ChildGuard,
+};
 pub use scenario::{
     assert_refused_at_once, busy_client, idle_client, start_server, wait_request_read,
 };

@@ -344,7 +344,7 @@ impl Failure {
     fn from_kind(kind: ErrorKind, message: String) -> Self {
         let exit = match kind {
             ErrorKind::Environment => Exit::Environment,
-            ErrorKind::Failure | ErrorKind::OtherNamespace => Exit::Failure,
+            ErrorKind::Failure | ErrorKind::OtherNamespace | ErrorKind::Stopping => Exit::Failure,
         };
         Failure { exit, message }
     }
@@ -437,7 +437,7 @@ async fn drain_via_daemon(
             Reply::Progress(update) => progress.show(&update),
             Reply::Report(report) => return Ok(Some(report)),
             Reply::Error {
-                kind: ErrorKind::OtherNamespace,
+                kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
                 message,
             } => {
                 info!("{message}; draining standalone");
@@ -503,7 +503,7 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
     match client.next_reply().await.map_err(Failure::daemon)? {
         Reply::Released { released } => Ok(Some(released)),
         Reply::Error {
-            kind: ErrorKind::OtherNamespace,
+            kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
             ..
         } => Ok(None),
         Reply::Error { kind, message } => Err(Failure::from_kind(kind, message)),
