@@ -42,6 +42,11 @@ pub struct DaemonArgs {
     pub verbose: u8,
 }
 
+/// `drain-daemon`'s command line as clap sees it (for the package's man page).
+pub fn command() -> clap::Command {
+    <DaemonArgs as clap::CommandFactory>::command()
+}
+
 /// Entry point of the `drain-daemon` binary.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();

@@ -209,6 +209,12 @@ pub struct ReleaseArgs {
     pub port: u16,
 }
 
+/// `drainctl`'s command line as clap sees it: the package's man pages and shell
+/// completions are generated from it, so they cannot drift from the real options.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
