@@ -1,16 +1,20 @@
 //! The shipped systemd units (`systemd/`): systemd accepts them, the daemon's is hardened
 //! to the exposure the README states, the example service is ordered and timed so its
 //! ExecStop drain is never cut, and the daemon run with exactly the unit's capabilities
-//! drains a server of another user gracefully. The capabilities are read from the unit
-//! file, so a capability dropped from the unit fails here, not on a user's machine.
+//! drains a server of another user gracefully, calling only system calls the unit's
+//! filter allows. The capabilities and the filter are read from the unit file, so a
+//! capability or a system call taken from the unit fails here, not on a user's machine.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeSet, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path,
+    process::Command, time::Duration,
+};
 
 use drain_tests::{
     bin_path, daemon_socket_path, idle_client, run_drainctl, spawn_daemon_with,
     spawn_demo_server_as,
     systemd::{require_tool, setpriv_args, units_dir, Unit},
-    Closed, Netns, SERVING,
+    ChildGuard, Closed, Netns, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -183,7 +187,6 @@ fn daemon_with_the_units_capabilities_drains_a_server_of_another_user() {
     let caps = setpriv_args(&unit);
     let (server, events) = spawn_demo_server_as(NOBODY, NOBODY, ["--listen", "127.0.0.1:8080"]);
     let addr = events.wait_listening(5 * SECOND).expect("server listening");
-    let mut idle = idle_client(addr);
 
     // What the daemon sees of the listener's owners, under the unit's capabilities and
     // with CAP_DAC_READ_SEARCH taken away: the reason the unit grants it.
@@ -210,21 +213,27 @@ fn daemon_with_the_units_capabilities_drains_a_server_of_another_user() {
     assert_ne!(without_dac, caps, "the unit grants CAP_DAC_READ_SEARCH");
     assert_eq!(owners(&without_dac), serde_json::json!([]));
 
-    let socket = daemon_socket_path("unit-caps");
     let mut command = Command::new(&setpriv);
-    command
-        .args(&caps)
-        .arg(bin_path("drain-daemon"))
-        .arg("--socket")
-        .arg(&socket);
-    let (_daemon, daemon_log) = spawn_daemon_with(command, SERVING);
+    command.args(&caps).arg(bin_path("drain-daemon"));
+    drain_through(command, addr, "unit-caps");
+}
+
+/// Starts the daemon with `command` (a wrapper followed by the drain-daemon binary; the
+/// socket option is added here), drains the server at `addr` through it with drainctl,
+/// and checks that an idle connection was closed gracefully. Returns the daemon, still
+/// running.
+fn drain_through(mut command: Command, addr: SocketAddr, name: &str) -> ChildGuard {
+    let mut idle = idle_client(addr);
+    let socket = daemon_socket_path(name);
+    command.arg("--socket").arg(&socket);
+    let (daemon, daemon_log) = spawn_daemon_with(command, SERVING);
     let output = run_drainctl(
         [
             "--daemon-socket",
             socket.to_str().unwrap(),
             "drain",
             "--port",
-            "8080",
+            &addr.port().to_string(),
             "--quiet-period",
             "200ms",
             "--json",
@@ -239,4 +248,127 @@ fn daemon_with_the_units_capabilities_drains_a_server_of_another_user() {
     daemon_log
         .wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the daemon ran the drain");
+    daemon
+}
+
+#[test]
+fn daemon_drains_within_the_units_system_call_filter() {
+    let (Some(strace), Some(setpriv), Some(analyze)) = (
+        require_tool("strace"),
+        require_tool("setpriv"),
+        require_tool("systemd-analyze"),
+    ) else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let unit = Unit::shipped("drain-daemon.service");
+    let allowed = system_call_filter(&unit, &analyze);
+    let (_server, events) = spawn_demo_server_as(NOBODY, NOBODY, ["--listen", "127.0.0.1:8080"]);
+    let addr = events.wait_listening(5 * SECOND).expect("server listening");
+    let trace = std::env::temp_dir().join(format!("drain-strace-{}", std::process::id()));
+    let mut command = Command::new(strace);
+    command
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(&setpriv)
+        .args(setpriv_args(&unit))
+        .arg(bin_path("drain-daemon"));
+    let mut daemon = drain_through(command, addr, "syscalls");
+    // The stop is traced too: it must not need anything the filter denies either. The
+    // signal goes to the daemon (strace's child), not to strace.
+    let children = format!("/proc/{0}/task/{0}/children", daemon.pid());
+    let traced: i32 = std::fs::read_to_string(&children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("strace runs the daemon");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(traced),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = daemon
+        .wait_timeout(10 * SECOND)
+        .unwrap()
+        .expect("daemon exits");
+    assert!(status.success(), "{status:?}");
+
+    let trace_text = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    // Only what drain-daemon called: setpriv's own calls (capset) come before its execve.
+    let daemon_part = trace_text
+        .split_once("drain-daemon\"")
+        .map(|(_, after)| after)
+        .expect("strace saw drain-daemon executed");
+    let used: BTreeSet<&str> = daemon_part
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ')?.1.trim_start();
+            let name = &call[..call.find('(')?];
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                .then_some(name)
+        })
+        .collect();
+    assert!(
+        used.contains("bpf") && used.contains("pidfd_getfd"),
+        "{used:?}"
+    );
+    let denied: Vec<&str> = used
+        .iter()
+        .copied()
+        .filter(|call| !allowed.contains(*call))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "drain-daemon called {denied:?}, which the unit's SystemCallFilter= denies"
+    );
+}
+
+/// The system calls `unit`'s `SystemCallFilter=` lines allow, applied in order as
+/// systemd does for an allow list (`~` lines take away), with groups expanded by
+/// `systemd-analyze syscall-filter`.
+fn system_call_filter(unit: &Unit, analyze: &Path) -> BTreeSet<String> {
+    let mut allowed = BTreeSet::new();
+    for line in unit.values("SystemCallFilter") {
+        let (deny, list) = match line.strip_prefix('~') {
+            Some(list) => (true, list),
+            None => (false, line),
+        };
+        for item in list.split_whitespace() {
+            for call in expand_syscall_group(item, analyze) {
+                if deny {
+                    allowed.remove(&call);
+                } else {
+                    allowed.insert(call);
+                }
+            }
+        }
+    }
+    assert!(!allowed.is_empty(), "the unit has no SystemCallFilter=");
+    allowed
+}
+
+fn expand_syscall_group(item: &str, analyze: &Path) -> Vec<String> {
+    if !item.starts_with('@') {
+        return vec![item.to_string()];
+    }
+    let output = Command::new(analyze)
+        .args(["syscall-filter", item])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "systemd-analyze syscall-filter {item}"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1) // the group's own name
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .flat_map(|entry| expand_syscall_group(entry, analyze))
+        .collect()
 }
