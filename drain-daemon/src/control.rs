@@ -418,6 +418,49 @@ mod tests {
         assert_eq!(cancel, Request::Cancel { abort: true });
     }
 
+    fn plan(port: u16) -> DrainPlan {
+        DrainPlan {
+            port,
+            timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            quiet_period: Duration::from_secs(1),
+            close_grace: Duration::from_secs(2),
+            pace: crate::drain::Pace::Spread(Duration::ZERO),
+            force: false,
+            accept_grace: Duration::from_secs(5),
+            pid: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_register_takes_no_drain_and_waits_for_the_running_ones() {
+        let drains = Drains::default();
+        let first = drains.begin(&plan(8080)).expect("taken before the stop");
+        let second = drains.begin(&plan(9090)).expect("taken before the stop");
+        let running = drains.subscribe().borrow().clone();
+        assert_eq!((running.count(), running.ports()), (2, vec![8080, 9090]));
+        // Accept grace + timeout + close grace, and the slack.
+        assert!(running.longest_remaining() > Duration::from_secs(37));
+        assert!(running.longest_remaining() <= Duration::from_secs(39));
+        drains.stop();
+        assert!(
+            drains.begin(&plan(7070)).is_none(),
+            "no drain after the stop"
+        );
+        let finished = tokio::spawn({
+            let drains = drains.clone();
+            async move { drains.finished().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!finished.is_finished(), "one drain still runs");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), finished)
+            .await
+            .expect("finished once no drain runs")
+            .unwrap();
+    }
+
     #[test]
     fn error_replies_carry_their_kind() {
         let reply = error_reply(ErrorKind::OtherNamespace, "x".into());
