@@ -288,3 +288,79 @@ fn the_daemon_serves_a_socket_passed_by_socket_activation() {
         .wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the activated daemon ran the drain");
 }
+
+#[test]
+fn a_stopping_daemon_sends_new_drains_standalone() {
+    let Some(activate) = require_tool("systemd-socket-activate") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    // Under socket activation the socket outlives the daemon's stop (systemd holds it),
+    // so a drainctl can still reach a stopping daemon: it must be told to drain alone.
+    let socket = daemon_socket_path("stopping");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut command = std::process::Command::new(activate);
+    command
+        .arg("--listen")
+        .arg(&socket)
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&socket);
+    // systemd-socket-activate execs the daemon: the child's pid is the daemon's.
+    let (daemon, daemon_log) = spawn_daemon_with(command, "Listening on");
+    let (_old, old_events, old_addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(old_addr, &old_events, "/sleep/3000");
+    let socket_arg = socket.to_str().unwrap();
+    let running = spawn_drainctl([
+        "--daemon-socket",
+        socket_arg,
+        "drain",
+        "--port",
+        "8080",
+        "--json",
+    ]);
+    daemon_log
+        .wait_for_line(10 * SECOND, |line| line.contains("drain requested"))
+        .expect("the daemon runs the first drain");
+    daemon
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM the daemon");
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains("waiting for running drains")
+        })
+        .expect("the daemon is stopping");
+
+    let (_other, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:9090"]);
+    let mut idle = idle_client(other_addr);
+    let late = run_drainctl(
+        [
+            "--daemon-socket",
+            socket_arg,
+            "drain",
+            "--port",
+            "9090",
+            "--quiet-period",
+            "200ms",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(late.code, Some(0), "log:\n{}", late.stderr_text());
+    assert!(
+        late.stderr_text().contains("draining standalone"),
+        "{}",
+        late.stderr_text()
+    );
+    assert_eq!(late.json()["closed_gracefully"], 1);
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| line.contains("drain-daemon is stopping"))
+        .expect("the daemon refused the late drain");
+
+    let first = running.wait(30 * SECOND);
+    assert_eq!(first.code, Some(0), "log:\n{}", first.stderr_text());
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+}

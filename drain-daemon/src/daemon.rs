@@ -53,7 +53,7 @@ pub fn main() -> ExitCode {
     crate::cli::init_logging(args.verbose, false);
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
-            "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE): run it as root"
+            "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH): run it as root"
         );
         return Exit::Environment.into();
     }
