@@ -1,43 +1,24 @@
 //! drainctl through drain-daemon: the same drain, run by the daemon over its control
-//! socket, and the errors a user sees when the daemon is not there.
+//! socket, and the errors a user sees when the daemon is not there. Also the daemon's
+//! life under systemd: the notify protocol, socket activation, and a stop in the middle
+//! of a drain, which must not cut it.
 
 use std::time::Duration;
 
 use drain_tests::{
-    bin_path, run_drainctl, spawn_demo_server, ChildGuard, Closed, EventReader, KeepAliveClient,
-    Netns,
+    bin_path, busy_client, daemon_socket_path, idle_client, run_drainctl, spawn_daemon,
+    spawn_daemon_with, spawn_demo_server, spawn_drainctl, start_server, systemd::require_tool,
+    ChildGuard, Closed, KeepAliveClient, Netns, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn spawn_daemon(socket: &std::path::Path) -> (ChildGuard, EventReader) {
-    let mut child = std::process::Command::new(bin_path("drain-daemon"))
-        .arg("--socket")
-        .arg(socket)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn drain-daemon");
-    let log = EventReader::from_reader("drain-daemon", child.stderr.take().unwrap());
-    log.wait_for_line(10 * SECOND, |line| line.contains("serving drainctl"))
-        .expect("drain-daemon starts serving");
-    (ChildGuard(child), log)
-}
-
-fn socket_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "drain-test-{}-{name}/control.sock",
-        std::process::id()
-    ))
-}
 
 #[test]
 fn drainctl_drains_through_the_daemon() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let socket = socket_path("drain");
+    let socket = daemon_socket_path("drain");
     let (_daemon, daemon_log) = spawn_daemon(&socket);
     let (_server, _events) = spawn_demo_server(["--listen", "127.0.0.1:8080"]);
     let addr = _events.wait_listening(5 * SECOND).unwrap();
@@ -88,7 +69,7 @@ fn daemon_errors_reach_drainctl_with_their_exit_code() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let socket = socket_path("errors");
+    let socket = daemon_socket_path("errors");
     let (_daemon, _log) = spawn_daemon(&socket);
     let output = run_drainctl(
         [
@@ -135,7 +116,7 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let socket = socket_path("twice");
+    let socket = daemon_socket_path("twice");
     let (_daemon, _log) = spawn_daemon(&socket);
     let second = std::process::Command::new(bin_path("drain-daemon"))
         .arg("--socket")
@@ -151,7 +132,7 @@ fn a_socket_path_that_is_not_a_socket_is_left_alone() {
     let Some(_netns) = Netns::require() else {
         return;
     };
-    let file = socket_path("not-a-socket");
+    let file = daemon_socket_path("not-a-socket");
     let dir = file.parent().unwrap().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(&file, b"precious").unwrap();
@@ -188,4 +169,242 @@ fn a_socket_path_that_is_not_a_socket_is_left_alone() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The messages a `Type=notify` service sends, read from a socket standing in for
+/// systemd's `NOTIFY_SOCKET`.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(name: &str) -> NotifySocket {
+        let path = daemon_socket_path(name).with_file_name("notify.sock");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        NotifySocket { socket, path }
+    }
+
+    /// Every message received so far, one line per state (`READY=1`, `STATUS=...`).
+    fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(len) = self.socket.recv(&mut buf) {
+            lines.extend(
+                String::from_utf8_lossy(&buf[..len])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        lines
+    }
+}
+
+#[test]
+fn stopping_the_daemon_mid_drain_lets_the_drain_report() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("stop");
+    let notify = NotifySocket::bind("stop");
+    let mut command = std::process::Command::new(bin_path("drain-daemon"));
+    command
+        .arg("--socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let (mut daemon, daemon_log) = spawn_daemon_with(command, SERVING);
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(addr, &events, "/sleep/3000");
+    let mut idle = idle_client(addr);
+
+    let drain = spawn_drainctl([
+        "--daemon-socket",
+        socket.to_str().unwrap(),
+        "drain",
+        "--port",
+        "8080",
+        "--quiet-period",
+        "200ms",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    daemon_log
+        .wait_for_line(10 * SECOND, |line| line.contains("drain requested"))
+        .expect("the daemon runs the drain");
+    daemon
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM the daemon");
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains("waiting for running drains")
+        })
+        .expect("the daemon waits for the drain instead of exiting");
+    assert!(
+        !socket.exists(),
+        "a stopping daemon removes its socket, so new drainctl runs drain on their own"
+    );
+
+    let output = drain.wait(30 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["outcome"], "drained");
+    // The idle connection at once, the busy one once answered.
+    assert_eq!(report["closed_gracefully"], 2, "{report}");
+    assert_eq!(report["closed_abortively"], 0, "{report}");
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    let answer = busy
+        .read_response()
+        .expect("the in-flight request is answered");
+    assert_eq!(answer.status, 200);
+    let status = daemon
+        .wait_timeout(10 * SECOND)
+        .unwrap()
+        .expect("the daemon exits once its drain reported");
+    assert!(status.success(), "daemon exit: {status:?}");
+
+    let messages = notify.lines();
+    let position = |wanted: &dyn Fn(&str) -> bool| {
+        messages
+            .iter()
+            .position(|line| wanted(line))
+            .unwrap_or_else(|| panic!("notify messages {messages:?}"))
+    };
+    let ready = position(&|line| line == "READY=1");
+    let running =
+        position(&|line| line == "STATUS=serving drainctl, 1 drain(s) in progress (ports 8080)");
+    let stopping = position(&|line| line == "STOPPING=1");
+    let waiting = position(&|line| line.starts_with("STATUS=stopping: waiting for 1 drain"));
+    position(&|line| line.starts_with("EXTEND_TIMEOUT_USEC="));
+    assert!(ready < running && running < stopping, "{messages:?}");
+    assert!(waiting < messages.len(), "{messages:?}");
+}
+
+#[test]
+fn the_daemon_serves_a_socket_passed_by_socket_activation() {
+    let Some(activate) = require_tool("systemd-socket-activate") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("activated");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut command = std::process::Command::new(activate);
+    // systemd-socket-activate listens on the path itself and passes the socket as fd 3
+    // with LISTEN_FDS/LISTEN_PID, as drain-daemon.socket does.
+    command
+        .arg("--listen")
+        .arg(&socket)
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&socket);
+    // systemd-socket-activate starts the daemon on the first connection, as systemd
+    // does for drain-daemon.socket: the drainctl below is that connection.
+    let (_daemon, daemon_log) = spawn_daemon_with(command, "Listening on");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let output = run_drainctl(
+        [
+            "--daemon-socket",
+            socket.to_str().unwrap(),
+            "drain",
+            "--port",
+            "8080",
+            "--quiet-period",
+            "200ms",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["closed_gracefully"], 1);
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains(SERVING) && line.contains("activated=true")
+        })
+        .expect("the daemon served the inherited socket");
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
+        .expect("the activated daemon ran the drain");
+}
+
+#[test]
+fn a_stopping_daemon_sends_new_drains_standalone() {
+    let Some(activate) = require_tool("systemd-socket-activate") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    // Under socket activation the socket outlives the daemon's stop (systemd holds it),
+    // so a drainctl can still reach a stopping daemon: it must be told to drain alone.
+    let socket = daemon_socket_path("stopping");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut command = std::process::Command::new(activate);
+    command
+        .arg("--listen")
+        .arg(&socket)
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&socket);
+    // systemd-socket-activate execs the daemon: the child's pid is the daemon's.
+    let (daemon, daemon_log) = spawn_daemon_with(command, "Listening on");
+    let (_old, old_events, old_addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(old_addr, &old_events, "/sleep/3000");
+    let socket_arg = socket.to_str().unwrap();
+    let running = spawn_drainctl([
+        "--daemon-socket",
+        socket_arg,
+        "drain",
+        "--port",
+        "8080",
+        "--json",
+    ]);
+    daemon_log
+        .wait_for_line(10 * SECOND, |line| line.contains("drain requested"))
+        .expect("the daemon runs the first drain");
+    daemon
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM the daemon");
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains("waiting for running drains")
+        })
+        .expect("the daemon is stopping");
+
+    let (_other, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:9090"]);
+    let mut idle = idle_client(other_addr);
+    let late = run_drainctl(
+        [
+            "--daemon-socket",
+            socket_arg,
+            "drain",
+            "--port",
+            "9090",
+            "--quiet-period",
+            "200ms",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(late.code, Some(0), "log:\n{}", late.stderr_text());
+    assert!(
+        late.stderr_text().contains("draining standalone"),
+        "{}",
+        late.stderr_text()
+    );
+    assert_eq!(late.json()["closed_gracefully"], 1);
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| line.contains("drain-daemon is stopping"))
+        .expect("the daemon refused the late drain");
+
+    let first = running.wait(30 * SECOND);
+    assert_eq!(first.code, Some(0), "log:\n{}", first.stderr_text());
+    assert_eq!(busy.read_response().expect("answered").status, 200);
 }

@@ -6,10 +6,18 @@
 //! may later send a [`Request::Cancel`] line, and reads [`Reply`] lines until a final
 //! one. A client that disconnects cancels its drain the way SIGTERM does (the refusal
 //! stays until the listener closes). Only root peers are served (SO_PEERCRED).
+//!
+//! The daemon keeps a register of the drains it runs ([`Drains`]): it reports them to
+//! systemd, and when it stops it refuses new drains ([`ErrorKind::Stopping`]: drainctl
+//! then drains on its own) but lets the running ones reach their reports, since cutting
+//! one midway would break the `ExecStop=` line that asked for it.
 
 use std::{
+    collections::BTreeMap,
     io,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +27,8 @@ use tokio::{
         unix::{OwnedReadHalf, OwnedWriteHalf},
         UnixListener, UnixStream,
     },
-    sync::mpsc,
+    sync::{mpsc, watch},
+    time::Instant,
 };
 use tracing::{info, warn};
 
@@ -71,6 +80,8 @@ pub enum ErrorKind {
     Failure,
     /// The daemon serves another network namespace: drain standalone instead.
     OtherNamespace,
+    /// The daemon is stopping and takes no new drain: drain standalone instead.
+    Stopping,
 }
 
 /// Why talking to the daemon failed.
@@ -149,20 +160,139 @@ impl Client {
     }
 }
 
-/// Serves clients on `listener` until the process ends.
-pub async fn serve(listener: UnixListener) -> io::Result<()> {
+/// The drains a daemon runs: what its status line shows, and what it waits for before
+/// it exits. Cloning shares the register.
+#[derive(Clone, Debug)]
+pub struct Drains(Arc<watch::Sender<Running>>);
+
+/// A snapshot of the register.
+#[derive(Clone, Debug, Default)]
+pub struct Running {
+    drains: BTreeMap<u64, RunningDrain>,
+    next_id: u64,
+    stopping: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RunningDrain {
+    port: u16,
+    /// When the drain ends at the latest: its accept grace, its timeout, and the close
+    /// grace `--force` may add after the deadline.
+    ends_by: Instant,
+}
+
+/// A drain's place in the register, given up when the drain ends (also by a panic).
+#[derive(Debug)]
+struct DrainEntry {
+    drains: Drains,
+    id: u64,
+}
+
+impl Drop for DrainEntry {
+    fn drop(&mut self) {
+        self.drains.0.send_modify(|running| {
+            running.drains.remove(&self.id);
+        });
+    }
+}
+
+impl Default for Drains {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(Running::default())))
+    }
+}
+
+impl Drains {
+    /// Registers a drain; `None` once [`Drains::stop`] was called. Checked and
+    /// registered under one lock, so no drain starts after the daemon began to wait.
+    fn begin(&self, plan: &DrainPlan) -> Option<DrainEntry> {
+        let ends_by = Instant::now() + plan.accept_grace + plan.timeout + plan.close_grace + SLACK;
+        let mut id = None;
+        self.0.send_if_modified(|running| {
+            if running.stopping {
+                return false;
+            }
+            id = Some(running.next_id);
+            running.next_id += 1;
+            let drain = RunningDrain {
+                port: plan.port,
+                ends_by,
+            };
+            running.drains.insert(running.next_id - 1, drain);
+            true
+        });
+        id.map(|id| DrainEntry {
+            drains: self.clone(),
+            id,
+        })
+    }
+
+    /// From now on new drains are refused with [`ErrorKind::Stopping`].
+    pub fn stop(&self) {
+        self.0.send_modify(|running| running.stopping = true);
+    }
+
+    /// Changes of the register, for the daemon's status line.
+    pub fn subscribe(&self) -> watch::Receiver<Running> {
+        self.0.subscribe()
+    }
+
+    /// Resolves when no drain runs.
+    pub async fn finished(&self) {
+        let mut changes = self.0.subscribe();
+        // Err only if the sender is gone, and `self` holds it.
+        let _ = changes.wait_for(|running| running.drains.is_empty()).await;
+    }
+}
+
+/// Polling and closing past the deadline take a little longer than the deadline itself.
+const SLACK: Duration = Duration::from_secs(2);
+
+impl Running {
+    /// How many drains run.
+    pub fn count(&self) -> usize {
+        self.drains.len()
+    }
+
+    /// The ports being drained, in order, each once.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.drains.values().map(|drain| drain.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// How long until every running drain has ended at the latest.
+    pub fn longest_remaining(&self) -> Duration {
+        let now = Instant::now();
+        self.drains
+            .values()
+            .map(|drain| drain.ends_by.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+}
+
+/// Serves clients on `listener` until the future is dropped; the drains it started go
+/// on (they are tasks) and are registered in `drains`.
+pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
     loop {
         let (stream, _) = listener.accept().await?;
+        let drains = drains.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, own_netns).await {
+            if let Err(err) = handle(stream, own_netns, drains).await {
                 warn!("control connection: {err}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> {
+async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<(), ControlError> {
     let peer_uid = stream.peer_cred()?.uid();
     let (reader, mut writer) = stream.into_split();
     let mut lines = BufReader::new(reader).lines();
@@ -193,6 +323,14 @@ async fn handle(stream: UnixStream, own_netns: u64) -> Result<(), ControlError> 
             )
         }
         Request::Drain { plan, .. } => {
+            let Some(_entry) = drains.begin(&plan) else {
+                info!(port = plan.port, "drain refused: drain-daemon is stopping");
+                let reply = error_reply(
+                    ErrorKind::Stopping,
+                    "drain-daemon is stopping and takes no new drain".into(),
+                );
+                return write_reply(&mut writer, &reply).await;
+            };
             info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
             return run_drain(plan, lines, writer).await;
         }
@@ -309,6 +447,49 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();
         assert_eq!(cancel, Request::Cancel { abort: true });
+    }
+
+    fn plan(port: u16) -> DrainPlan {
+        DrainPlan {
+            port,
+            timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            quiet_period: Duration::from_secs(1),
+            close_grace: Duration::from_secs(2),
+            pace: crate::drain::Pace::Spread(Duration::ZERO),
+            force: false,
+            accept_grace: Duration::from_secs(5),
+            pid: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_register_takes_no_drain_and_waits_for_the_running_ones() {
+        let drains = Drains::default();
+        let first = drains.begin(&plan(8080)).expect("taken before the stop");
+        let second = drains.begin(&plan(9090)).expect("taken before the stop");
+        let running = drains.subscribe().borrow().clone();
+        assert_eq!((running.count(), running.ports()), (2, vec![8080, 9090]));
+        // Accept grace + timeout + close grace, and the slack.
+        assert!(running.longest_remaining() > Duration::from_secs(37));
+        assert!(running.longest_remaining() <= Duration::from_secs(39));
+        drains.stop();
+        assert!(
+            drains.begin(&plan(7070)).is_none(),
+            "no drain after the stop"
+        );
+        let finished = tokio::spawn({
+            let drains = drains.clone();
+            async move { drains.finished().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!finished.is_finished(), "one drain still runs");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), finished)
+            .await
+            .expect("finished once no drain runs")
+            .unwrap();
     }
 
     #[test]

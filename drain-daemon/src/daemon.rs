@@ -1,9 +1,13 @@
 //! `drain-daemon`: the long-lived process that runs drains for `drainctl`.
 //!
 //! It owns the control socket's life (one daemon per socket, stale sockets replaced,
-//! root-only permissions) and serves [`crate::control`] until SIGINT or SIGTERM. Drains
-//! in progress when it stops keep their refusal of new connections pinned (it ends when
-//! the listeners close), as a killed standalone `drainctl` would.
+//! root-only permissions), or takes the socket systemd passes it (socket activation,
+//! `LISTEN_FDS`), and serves [`crate::control`] until SIGINT or SIGTERM. Stopping never
+//! cuts a drain: the daemon stops taking new ones and waits for the running ones to
+//! report (each is bounded by its deadline), because the `ExecStop=` that asked for a
+//! drain is usually stopping at the same time as the daemon (a host shutdown, a package
+//! upgrade). Under systemd (`Type=notify`) it says when it is ready, which drains run,
+//! and that it is stopping, asking for more stop time while drains need it.
 
 use std::{
     fs, io,
@@ -13,10 +17,15 @@ use std::{
 };
 
 use clap::Parser;
+use sd_notify::NotifyState;
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::{cli::Exit, control, steer};
+use crate::{
+    cli::Exit,
+    control::{self, Drains, Running},
+    steer,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,16 +42,30 @@ pub struct DaemonArgs {
     pub verbose: u8,
 }
 
+/// `drain-daemon`'s command line as clap sees it (for the package's man page).
+pub fn command() -> clap::Command {
+    <DaemonArgs as clap::CommandFactory>::command()
+}
+
 /// Entry point of the `drain-daemon` binary.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();
     crate::cli::init_logging(args.verbose, false);
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
-            "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE): run it as root"
+            "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH): run it as root"
         );
         return Exit::Environment.into();
     }
+    // Before the runtime starts its threads: taking the inherited socket unsets
+    // LISTEN_FDS, which is not safe while other threads read the environment.
+    let inherited = match listenfd::ListenFd::from_env().take_unix_listener(0) {
+        Ok(inherited) => inherited,
+        Err(err) => {
+            eprintln!("drain-daemon: the socket passed in LISTEN_FDS is unusable: {err}");
+            return Exit::Environment.into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,7 +76,7 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(run(&args.socket)) {
+    match runtime.block_on(run(&args.socket, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");
@@ -63,19 +86,96 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(socket: &Path) -> io::Result<()> {
-    let listener = bind(socket).await?;
-    steer::sweep_stale();
-    info!(socket = %socket.display(), "serving drainctl");
-    let result = tokio::select! {
-        result = control::serve(listener) => result,
-        () = shutdown_signal() => {
-            info!("stopping");
-            Ok(())
+async fn run(socket: &Path, inherited: Option<std::os::unix::net::UnixListener>) -> io::Result<()> {
+    // An inherited socket belongs to systemd's .socket unit, which also removes it.
+    let (listener, own_socket) = match inherited {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            (UnixListener::from_std(listener)?, false)
         }
+        None => (bind(socket).await?, true),
     };
-    let _ = fs::remove_file(socket);
+    steer::sweep_stale();
+    let drains = Drains::default();
+    tokio::spawn(report_status(drains.subscribe()));
+    info!(
+        socket = %socket.display(),
+        activated = !own_socket,
+        "serving drainctl"
+    );
+    notify(&[NotifyState::Ready]);
+    let mut server = tokio::spawn(control::serve(listener, drains.clone()));
+    let result = tokio::select! {
+        joined = &mut server => joined.unwrap_or_else(|err| Err(io::Error::other(err))),
+        () = shutdown_signal() => Ok(()),
+    };
+    // From here new drains are refused with `stopping` (drainctl then drains on its
+    // own), but the socket is still served: a client systemd queued on an activated
+    // socket is answered rather than left hanging. An own socket is removed at once, so
+    // new clients go standalone without asking. STOPPING=1 now: the stop has begun,
+    // systemd shows it while the drains finish.
+    drains.stop();
+    notify(&[NotifyState::Stopping]);
+    if own_socket {
+        let _ = fs::remove_file(socket);
+    }
+    let running = drains.subscribe().borrow().clone();
+    if running.count() > 0 {
+        info!(
+            drains = running.count(),
+            ports = ?running.ports(),
+            "stopping: waiting for running drains to report"
+        );
+        // Drains longer than the unit's TimeoutStopSec= (their length is the client's
+        // to choose) get the time they need, bounded by their deadlines.
+        let usec = running.longest_remaining().as_micros();
+        notify(&[NotifyState::ExtendTimeoutUsec(
+            u32::try_from(usec).unwrap_or(u32::MAX),
+        )]);
+        tokio::select! {
+            () = drains.finished() => {}
+            () = shutdown_signal() => {
+                let left = drains.subscribe().borrow().count();
+                warn!(drains = left, "second signal: exiting with drains running (their refusal stays pinned)");
+            }
+        }
+    }
+    server.abort();
+    info!("stopped");
     result
+}
+
+/// Keeps systemd's status line (`systemctl status drain-daemon`) on the running drains.
+async fn report_status(mut changes: tokio::sync::watch::Receiver<Running>) {
+    loop {
+        let line = status_line(&changes.borrow_and_update());
+        notify(&[NotifyState::Status(&line)]);
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn status_line(running: &Running) -> String {
+    let ports = running
+        .ports()
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (running.stopping(), running.count()) {
+        (false, 0) => "serving drainctl, no drain in progress".into(),
+        (false, n) => format!("serving drainctl, {n} drain(s) in progress (ports {ports})"),
+        (true, 0) => "stopping".into(),
+        (true, n) => format!("stopping: waiting for {n} drain(s) in progress (ports {ports})"),
+    }
+}
+
+/// Tells systemd (when it started us with `Type=notify`); a failure only costs the status.
+fn notify(states: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        warn!("cannot notify systemd: {err}");
+    }
 }
 
 /// Binds the control socket, replacing a stale socket but never a live daemon's, and

@@ -24,6 +24,7 @@
 //! assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 //! ```
 
+pub mod daemon;
 pub mod drainctl;
 pub mod events;
 pub mod http;
@@ -32,7 +33,9 @@ pub mod mountns;
 pub mod netns;
 pub mod process;
 pub mod scenario;
+pub mod systemd;
 
+pub use daemon::{daemon_socket_path, spawn_daemon, spawn_daemon_with, SERVING};
 pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
 pub use events::{EventReader, EventWriter};
 pub use http::{
@@ -43,7 +46,8 @@ pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
 pub use netns::{current_thread_netns_inode, Netns};
 pub use process::{
-    bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_via, ChildGuard,
+    bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,
+    spawn_demo_server_via, ChildGuard,
 };
 pub use scenario::{
     assert_refused_at_once, busy_client, idle_client, start_server, start_server_via,

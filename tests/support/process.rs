@@ -137,8 +137,28 @@ where
         }
         None => Command::new(&bin),
     };
+    command.args(args);
+    spawn_demo(command)
+}
+
+/// [`spawn_demo_server`] running as user `uid` and group `gid` (for example `nobody`,
+/// 65534), like a service with `User=` or `DynamicUser=`: its `/proc/PID/fd` is then
+/// not readable by a root without CAP_DAC_READ_SEARCH.
+pub fn spawn_demo_server_as<I, S>(uid: u32, gid: u32, args: I) -> (ChildGuard, EventReader)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(bin_path("drain-demo-server"));
+    // std also drops root's supplementary groups when it changes the uid.
+    command.args(args).uid(uid).gid(gid);
+    spawn_demo(command)
+}
+
+fn spawn_demo(mut command: Command) -> (ChildGuard, EventReader) {
+    let bin = PathBuf::from(command.get_program());
     let mut child = command
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,7 +3,8 @@
 //! `setup` prepares a fresh machine, `demo` sets up and shows a drain end to end in a
 //! private network namespace, `test` sets up and runs every test, including
 //! `fresh-toolchain` (the eBPF toolchain pin proven in a scratch toolchain home). These
-//! are the README's commands, and `.ci/run` runs `cargo xtask test`. `bench` sets up,
+//! are the README's commands, and `.ci/run` runs `cargo xtask test`. `package` builds
+//! the .deb (`package.rs`). `bench` sets up,
 //! builds optimised and runs the connection-inventory and closing benchmarks (see
 //! `bench.rs`, `bench_close.rs`).
 
@@ -11,6 +12,7 @@ mod bench;
 mod bench_close;
 mod demo;
 mod fresh_toolchain;
+mod package;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -39,6 +41,9 @@ enum Task {
         #[arg(long)]
         skip_fresh_toolchain: bool,
     },
+    /// Setup, then build the Debian package (cargo-deb) into target/package/ and check it
+    /// with lintian.
+    Package,
     /// Build the eBPF program with a toolchain installed from nothing by `setup`, in a
     /// scratch RUSTUP_HOME/CARGO_HOME (downloads the pinned nightly, builds bpf-linker).
     FreshToolchain,
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         } => setup::setup()
             .and_then(|()| build())
             .and_then(|()| test(skip_fresh_toolchain)),
+        Task::Package => setup::setup().and_then(|()| package::package().map(drop)),
         Task::FreshToolchain => fresh_toolchain::run_check(&workspace()),
         Task::Bench {
             runs,
@@ -124,11 +130,11 @@ fn test(skip_fresh_toolchain: bool) -> Result<()> {
 }
 
 /// The workspace root (xtask's parent directory).
-fn workspace() -> std::path::PathBuf {
+pub(crate) fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 

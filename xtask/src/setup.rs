@@ -16,7 +16,14 @@ use crate::{output_of, run};
 
 /// Debian packages besides LLVM: iproute2 (`ip`, `ss`) for namespaces and comparisons,
 /// curl and hey as real clients.
-const APT_PACKAGES: &[&str] = &["libzstd-dev", "iproute2", "curl", "hey"];
+const APT_PACKAGES: &[&str] = &[
+    "libzstd-dev",
+    "iproute2",
+    "curl",
+    "hey",
+    "systemd",
+    "lintian",
+];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;

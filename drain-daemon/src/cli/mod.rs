@@ -226,6 +226,12 @@ pub struct ReleaseArgs {
     pub json: bool,
 }
 
+/// `drainctl`'s command line as clap sees it: the package's man pages and shell
+/// completions are generated from it, so they cannot drift from the real options.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// A `--pid` value: a positive process id that exists now, in drainctl's PID namespace
 /// (the one the daemon is told about, too). Checked here so a typo is a usage error
 /// naming the option, not a drain that finds no listener of that process.
@@ -359,7 +365,7 @@ impl Failure {
     fn from_kind(kind: ErrorKind, message: String) -> Self {
         let exit = match kind {
             ErrorKind::Environment => Exit::Environment,
-            ErrorKind::Failure | ErrorKind::OtherNamespace => Exit::Failure,
+            ErrorKind::Failure | ErrorKind::OtherNamespace | ErrorKind::Stopping => Exit::Failure,
         };
         Failure { exit, message }
     }
@@ -453,7 +459,7 @@ async fn drain_via_daemon(
             Reply::Progress(update) => progress.show(&update),
             Reply::Report(report) => return Ok(Some(report)),
             Reply::Error {
-                kind: ErrorKind::OtherNamespace,
+                kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
                 message,
             } => {
                 info!("{message}; draining standalone");
@@ -526,7 +532,7 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
     match client.next_reply().await.map_err(Failure::daemon)? {
         Reply::Released { released } => Ok(Some(released)),
         Reply::Error {
-            kind: ErrorKind::OtherNamespace,
+            kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
             ..
         } => Ok(None),
         Reply::Error { kind, message } => Err(Failure::from_kind(kind, message)),
