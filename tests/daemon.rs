@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use drain_tests::{
     bin_path, busy_client, daemon_socket_path, idle_client, run_drainctl, spawn_daemon,
-    spawn_daemon_with, spawn_demo_server, spawn_drainctl, start_server, systemd::require_tool,
-    ChildGuard, Closed, KeepAliveClient, Netns, SERVING,
+    spawn_daemon_with, spawn_demo_server, spawn_drainctl, spawn_socket_activated_daemon,
+    start_server, systemd::require_tool, ChildGuard, Closed, KeepAliveClient, Netns, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -292,19 +292,8 @@ fn the_daemon_serves_a_socket_passed_by_socket_activation() {
         return;
     };
     let socket = daemon_socket_path("activated");
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let mut command = std::process::Command::new(activate);
-    // systemd-socket-activate listens on the path itself and passes the socket as fd 3
-    // with LISTEN_FDS/LISTEN_PID, as drain-daemon.socket does.
-    command
-        .arg("--listen")
-        .arg(&socket)
-        .arg(bin_path("drain-daemon"))
-        .arg("--socket")
-        .arg(&socket);
-    // systemd-socket-activate starts the daemon on the first connection, as systemd
-    // does for drain-daemon.socket: the drainctl below is that connection.
-    let (_daemon, daemon_log) = spawn_daemon_with(command, "Listening on");
+    // The drainctl below is the first connection, which starts the daemon.
+    let (_daemon, daemon_log) = spawn_socket_activated_daemon(&activate, &socket);
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
     let output = run_drainctl(
@@ -344,16 +333,7 @@ fn a_stopping_daemon_sends_new_drains_standalone() {
     // Under socket activation the socket outlives the daemon's stop (systemd holds it),
     // so a drainctl can still reach a stopping daemon: it must be told to drain alone.
     let socket = daemon_socket_path("stopping");
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let mut command = std::process::Command::new(activate);
-    command
-        .arg("--listen")
-        .arg(&socket)
-        .arg(bin_path("drain-daemon"))
-        .arg("--socket")
-        .arg(&socket);
-    // systemd-socket-activate execs the daemon: the child's pid is the daemon's.
-    let (daemon, daemon_log) = spawn_daemon_with(command, "Listening on");
+    let (daemon, daemon_log) = spawn_socket_activated_daemon(&activate, &socket);
     let (_old, old_events, old_addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = busy_client(old_addr, &old_events, "/sleep/3000");
     let socket_arg = socket.to_str().unwrap();

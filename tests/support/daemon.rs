@@ -45,3 +45,21 @@ pub fn spawn_daemon_with(mut command: Command, ready: &str) -> (ChildGuard, Even
         .unwrap_or_else(|| panic!("{command:?} did not log {ready:?}: {:?}", log.all_lines()));
     (child, log)
 }
+
+/// `drain-daemon --socket SOCKET` started by `activate` (the path of
+/// `systemd-socket-activate`) the way systemd starts it for `drain-daemon.socket`: the
+/// wrapper listens on the path itself, starts the daemon on the first connection and
+/// passes the socket as fd 3 with LISTEN_FDS/LISTEN_PID. It execs the daemon, so the
+/// guard's pid is the daemon's. Returns once the wrapper listens.
+pub fn spawn_socket_activated_daemon(activate: &Path, socket: &Path) -> (ChildGuard, EventReader) {
+    std::fs::create_dir_all(socket.parent().expect("a socket path has a directory"))
+        .unwrap_or_else(|e| panic!("creating the directory of {}: {e}", socket.display()));
+    let mut command = Command::new(activate);
+    command
+        .arg("--listen")
+        .arg(socket)
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(socket);
+    spawn_daemon_with(command, "Listening on")
+}

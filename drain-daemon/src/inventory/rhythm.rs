@@ -197,12 +197,10 @@ fn answered(activity: Activity) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
     use crate::inventory::{
-        classify::classify,
-        sock_diag::{SocketId, TcpInfo, TcpState},
+        classify::{self, classify},
+        sock_diag::TcpInfo,
     };
 
     const QUIET: Duration = Duration::from_secs(1);
@@ -211,28 +209,14 @@ mod tests {
     /// A connection whose latest request arrived `recv_ms` ago and latest response left
     /// `sent_ms` ago, after `requests` requests and `responses` responses.
     fn socket(recv_ms: u32, sent_ms: u32, requests: u32, responses: u32) -> TcpSocket {
-        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        TcpSocket {
-            id: SocketId {
-                local,
-                remote,
-                cookie: 7,
-                interface: 0,
-            },
-            state: TcpState::Established,
-            recv_queue: 0,
-            send_queue: 0,
-            inode: 1,
-            uid: 0,
-            info: Some(TcpInfo {
-                last_data_recv_ms: recv_ms,
-                last_data_sent_ms: sent_ms,
-                data_segs_in: requests,
-                data_segs_out: responses,
-                ..TcpInfo::default()
-            }),
-        }
+        let info = TcpInfo {
+            last_data_recv_ms: recv_ms,
+            last_data_sent_ms: sent_ms,
+            data_segs_in: requests,
+            data_segs_out: responses,
+            ..TcpInfo::default()
+        };
+        classify::tests::socket(0, 0, Some(info))
     }
 
     fn observe(rhythm: &mut Rhythm, socket: &TcpSocket, at: Instant) {
