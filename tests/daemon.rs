@@ -388,3 +388,124 @@ fn a_stopping_daemon_sends_new_drains_standalone() {
     assert_eq!(first.code, Some(0), "log:\n{}", first.stderr_text());
     assert_eq!(busy.read_response().expect("answered").status, 200);
 }
+
+/// The daemon's open descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// One reply line from a raw control connection, or the error reading it gave.
+fn reply_line(stream: &std::os::unix::net::UnixStream) -> std::io::Result<String> {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)?;
+    Ok(line)
+}
+
+/// Each drain used to leave a task forwarding the program's log records running for
+/// good, holding the log ring buffer's descriptor: a daemon draining on every restart
+/// ran out of descriptors. Five drains later it holds as many as after one.
+#[test]
+fn the_daemon_keeps_nothing_of_a_finished_drain() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("leak");
+    let (daemon, _log) = spawn_daemon(&socket);
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let drain = || {
+        let output = run_drainctl(
+            [
+                "--daemon-socket",
+                socket.to_str().unwrap(),
+                "drain",
+                "--port",
+                "8080",
+            ],
+            30 * SECOND,
+        );
+        assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    };
+    drain();
+    let after_one = open_fds(daemon.pid());
+    for _ in 0..4 {
+        drain();
+    }
+    assert_eq!(
+        open_fds(daemon.pid()),
+        after_one,
+        "descriptors kept by finished drains"
+    );
+}
+
+/// The request line is read only up to its limit and only for a while: a client cannot
+/// make the daemon buffer without end, nor hold a connection open by saying nothing.
+#[test]
+fn an_oversized_or_missing_request_gets_an_error_not_a_wait() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("limits");
+    let (_daemon, _log) = spawn_daemon(&socket);
+
+    let mut flood = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    flood.set_read_timeout(Some(10 * SECOND)).unwrap();
+    // More than the limit, with no newline: the daemon answers once it has read the limit.
+    let _ = std::io::Write::write_all(&mut flood, &vec![b'x'; 64 * 1024]);
+    let reply = reply_line(&flood).expect("a reply before the read timeout");
+    assert!(reply.contains("request longer than"), "{reply}");
+
+    let silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    silent.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let started = std::time::Instant::now();
+    let reply = reply_line(&silent).expect("a reply before the read timeout");
+    assert!(reply.contains("no request within"), "{reply}");
+    assert!(started.elapsed() < 8 * SECOND, "{:?}", started.elapsed());
+}
+
+/// Out of descriptors, `accept` fails (EMFILE): the daemon used to exit then, dropping
+/// every drain in progress. It waits it out and serves again once descriptors are free.
+#[test]
+fn a_daemon_out_of_descriptors_goes_on_serving() {
+    let Some(prlimit) = require_tool("prlimit") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("emfile");
+    let mut command = std::process::Command::new(prlimit);
+    command
+        .arg("--nofile=48:48")
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&socket);
+    let (mut daemon, log) = spawn_daemon_with(command, SERVING);
+    let clients: Vec<_> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    log.wait_for_line(5 * SECOND, |line| {
+        line.contains("accepting a control connection failed")
+    })
+    .expect("accept ran out of descriptors");
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon exited");
+    drop(clients);
+
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _idle = idle_client(addr);
+    let output = run_drainctl(
+        [
+            "--daemon-socket",
+            socket.to_str().unwrap(),
+            "drain",
+            "--port",
+            "8080",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    log.wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
+        .expect("the daemon ran the drain");
+}

@@ -277,17 +277,39 @@ impl Running {
     }
 }
 
+/// Connections served at once; more wait in the listen backlog. A drain holds its
+/// connection for its whole run, so this is also the most drains at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// The longest request line: a drain request is about 300 bytes.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// How long a client may take to send its request once connected.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves clients on `listener` until the future is dropped; the drains it started go
-/// on (they are tasks) and are registered in `drains`.
+/// on (they are tasks) and are registered in `drains`. A failing `accept` (out of
+/// descriptors or memory) is waited out, not fatal: the drains in progress need the
+/// daemon more than the next client does.
 pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = listener.accept().await?;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                warn!("accepting a control connection failed ({err}); trying again in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let drains = drains.clone();
         tokio::spawn(async move {
             if let Err(err) = handle(stream, own_netns, drains).await {
                 warn!("control connection: {err}");
             }
+            drop(slot);
         });
     }
 }
@@ -295,17 +317,7 @@ pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
 async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<(), ControlError> {
     let peer_uid = stream.peer_cred()?.uid();
     let (reader, mut writer) = stream.into_split();
-    let mut lines = BufReader::new(reader).lines();
-    let Some(line) = lines.next_line().await? else {
-        return Ok(());
-    };
-    let request = match parse_request(&line) {
-        Ok(request) => request,
-        Err(err) => {
-            let reply = error_reply(ErrorKind::Failure, err.to_string());
-            return write_reply(&mut writer, &reply).await;
-        }
-    };
+    // Who is asking is known from the socket: nothing a non-root peer sends is read.
     if peer_uid != 0 {
         let reply = error_reply(
             ErrorKind::Environment,
@@ -313,6 +325,34 @@ async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<()
         );
         return write_reply(&mut writer, &reply).await;
     }
+    let mut reader = BufReader::new(reader);
+    let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut reader)).await {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(RequestLineError::TooLong)) => {
+            let reply = error_reply(
+                ErrorKind::Failure,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            );
+            return write_reply(&mut writer, &reply).await;
+        }
+        Ok(Err(RequestLineError::Io(err))) => return Err(err.into()),
+        Err(_) => {
+            let reply = error_reply(
+                ErrorKind::Failure,
+                format!("no request within {REQUEST_TIMEOUT:?}"),
+            );
+            return write_reply(&mut writer, &reply).await;
+        }
+    };
+    let lines = reader.lines();
+    let request = match parse_request(&line) {
+        Ok(request) => request,
+        Err(err) => {
+            let reply = error_reply(ErrorKind::Failure, err.to_string());
+            return write_reply(&mut writer, &reply).await;
+        }
+    };
     let reply = match request {
         Request::Drain { netns_inode, .. } | Request::Release { netns_inode, .. }
             if netns_inode != own_netns =>
@@ -353,6 +393,36 @@ async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<()
     write_reply(&mut writer, &reply).await
 }
 
+enum RequestLineError {
+    TooLong,
+    Io(io::Error),
+}
+
+/// The first line, without its newline, read in at most [`MAX_REQUEST_BYTES`];
+/// `None` when the client closed without sending one.
+async fn read_request_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+) -> Result<Option<String>, RequestLineError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(RequestLineError::Io)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_REQUEST_BYTES {
+        return Err(RequestLineError::TooLong);
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|err| RequestLineError::Io(io::Error::new(io::ErrorKind::InvalidData, err)))
+}
+
 async fn run_drain(
     plan: DrainPlan,
     mut lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
@@ -371,25 +441,36 @@ async fn run_drain(
             }
         }
     };
-    // Progress is forwarded from the drain's callback through a channel, dropping
-    // updates if the client reads slowly: progress is advisory, the report is not.
+    // Progress goes to the client from a task of its own, through a channel that drops
+    // updates the client is too slow for: progress is advisory, and a client that stops
+    // reading must not hold the drain (its passes, its deadline) up.
     let (progress_tx, mut progress_rx) = mpsc::channel::<Reply>(16);
-    let drain = drain::drain(&plan, cancel, move |progress: &Progress| {
-        let _ = progress_tx.try_send(Reply::Progress(*progress));
-    });
-    tokio::pin!(drain);
-    let result = loop {
-        tokio::select! {
-            result = &mut drain => break result,
-            Some(progress) = progress_rx.recv() => {
-                // A client that left still gets its drain finished.
-                let _ = write_reply(&mut writer, &progress).await;
+    let mut progress_writer = tokio::spawn(async move {
+        while let Some(progress) = progress_rx.recv().await {
+            // A client that left still gets its drain finished.
+            if write_reply(&mut writer, &progress).await.is_err() {
+                break;
             }
         }
-    };
+        writer
+    });
+    let result = drain::drain(&plan, cancel, move |progress: &Progress| {
+        let _ = progress_tx.try_send(Reply::Progress(*progress));
+    })
+    .await;
     let reply = match result {
         Ok(report) => Reply::Report(report),
         Err(err) => drain_error_reply(&err),
+    };
+    // The callback (and with it the sender) is gone: the writer ends after what is
+    // queued, unless the client stopped reading; then it gets no report.
+    let writer = tokio::time::timeout(REQUEST_TIMEOUT, &mut progress_writer).await;
+    let Ok(Ok(mut writer)) = writer else {
+        progress_writer.abort();
+        return Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading; its drain finished without it",
+        )));
     };
     write_reply(&mut writer, &reply).await
 }

@@ -246,9 +246,11 @@ pub async fn drain(
     drop(fds);
     drop(listener_sockets);
     let mut successors = HashSet::new();
-    if let Some(logger) = steering.take_logger() {
-        tokio::spawn(forward_ebpf_logs(logger));
-    }
+    // Ends with the drain (on every return): a forwarder left running would hold the
+    // log ring buffer's descriptor for good, one per drain in a daemon.
+    let _log_forwarder = steering
+        .take_logger()
+        .map(|logger| AbortOnDrop(tokio::spawn(forward_ebpf_logs(logger))));
     info!(
         port,
         listeners = draining.len(),
@@ -668,6 +670,15 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
             })
         })
         .collect()
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Carries the program's aya-log records into this process's log (and so into tracing).
