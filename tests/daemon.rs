@@ -509,3 +509,72 @@ fn a_daemon_out_of_descriptors_goes_on_serving() {
     log.wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the daemon ran the drain");
 }
+
+/// The daemon holds BPF, SOCK_DESTROY and ptrace rights: it does for a peer only what
+/// that peer could do itself. Root without those capabilities (a container's root
+/// that can reach the socket) is refused, and told what it lacks.
+#[test]
+fn a_root_peer_without_the_capabilities_of_a_drain_gets_nothing_done() {
+    let Some(setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("deputy");
+    let (_daemon, _log) = spawn_daemon(&socket);
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let mut command = std::process::Command::new(setpriv);
+    command
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+        ])
+        .arg(bin_path("drainctl"))
+        .args(["--daemon-socket", socket.to_str().unwrap()])
+        .args(["drain", "--port", "8080"]);
+    let output = drain_tests::spawn_drainctl_with(&mut command).wait(20 * SECOND);
+    assert_eq!(output.code, Some(3), "{}", output.stderr_text());
+    assert!(
+        output.stderr_text().contains("lacks CAP_NET_ADMIN"),
+        "{}",
+        output.stderr_text()
+    );
+    // Nothing was done: the connection is open and served, new clients are accepted.
+    assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
+    assert_eq!(
+        idle_client(addr).request("GET", "/", b"").unwrap().status,
+        200
+    );
+}
+
+/// A request names the network namespace it is for; the daemon acts only when the peer
+/// really is in the daemon's namespace, so a client elsewhere cannot have this
+/// namespace's connections cut by naming it.
+#[test]
+fn a_peer_in_another_network_namespace_cannot_claim_the_daemons() {
+    let Some(netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("claim");
+    let (_daemon, _log) = spawn_daemon(&socket);
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let daemons_netns = netns.inode();
+    let reply = std::thread::spawn(move || {
+        let _elsewhere = Netns::new().expect("another network namespace");
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+        let request = format!(
+            r#"{{"request":"drain","plan":{{"port":8080,"timeout_ms":5000,"poll_interval_ms":100,"quiet_period_ms":0,"close_grace_ms":2000,"pace":{{"spread":0}},"force":true,"accept_grace_ms":0}},"netns_inode":{daemons_netns}}}"#
+        );
+        std::io::Write::write_all(&mut stream, format!("{request}\n").as_bytes()).unwrap();
+        reply_line(&stream).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(reply.contains("other_namespace"), "{reply}");
+    assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
+}

@@ -147,8 +147,19 @@ impl Client {
     pub async fn send(&mut self, request: &Request) -> Result<(), ControlError> {
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
-        self.writer.write_all(&line).await?;
-        Ok(())
+        match self.writer.write_all(&line).await {
+            // The daemon refuses an unfit peer before reading its request, and closes:
+            // the refusal is still there to read.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            result => Ok(result?),
+        }
     }
 
     /// The next reply; [`ControlError::Closed`] if the daemon hung up.
@@ -315,15 +326,11 @@ pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
 }
 
 async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<(), ControlError> {
-    let peer_uid = stream.peer_cred()?.uid();
+    let peer = Peer::of(&stream)?;
     let (reader, mut writer) = stream.into_split();
-    // Who is asking is known from the socket: nothing a non-root peer sends is read.
-    if peer_uid != 0 {
-        let reply = error_reply(
-            ErrorKind::Environment,
-            "drain-daemon serves root only: run drainctl as root".into(),
-        );
-        return write_reply(&mut writer, &reply).await;
+    // Who is asking is known from the socket: nothing an unfit peer sends is read.
+    if let Err(why) = peer.may_drain() {
+        return write_reply(&mut writer, &error_reply(ErrorKind::Environment, why)).await;
     }
     let mut reader = BufReader::new(reader);
     let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut reader)).await {
@@ -353,13 +360,16 @@ async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<()
             return write_reply(&mut writer, &reply).await;
         }
     };
+    // The namespace the peer is in, not the one it names, decides: a client elsewhere
+    // must not have this namespace's connections cut by claiming it.
+    let peer_netns = peer.netns.unwrap_or_default();
     let reply = match request {
         Request::Drain { netns_inode, .. } | Request::Release { netns_inode, .. }
-            if netns_inode != own_netns =>
+            if netns_inode != own_netns || peer_netns != own_netns =>
         {
             error_reply(
                 ErrorKind::OtherNamespace,
-                format!("drain-daemon serves network namespace {own_netns}, not {netns_inode}"),
+                format!("drain-daemon serves network namespace {own_netns}, not {peer_netns}"),
             )
         }
         Request::Drain { plan, .. } => {
@@ -391,6 +401,82 @@ async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<()
         ),
     };
     write_reply(&mut writer, &reply).await
+}
+
+/// What the kernel says of the process at the other end of a control connection
+/// (`SO_PEERCRED`, then its `/proc` entry).
+struct Peer {
+    uid: u32,
+    pid: Option<i32>,
+    /// Its effective capabilities (`CapEff`), when its `/proc` entry could be read.
+    capabilities: Option<u64>,
+    /// Its network namespace's inode, likewise.
+    netns: Option<u64>,
+}
+
+/// What standalone `drainctl drain` needs (loading the program and SOCK_DESTROY,
+/// borrowing sockets): a peer that could not drain by itself gets nothing done for it.
+const CAPABILITIES_NEEDED: [(u32, &str); 3] = [
+    (12, "CAP_NET_ADMIN"),
+    (19, "CAP_SYS_PTRACE"),
+    (39, "CAP_BPF"),
+];
+
+impl Peer {
+    fn of(stream: &UnixStream) -> io::Result<Peer> {
+        let cred = stream.peer_cred()?;
+        let pid = cred.pid();
+        let capabilities = pid.and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            parse_capabilities(&status)
+        });
+        let netns = pid.and_then(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
+        });
+        Ok(Peer {
+            uid: cred.uid(),
+            pid,
+            capabilities,
+            netns,
+        })
+    }
+
+    /// Root with the capabilities a drain needs; the message says what is missing.
+    fn may_drain(&self) -> Result<(), String> {
+        if self.uid != 0 {
+            return Err("drain-daemon serves root only: run drainctl as root".into());
+        }
+        let Some(capabilities) = self.capabilities else {
+            return Err(format!(
+                "drain-daemon cannot read the capabilities of its peer (pid {:?}): run drainctl in the daemon's PID namespace",
+                self.pid
+            ));
+        };
+        let missing: Vec<&str> = CAPABILITIES_NEEDED
+            .iter()
+            .filter(|(bit, _)| capabilities & (1 << bit) == 0)
+            .map(|(_, name)| *name)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "drain-daemon does for its peers only what they could do themselves: drainctl lacks {}",
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// `CapEff` of a `/proc/<pid>/status`.
+fn parse_capabilities(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 enum RequestLineError {
@@ -571,6 +657,25 @@ mod tests {
             .await
             .expect("finished once no drain runs")
             .unwrap();
+    }
+
+    #[test]
+    fn capabilities_are_read_from_proc_status() {
+        let status = "Name:\tdrainctl\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_capabilities(status), Some(0x1ff_ffff_ffff));
+        let peer = |capabilities| Peer {
+            uid: 0,
+            pid: Some(1),
+            capabilities,
+            netns: Some(1),
+        };
+        assert!(peer(Some(0x1ff_ffff_ffff)).may_drain().is_ok());
+        let none = peer(Some(0)).may_drain().unwrap_err();
+        assert!(
+            none.contains("CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_BPF"),
+            "{none}"
+        );
+        assert!(peer(None).may_drain().is_err());
     }
 
     #[test]
