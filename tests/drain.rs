@@ -554,3 +554,47 @@ fn a_drain_under_ip_netns_exec_reports_truthfully_how_long_the_refusal_lasts() {
         assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
     }
 }
+
+/// A drain that cannot borrow the server's sockets (no CAP_SYS_PTRACE) could only reset
+/// connections; it used to start anyway, check nothing but uid 0, and reset them. It
+/// refuses up front and names what it lacks, and nothing is touched.
+#[test]
+fn a_drain_without_the_capabilities_it_needs_refuses_before_touching_anything() {
+    let Some(setpriv) = drain_tests::systemd::require_tool("setpriv") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let output = spawn_drainctl_with(
+        Command::new(setpriv)
+            .args(["--bounding-set=-sys_ptrace", "--inh-caps=-all"])
+            .arg(bin_path("drainctl"))
+            .args([
+                "drain",
+                "--port",
+                "8080",
+                "--quiet-period",
+                "0s",
+                "--standalone",
+            ]),
+    )
+    .wait(20 * SECOND);
+    assert_eq!(output.code, Some(3), "{}", output.stderr_text());
+    assert!(
+        output.stderr_text().contains("lacks CAP_SYS_PTRACE"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
+    assert_eq!(
+        KeepAliveClient::connect(addr)
+            .unwrap()
+            .request("GET", "/", b"")
+            .unwrap()
+            .status,
+        200
+    );
+}

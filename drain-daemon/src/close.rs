@@ -17,7 +17,7 @@
 use std::{os::fd::AsFd as _, time::Duration};
 
 use rustix::net::{shutdown, Shutdown};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     inventory::{
@@ -173,8 +173,24 @@ pub fn reset(inventory: &mut Inventory, id: &SocketId) -> Result<bool, CloseErro
 
 fn describe(err: &PidfdError) -> String {
     if err.is_permission() {
+        warn_once_about_ptrace(err);
         format!("{err} (no ptrace rights over the owner)")
     } else {
         err.to_string()
+    }
+}
+
+/// A graceful close needs ptrace rights over the server; where Yama or an LSM blocks
+/// them, every close becomes a reset. That is said once, loudly, with the way out;
+/// each connection is then logged at debug level.
+fn warn_once_about_ptrace(err: &PidfdError) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        warn!(
+            "cannot borrow the server's sockets ({err}): connections are reset (RST) instead of \
+             closed gracefully. pidfd_getfd needs ptrace rights over the server: CAP_SYS_PTRACE, \
+             and kernel.yama.ptrace_scope at most 2 (3 forbids it to everyone), and no LSM \
+             policy denying ptrace"
+        );
     }
 }

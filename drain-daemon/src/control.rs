@@ -33,6 +33,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    capabilities,
     drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
     duration::{self, PlanError},
     netns, steer,
@@ -414,22 +415,11 @@ struct Peer {
     netns: Option<u64>,
 }
 
-/// What standalone `drainctl drain` needs (loading the program and SOCK_DESTROY,
-/// borrowing sockets): a peer that could not drain by itself gets nothing done for it.
-const CAPABILITIES_NEEDED: [(u32, &str); 3] = [
-    (12, "CAP_NET_ADMIN"),
-    (19, "CAP_SYS_PTRACE"),
-    (39, "CAP_BPF"),
-];
-
 impl Peer {
     fn of(stream: &UnixStream) -> io::Result<Peer> {
         let cred = stream.peer_cred()?;
         let pid = cred.pid();
-        let capabilities = pid.and_then(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            parse_capabilities(&status)
-        });
+        let capabilities = pid.and_then(|pid| capabilities::effective(&pid.to_string()));
         let netns = pid.and_then(|pid| {
             std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .ok()
@@ -454,11 +444,7 @@ impl Peer {
                 self.pid
             ));
         };
-        let missing: Vec<&str> = CAPABILITIES_NEEDED
-            .iter()
-            .filter(|(bit, _)| capabilities & (1 << bit) == 0)
-            .map(|(_, name)| *name)
-            .collect();
+        let missing = capabilities::missing(capabilities);
         if missing.is_empty() {
             Ok(())
         } else {
@@ -468,15 +454,6 @@ impl Peer {
             ))
         }
     }
-}
-
-/// `CapEff` of a `/proc/<pid>/status`.
-fn parse_capabilities(status: &str) -> Option<u64> {
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
 }
 
 enum RequestLineError {
@@ -660,9 +637,7 @@ mod tests {
     }
 
     #[test]
-    fn capabilities_are_read_from_proc_status() {
-        let status = "Name:\tdrainctl\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(parse_capabilities(status), Some(0x1ff_ffff_ffff));
+    fn a_peer_needs_root_and_the_capabilities_of_a_drain() {
         let peer = |capabilities| Peer {
             uid: 0,
             pid: Some(1),

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod announce;
+pub mod capabilities;
 pub mod cli;
 pub mod close;
 pub mod control;

@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::Announcer,
+    capabilities,
     close::{self, close_when, send_fin, CloseMethod, CloseOutcome, When},
     inventory::{owners, Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
@@ -100,10 +101,8 @@ pub(crate) mod duration_ms {
 /// Why a drain could not start or go on. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
-    #[error(
-        "draining needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE): run drainctl as root"
-    )]
-    NotRoot,
+    #[error("draining needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE, and this process lacks {missing}: run drainctl as root")]
+    MissingCapabilities { missing: String },
     #[error("no TCP listener on port {port} in this network namespace: check the port (ss -tlnp 'sport = :{port}')")]
     NoListener { port: u16 },
     #[error("process {pid} holds no TCP listener on port {port}: check the pid (ss -tlnp 'sport = :{port}')")]
@@ -135,7 +134,7 @@ impl DrainError {
     /// True when the machine or the input is at fault (exit code 3), not the tool.
     pub fn is_environment(&self) -> bool {
         match self {
-            DrainError::NotRoot
+            DrainError::MissingCapabilities { .. }
             | DrainError::NoListener { .. }
             | DrainError::NoListenerOfPid { .. }
             | DrainError::ListenerOwnerUnknown { .. }
@@ -190,8 +189,13 @@ pub async fn drain(
     // setup (scans, owner search, loading and attaching the program) included.
     let started = Instant::now();
     let deadline = started + plan.accept_grace + plan.timeout;
-    if !nix::unistd::geteuid().is_root() {
-        return Err(DrainError::NotRoot);
+    if let Some(missing) = capabilities::effective("self")
+        .map(capabilities::missing)
+        .filter(|missing| !missing.is_empty())
+    {
+        return Err(DrainError::MissingCapabilities {
+            missing: missing.join(", "),
+        });
     }
     let port = plan.port;
     let mut inventory = Inventory::new(plan.quiet_period)?;
