@@ -578,3 +578,45 @@ fn a_peer_in_another_network_namespace_cannot_claim_the_daemons() {
     assert!(reply.contains("other_namespace"), "{reply}");
     assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
 }
+
+/// A daemon killed in the middle of a drain (a stop lets drains finish; a crash or a
+/// SIGKILL does not) used to leave drainctl with exit 4 and the service's stop without
+/// its drain. drainctl carries on standalone, takes over the pinned refusal, and the
+/// drain ends as it would have.
+#[test]
+fn drainctl_carries_on_standalone_when_the_daemon_dies_midway() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("killed");
+    let (daemon, daemon_log) = spawn_daemon(&socket);
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(addr, &events, "/sleep/2500");
+    let drainctl = spawn_drainctl([
+        "--daemon-socket",
+        socket.to_str().unwrap(),
+        "drain",
+        "--port",
+        "8080",
+        "--json",
+    ]);
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains("new connections are refused")
+        })
+        .expect("the daemon runs the drain");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let output = drainctl.wait(30 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    assert!(
+        output.stderr_text().contains("carrying on standalone"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+    assert_eq!(busy.wait_closed(5 * SECOND), Closed::Eof);
+}

@@ -381,10 +381,14 @@ impl Failure {
 async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     let plan = args.plan();
     let mut progress = view::ProgressView::new(plan.port, view::live_progress_wanted());
+    let started = std::time::Instant::now();
     let via_daemon = match route {
         Route::Daemon(client) => drain_via_daemon(client, &plan, &mut progress).await,
         Route::Standalone => Ok(None),
     };
+    // Standalone from the start, or after the daemon went away: with what is left of the
+    // time (the pinned refusal, if the daemon had set it up, is taken over).
+    let plan = plan.after(started.elapsed());
     let result = match via_daemon {
         Ok(Some(report)) => Ok(report),
         Ok(None) => drain::drain(&plan, interrupted(), |p: &Progress| progress.show(p))
@@ -447,7 +451,16 @@ async fn drain_via_daemon(
     let mut cancelled = false;
     loop {
         let reply = tokio::select! {
-            reply = client.next_reply() => reply.map_err(Failure::daemon)?,
+            reply = client.next_reply() => match reply {
+                Ok(reply) => reply,
+                // The daemon was killed or crashed midway (a stop lets drains finish):
+                // the service's stop still needs its drain.
+                Err(err) if !cancelled => {
+                    warn!("drain-daemon went away in the middle of the drain ({err}); carrying on standalone (what it closed is not in this report)");
+                    return Ok(None);
+                }
+                Err(err) => return Err(Failure::daemon(err)),
+            },
             mode = &mut cancel, if !cancelled => {
                 cancelled = true;
                 let abort = mode == Cancel::Abort;

@@ -83,6 +83,22 @@ pub struct DrainPlan {
     pub pid: Option<i32>,
 }
 
+impl DrainPlan {
+    /// The same drain with `spent` of its time gone: the accept grace first, then the
+    /// timeout.
+    pub fn after(&self, spent: Duration) -> DrainPlan {
+        let accept_grace = self.accept_grace.saturating_sub(spent);
+        let timeout = self
+            .timeout
+            .saturating_sub(spent.saturating_sub(self.accept_grace));
+        DrainPlan {
+            accept_grace,
+            timeout,
+            ..self.clone()
+        }
+    }
+}
+
 /// Durations as whole milliseconds in JSON.
 pub(crate) mod duration_ms {
     use std::time::Duration;
@@ -693,5 +709,34 @@ async fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log
     loop {
         ticker.tick().await;
         logger.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_plan_after_some_time_has_what_is_left_of_the_grace_then_the_timeout() {
+        let plan = DrainPlan {
+            port: 8080,
+            timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            quiet_period: Duration::from_secs(1),
+            close_grace: Duration::from_secs(2),
+            pace: Pace::Spread(Duration::ZERO),
+            force: false,
+            accept_grace: Duration::from_secs(5),
+            pid: None,
+        };
+        let later = plan.after(Duration::from_secs(3));
+        assert_eq!(later.accept_grace, Duration::from_secs(2));
+        assert_eq!(later.timeout, Duration::from_secs(30));
+        let later = plan.after(Duration::from_secs(15));
+        assert_eq!(later.accept_grace, Duration::ZERO);
+        assert_eq!(later.timeout, Duration::from_secs(20));
+        assert_eq!(plan.after(Duration::from_secs(60)).timeout, Duration::ZERO);
     }
 }
