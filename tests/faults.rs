@@ -1,0 +1,133 @@
+//! Faults during a drain: the server or its successor dies, many ports drain at once.
+//! Each ends with an exit code that says what happened, no connection of anyone else
+//! touched, and no refusal left behind for a port whose listener is gone. (The daemon
+//! dying midway is in `daemon.rs`, drainctl killed midway in `drain.rs`, two drains of
+//! one port in `pin_safety.rs`.)
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use drain_tests::{
+    assert_refused_at_once, busy_client, connect_refused_quickly, idle_client, run_drainctl,
+    spawn_drainctl, start_server, ConnectOutcome, KeepAliveClient, Netns,
+};
+use nix::sys::signal::Signal;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The server dies (SIGKILL) with a request in flight: its connections and its listener
+/// go with it. The drain sees nothing of it left and ends at once (exit 0, not the
+/// deadline), and the port is free for the next server.
+#[test]
+fn a_server_killed_mid_drain_ends_the_drain_and_frees_the_port() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _busy = busy_client(addr, &events, "/sleep/20000");
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "30s", "--json"]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("new connections are refused")
+        })
+        .expect("the drain started");
+    let killed = Instant::now();
+    server.signal(Signal::SIGKILL).unwrap();
+    let output = drainctl.wait(10 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    assert!(killed.elapsed() < 5 * SECOND, "{:?}", killed.elapsed());
+    assert_eq!(output.json()["still_refusing"], false, "{}", output.json());
+
+    let (_next, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut client = KeepAliveClient::connect(addr).expect("the next server accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+/// The successor dies during a handover: new connections must be refused at once (RST,
+/// clients retry elsewhere), not handed to a dead listener nor left to time out, and the
+/// old server's connections drain on.
+#[test]
+fn a_successor_killed_during_a_handover_leaves_new_connections_refused_at_once() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    // Before the successor listens, so the old server has it.
+    let mut busy = busy_client(addr, &events, "/sleep/2500");
+    let (successor, _successor_events, _) =
+        start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old.pid().to_string(),
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("new connections go to the successor")
+        })
+        .expect("new connections go to the successor");
+    let mut handed = KeepAliveClient::connect(addr).expect("the successor accepts");
+    assert_eq!(handed.request("GET", "/", b"").unwrap().status, 200);
+
+    successor.signal(Signal::SIGKILL).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_refused_at_once(addr);
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+}
+
+/// A host shutdown runs every service's `ExecStop=` at once: 20 ports drained together,
+/// each drain ends on its own port's connections only, and each port is refused after.
+#[test]
+fn twenty_ports_drained_at_once_each_end_on_their_own() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let ports: Vec<u16> = (8100..8120).collect();
+    let servers: Vec<_> = ports
+        .iter()
+        .map(|port| start_server(["--listen", &format!("127.0.0.1:{port}")]))
+        .collect();
+    let _clients: Vec<_> = servers
+        .iter()
+        .flat_map(|(_, _, addr)| [idle_client(*addr), idle_client(*addr)])
+        .collect();
+    let drains: Vec<_> = ports
+        .iter()
+        .map(|port| {
+            let port = port.to_string();
+            thread::spawn(move || {
+                run_drainctl(
+                    ["drain", "--port", &port, "--quiet-period", "0s", "--json"],
+                    60 * SECOND,
+                )
+            })
+        })
+        .collect();
+    for (drain, port) in drains.into_iter().zip(&ports) {
+        let output = drain.join().unwrap();
+        assert_eq!(
+            output.code,
+            Some(0),
+            "port {port}: {}",
+            output.stderr_text()
+        );
+        let report = output.json();
+        assert_eq!(report["port"], *port);
+        assert_eq!(report["closed_gracefully"], 2, "port {port}: {report}");
+    }
+    for (_, _, addr) in &servers {
+        match connect_refused_quickly(*addr) {
+            ConnectOutcome::Refused(_) => {}
+            other => panic!("{addr}: expected refused, got {other:?}"),
+        }
+    }
+}
