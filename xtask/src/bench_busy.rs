@@ -15,7 +15,10 @@
 //! every connection finish and proves nothing.
 //!
 //! Servers: nginx proxying to `drain-demo-server` (`/sleep/100`), a Go net/http server
-//! (xtask/bench/go-server, built here offline), a Python `websockets` server. Clients:
+//! (xtask/bench/go-server, built here offline), a Python `websockets` server. Behind a
+//! load balancer there is no successor: haproxy balances over two Go servers on :9001
+//! and :9002 and the one on :9001 is stopped (drained), its share going to the other.
+//! Clients:
 //! hey paced (`-c 100 -q 5`, GET and POST), hey back to back (`-c 50`, POST), and 200
 //! websocket clients sending a heartbeat every 0.5 s (xtask/bench/ws_clients.py). A
 //! failed request is a hey error or non-200 answer, or a heartbeat sent on a connection
@@ -38,6 +41,9 @@ use crate::output_of;
 
 /// The port of the demo server behind nginx.
 const BACKEND_PORT: u16 = 9000;
+/// The ports of haproxy's two Go backends: the first is stopped, the second stays.
+const LB_STOPPED_PORT: u16 = 9001;
+const LB_OTHER_PORT: u16 = 9002;
 /// Load before the successor starts (every connection is then on the old server).
 const WARM_UP: Duration = Duration::from_secs(3);
 /// Load after the old server exited, before the load stops.
@@ -84,6 +90,8 @@ impl Options {
 enum Server {
     Nginx,
     Go,
+    /// haproxy over two Go backends; the one on [`LB_STOPPED_PORT`] is stopped.
+    HaproxyGo,
     Websockets,
 }
 
@@ -108,13 +116,14 @@ impl Server {
         match self {
             Server::Nginx => "nginx → demo server",
             Server::Go => "Go net/http",
+            Server::HaproxyGo => "haproxy → 2 Go, one stopped",
             Server::Websockets => "Python websockets",
         }
     }
 
     fn clients(self) -> &'static [Clients] {
         match self {
-            Server::Nginx | Server::Go => {
+            Server::Nginx | Server::Go | Server::HaproxyGo => {
                 &[Clients::PacedGet, Clients::PacedPost, Clients::BackToBack]
             }
             Server::Websockets => &[Clients::Heartbeats],
@@ -125,15 +134,29 @@ impl Server {
     fn graceful_signal(self) -> Option<libc::c_int> {
         match self {
             Server::Nginx => Some(libc::SIGQUIT),
-            Server::Go => Some(libc::SIGTERM),
+            Server::Go | Server::HaproxyGo => Some(libc::SIGTERM),
             Server::Websockets => None,
         }
+    }
+
+    /// The port of the server that is stopped (and drained).
+    fn stopped_port(self) -> u16 {
+        match self {
+            Server::HaproxyGo => LB_STOPPED_PORT,
+            _ => PORT,
+        }
+    }
+
+    /// Whether a successor takes over the stopped server's port (a handover), or the
+    /// other servers behind the load balancer take its share.
+    fn has_successor(self) -> bool {
+        self != Server::HaproxyGo
     }
 
     fn graceful_label(self) -> &'static str {
         match self {
             Server::Nginx => "QUIT",
-            Server::Go => "TERM → Server.Shutdown",
+            Server::Go | Server::HaproxyGo => "TERM → Server.Shutdown",
             Server::Websockets => "none",
         }
     }
@@ -203,7 +226,12 @@ impl Cell {
 /// Every cell, in table order; a server without a graceful stop has no rows for it.
 fn cells() -> Vec<Cell> {
     let mut cells = Vec::new();
-    for server in [Server::Nginx, Server::Go, Server::Websockets] {
+    for server in [
+        Server::Nginx,
+        Server::Go,
+        Server::HaproxyGo,
+        Server::Websockets,
+    ] {
         for &clients in server.clients() {
             for stop in [Stop::Term, Stop::Graceful, Stop::Drain, Stop::DrainGraceful] {
                 let graceful = matches!(stop, Stop::Graceful | Stop::DrainGraceful);
@@ -234,6 +262,8 @@ struct RunResult {
 struct Drain {
     wall: Duration,
     code: Option<i32>,
+    /// Connections the report lists as remaining (left open at the deadline).
+    remaining: usize,
 }
 
 /// The programs a run starts, found or built once.
@@ -278,8 +308,11 @@ pub fn run(machine: &Machine, options: &Options, target: &Path, release: &Path) 
             );
             match run_once(*cell, &tools) {
                 Ok(result) => {
+                    let drain = result.drain.as_ref().map_or(String::new(), |d| {
+                        format!(" (drain exit {:?}, {} left)", d.code, d.remaining)
+                    });
                     println!(
-                        "bench:   failed {} of {}, stop {:.1} s{}",
+                        "bench:   failed {} of {}, stop {:.1} s{drain}{}",
                         result.failed,
                         result.total,
                         result.stop_time.as_secs_f64(),
@@ -367,16 +400,19 @@ fn python_with_websockets() -> Result<PathBuf> {
 
 fn run_once(cell: Cell, tools: &Tools) -> Result<RunResult> {
     let _netns = Netns::new().context("creating a private network namespace (run as root)")?;
-    let _backend = match cell.server {
-        Server::Nginx => Some(start_demo_backend(tools)?),
-        _ => None,
-    };
+    let port = cell.server.stopped_port();
     let mut old = start_server(cell, "old", tools)?;
-    wait_listeners(PORT, 1)?;
+    wait_listeners(port, 1)?;
+    let _others = start_others(cell.server, tools)?;
     let load = Load::start(cell.clients, tools)?;
     std::thread::sleep(WARM_UP);
-    let _successor = start_server(cell, "new", tools)?;
-    wait_listeners(PORT, 2)?;
+    let _successor = if cell.server.has_successor() {
+        let successor = start_server(cell, "new", tools)?;
+        wait_listeners(port, 2)?;
+        Some(successor)
+    } else {
+        None
+    };
     let (stop_time, drain) = stop_old(cell, &mut old, tools)?;
     std::thread::sleep(TAIL);
     let (failed, total, detail) = load.stop()?;
@@ -437,16 +473,56 @@ fn signal_pid(pid: u32, signal: libc::c_int) {
     }
 }
 
-fn start_demo_backend(tools: &Tools) -> Result<ServerProcess> {
-    let server = ServerProcess::spawn(
-        Command::new(&tools.demo_server).args(["--listen", &format!("127.0.0.1:{BACKEND_PORT}")]),
-        tools.log("demo-backend")?,
-    )?;
-    wait_listeners(BACKEND_PORT, 1)?;
-    Ok(server)
+/// Starts the servers that stay, around the one stopped: nginx's demo backend; haproxy
+/// and its other Go backend. Returns once they listen.
+fn start_others(server: Server, tools: &Tools) -> Result<Vec<ServerProcess>> {
+    let mut others = Vec::new();
+    match server {
+        Server::Nginx => {
+            others.push(ServerProcess::spawn(
+                Command::new(&tools.demo_server)
+                    .args(["--listen", &format!("127.0.0.1:{BACKEND_PORT}")]),
+                tools.log("demo-backend")?,
+            )?);
+            wait_listeners(BACKEND_PORT, 1)?;
+        }
+        Server::HaproxyGo => {
+            others.push(ServerProcess::spawn(
+                Command::new(&tools.go_server)
+                    .args(["-listen", &format!("127.0.0.1:{LB_OTHER_PORT}")]),
+                tools.log("go-other")?,
+            )?);
+            wait_listeners(LB_OTHER_PORT, 1)?;
+            let config = haproxy_config(&tools.work)?;
+            others.push(ServerProcess::spawn(
+                Command::new("haproxy").arg("-db").arg("-f").arg(config),
+                tools.log("haproxy")?,
+            )?);
+            wait_listeners(PORT, 1)?;
+        }
+        Server::Go | Server::Websockets => {}
+    }
+    Ok(others)
 }
 
-/// Starts an instance (`role`: "old" or "new") of the cell's server on [`PORT`].
+/// Writes haproxy's configuration: HTTP keep-alive on both sides, round robin over the
+/// two Go backends with health checks, a failed connect retried on the other one.
+fn haproxy_config(dir: &Path) -> Result<PathBuf> {
+    let conf = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  \
+         timeout server 30s\n  retries 3\n  option redispatch\n\
+         frontend web\n  bind 127.0.0.1:{PORT}\n  default_backend go\n\
+         backend go\n  balance roundrobin\n  \
+         server a 127.0.0.1:{LB_STOPPED_PORT} check inter 500ms fall 2 rise 2\n  \
+         server b 127.0.0.1:{LB_OTHER_PORT} check inter 500ms fall 2 rise 2\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Starts an instance (`role`: "old" or "new") of the cell's server on its port.
 fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> {
     let log = tools.log(&format!("server-{role}"))?;
     let mut command = match cell.server {
@@ -462,9 +538,10 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
                 .arg(prefix.join("error.log"));
             command
         }
-        Server::Go => {
+        Server::Go | Server::HaproxyGo => {
             let mut command = Command::new(&tools.go_server);
-            command.args(["-listen", &format!("127.0.0.1:{PORT}")]);
+            let port = cell.server.stopped_port();
+            command.args(["-listen", &format!("127.0.0.1:{port}")]);
             if role == "old" && cell.graceful_server() {
                 command.arg("-graceful");
             }
@@ -553,7 +630,7 @@ fn stop_old(
     }
 }
 
-/// Runs `drainctl drain --port PORT --pid OLD --standalone --json` with the defaults (but
+/// Runs `drainctl drain --port P --pid OLD --standalone --json` with the defaults (but
 /// the cell's `--timeout`); with `graceful`, that signal goes to the old server
 /// [`GRACEFUL_AFTER_DRAIN`] after drainctl started.
 fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) -> Result<Drain> {
@@ -561,7 +638,7 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
     command.args([
         "drain",
         "--port",
-        &PORT.to_string(),
+        &cell.server.stopped_port().to_string(),
         "--pid",
         &old.to_string(),
     ]);
@@ -586,9 +663,12 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         run.status,
         run.stderr_line()
     );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)
+        .context("drainctl drain --json printed no JSON object")?;
     Ok(Drain {
         wall: run.wall,
         code,
+        remaining: report["remaining"].as_array().map_or(0, Vec::len),
     })
 }
 
@@ -709,8 +789,12 @@ fn render(
          server's exit. drainctl: `drain --port {PORT} --pid OLD --standalone --json` with \
          the default options (`--timeout 30s`) but for back-to-back clients, where \
          `--timeout {BACK_TO_BACK_TIMEOUT}` is given (with the default each of those runs \
-         would last 30 s); drain: its run time and exit codes. Python websockets has no \
-         graceful stop of its own: no rows for one. Part run time: {:.0} min.\n",
+         would last 30 s); drain: its run time and exit codes (with the connections its \
+         report lists as remaining at the deadline). Python websockets has no \
+         graceful stop of its own: no rows for one. haproxy: over Go servers on \
+         :{LB_STOPPED_PORT} and :{LB_OTHER_PORT} (round robin, health checks every 500 ms, \
+         `retries 3`, `option redispatch`); the one on :{LB_STOPPED_PORT} is stopped, no \
+         successor, drainctl `--port {LB_STOPPED_PORT}`. Part run time: {:.0} min.\n",
         WARM_UP.as_secs(),
         TAIL.as_secs(),
         took.as_secs_f64() / 60.0
@@ -752,7 +836,11 @@ fn row(cell: Cell, runs: &[RunResult]) -> String {
         let walls: Vec<Duration> = drains.iter().map(|d| d.wall).collect();
         let exits: Vec<String> = drains
             .iter()
-            .map(|d| d.code.map_or("signal".to_string(), |c| c.to_string()))
+            .map(|d| match (d.code, d.remaining) {
+                (Some(code), 0) => code.to_string(),
+                (Some(code), left) => format!("{code} ({left} left)"),
+                (None, _) => "signal".to_string(),
+            })
             .collect();
         format!("{}, exit {}", seconds(&walls), exits.join(" "))
     };
@@ -784,8 +872,8 @@ mod tests {
     #[test]
     fn every_server_has_its_stop_modes() {
         let cells = cells();
-        // nginx and Go: 3 client profiles x 4 stops; websockets: 1 x (TERM, drainctl).
-        assert_eq!(cells.len(), 3 * 4 + 3 * 4 + 2);
+        // nginx, Go, haproxy: 3 client profiles x 4 stops; websockets: 1 x (TERM, drainctl).
+        assert_eq!(cells.len(), 3 * 3 * 4 + 2);
         assert!(cells
             .iter()
             .filter(|c| c.server == Server::Websockets)

@@ -41,9 +41,10 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
-/// Debian packages of the busy-server benchmark: nginx and the Go toolchain (for its Go
-/// net/http server). Installing nginx also enables Debian's nginx service on the host.
-const BENCH_APT_PACKAGES: &[&str] = &["nginx", "golang-go"];
+/// Debian packages of the busy-server benchmark: nginx, haproxy and the Go toolchain (for
+/// its Go net/http server). Installing nginx or haproxy also enables Debian's service of
+/// that name on the host (the benchmark runs its own instances, in a private netns).
+const BENCH_APT_PACKAGES: &[&str] = &["nginx", "haproxy", "golang-go"];
 
 /// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`] and the Python
 /// `websockets` package (pip, or Debian's python3-websockets where pip may not install).
