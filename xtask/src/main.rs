@@ -44,7 +44,7 @@ enum Task {
     /// scratch RUSTUP_HOME/CARGO_HOME (downloads the pinned nightly, builds bpf-linker).
     FreshToolchain,
     /// Setup (with the busy part's servers), release build, then the connection-inventory,
-    /// closing and busy-server benchmarks (as root, about half an hour); writes
+    /// closing and busy-server benchmarks (as root, about 20 minutes); writes
     /// target/bench/inventory.md, closing.md and busy.md.
     Bench {
         /// Timed runs per tool and scenario (median and min are reported).
