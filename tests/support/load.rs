@@ -12,6 +12,8 @@ pub struct HeyRun {
     pub errors: Vec<String>,
     /// Responses with status 200.
     pub ok: u64,
+    /// Responses of any status.
+    pub responses: u64,
 }
 
 impl HeyRun {
@@ -40,30 +42,42 @@ pub fn hey(args: &[&str]) -> HeyRun {
         .expect("hey is installed (cargo xtask setup)");
     let summary = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "hey failed: {summary}");
-    let errors = summary
-        .split("Error distribution:")
-        .nth(1)
-        .map(|errors| {
-            errors
-                .lines()
-                .filter(|l| l.trim().starts_with('['))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let ok = summary
-        .split("Status code distribution:")
-        .nth(1)
-        .and_then(|codes| {
-            codes.lines().find_map(|l| {
-                let (code, count) = l.trim().split_once('\t')?;
-                (code == "[200]").then(|| count.split_whitespace().next()?.parse().ok())?
-            })
-        })
-        .unwrap_or(0);
-    HeyRun {
-        summary,
-        errors,
-        ok,
+    HeyRun::parse(summary)
+}
+
+impl HeyRun {
+    /// Reads hey's printed summary (for a hey run some other way, e.g. in the background
+    /// and stopped with SIGINT, after which it prints the same summary).
+    pub fn parse(summary: String) -> HeyRun {
+        let errors = section(&summary, "Error distribution:")
+            .filter(|l| l.trim().starts_with('['))
+            .map(str::to_string)
+            .collect();
+        let mut ok = 0;
+        let mut responses = 0;
+        for (code, count) in section(&summary, "Status code distribution:").filter_map(|l| {
+            let (code, count) = l.trim().split_once('\t')?;
+            Some((code, count.split_whitespace().next()?.parse::<u64>().ok()?))
+        }) {
+            responses += count;
+            if code == "[200]" {
+                ok += count;
+            }
+        }
+        HeyRun {
+            summary,
+            errors,
+            ok,
+            responses,
+        }
     }
+}
+
+/// The lines of one section of hey's summary: after `heading`, up to the blank line.
+fn section<'a>(summary: &'a str, heading: &str) -> impl Iterator<Item = &'a str> {
+    summary
+        .split(heading)
+        .nth(1)
+        .into_iter()
+        .flat_map(|rest| rest.lines().skip(1).take_while(|l| !l.trim().is_empty()))
 }

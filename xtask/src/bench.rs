@@ -29,7 +29,8 @@
 //! every path; the namespace goes away with them.
 //!
 //! `bench_close.rs` adds the closing benchmark (issue "Closing without loss") on the same
-//! farms; `--only closing|inventory` runs one part.
+//! farms, `bench_busy.rs` the stop of real servers under keep-alive load (issue "Drain a
+//! busy server"); `--only inventory|closing|busy` runs one part.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -55,6 +56,9 @@ pub enum Part {
     Inventory,
     /// `drainctl drain` closing idle connections against `ss -K` (target/bench/closing.md).
     Closing,
+    /// Failed requests when a server under keep-alive load is stopped, per stop mode
+    /// (target/bench/busy.md).
+    Busy,
 }
 
 impl Part {
@@ -62,6 +66,7 @@ impl Part {
         match self {
             Part::Inventory => "inventory",
             Part::Closing => "closing",
+            Part::Busy => "busy",
         }
     }
 }
@@ -163,7 +168,7 @@ impl Tool {
 /// three times slower than it deserves; `cargo xtask` is a debug build, so a debug build
 /// hands the measurement over to the release build of xtask (made by the release build
 /// of the workspace).
-pub fn run(runs: usize, only: Option<Part>) -> Result<()> {
+pub fn run(runs: usize, busy: &crate::bench_busy::Options, only: Option<Part>) -> Result<()> {
     ensure!(runs >= 1, "--runs must be at least 1");
     let target = target_dir()?;
     let release = target.join("release");
@@ -176,6 +181,7 @@ pub fn run(runs: usize, only: Option<Part>) -> Result<()> {
         );
         let mut command = Command::new(xtask);
         command.args(["bench", "--no-build", "--runs", &runs.to_string()]);
+        command.args(busy.to_args());
         if let Some(part) = only {
             command.args(["--only", part.name()]);
         }
@@ -192,27 +198,33 @@ pub fn run(runs: usize, only: Option<Part>) -> Result<()> {
     let machine = Machine::describe();
     let dir = target.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    if only != Some(Part::Closing) {
-        inventory(runs, &farm_bin, &drainctl, &machine, &dir)?;
+    let runs_part = |part: Part| only.is_none_or(|only| only == part);
+    if runs_part(Part::Inventory) {
+        let report = inventory(runs, &farm_bin, &drainctl, &machine)?;
+        write_report(&dir, Part::Inventory, &report)?;
     }
-    if only != Some(Part::Inventory) {
+    if runs_part(Part::Closing) {
         let report = crate::bench_close::run(&machine, &farm_bin, &drainctl)?;
-        println!("\n{report}");
-        let path = dir.join("closing.md");
-        std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
-        println!("bench: written to {}", path.display());
+        write_report(&dir, Part::Closing, &report)?;
+    }
+    if runs_part(Part::Busy) {
+        let report = crate::bench_busy::run(&machine, busy, &target, &release)?;
+        write_report(&dir, Part::Busy, &report)?;
     }
     Ok(())
 }
 
+/// Prints a part's markdown report and writes it to `dir/<part>.md`.
+fn write_report(dir: &Path, part: Part, report: &str) -> Result<()> {
+    println!("\n{report}");
+    let path = dir.join(format!("{}.md", part.name()));
+    std::fs::write(&path, report).with_context(|| format!("write {}", path.display()))?;
+    println!("bench: written to {}", path.display());
+    Ok(())
+}
+
 /// The inventory part: three scenarios, every tool timed on each.
-fn inventory(
-    runs: usize,
-    farm_bin: &Path,
-    drainctl: &Path,
-    machine: &Machine,
-    dir: &Path,
-) -> Result<()> {
+fn inventory(runs: usize, farm_bin: &Path, drainctl: &Path, machine: &Machine) -> Result<String> {
     let netns = Netns::new().context("creating a private network namespace (run as root)")?;
     tune_namespace()?;
     let mut farms = Farms::new(farm_bin.to_path_buf(), false);
@@ -242,12 +254,13 @@ fn inventory(
     let problems = farms.stop();
     drop(netns);
 
-    let report = render(machine, runs, &results, &farms.setup_notes, &problems);
-    println!("\n{report}");
-    let path = dir.join("inventory.md");
-    std::fs::write(&path, &report).with_context(|| format!("write {}", path.display()))?;
-    println!("bench: written to {}", path.display());
-    Ok(())
+    Ok(render(
+        machine,
+        runs,
+        &results,
+        &farms.setup_notes,
+        &problems,
+    ))
 }
 
 fn target_dir() -> Result<PathBuf> {
@@ -604,7 +617,7 @@ pub(crate) fn run_child(
     })
 }
 
-fn read_to_end_in_thread(mut source: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+pub(crate) fn read_to_end_in_thread(mut source: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         // A read error only truncates the output, which the caller then fails to parse.

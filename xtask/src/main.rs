@@ -4,11 +4,12 @@
 //! private network namespace, `test` sets up and runs every test, including
 //! `fresh-toolchain` (the eBPF toolchain pin proven in a scratch toolchain home). These
 //! are the README's commands, and `.ci/run` runs `cargo xtask test`. `package` builds
-//! the .deb (`package.rs`). `bench` sets up,
-//! builds optimised and runs the connection-inventory and closing benchmarks (see
-//! `bench.rs`, `bench_close.rs`).
+//! the .deb (`package.rs`). `bench` sets up, builds optimised and runs the
+//! connection-inventory, closing and busy-server benchmarks (see `bench.rs`,
+//! `bench_close.rs`, `bench_busy.rs`).
 
 mod bench;
+mod bench_busy;
 mod bench_close;
 mod demo;
 mod fresh_toolchain;
@@ -47,8 +48,9 @@ enum Task {
     /// Build the eBPF program with a toolchain installed from nothing by `setup`, in a
     /// scratch RUSTUP_HOME/CARGO_HOME (downloads the pinned nightly, builds bpf-linker).
     FreshToolchain,
-    /// Setup, release build, then the connection-inventory and closing benchmarks (as
-    /// root, a few minutes); writes target/bench/inventory.md and closing.md.
+    /// Setup (with the busy part's servers), release build, then the connection-inventory,
+    /// closing and busy-server benchmarks (as root, about 20 minutes); writes
+    /// target/bench/inventory.md, closing.md and busy.md.
     Bench {
         /// Timed runs per tool and scenario (median and min are reported).
         #[arg(long, default_value_t = 7)]
@@ -59,6 +61,8 @@ enum Task {
         /// Run only one part of the benchmark.
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+        #[command(flatten)]
+        busy: bench_busy::Options,
     },
 }
 
@@ -79,14 +83,20 @@ fn main() -> ExitCode {
             runs,
             no_build: true,
             only,
-        } => bench::run(runs, only),
+            busy,
+        } => bench::run(runs, &busy, only),
         Task::Bench {
             runs,
             no_build: false,
             only,
+            busy,
         } => setup::setup()
+            .and_then(|()| match only {
+                None | Some(bench::Part::Busy) => setup::bench_packages(),
+                Some(_) => Ok(()),
+            })
             .and_then(|()| build_release())
-            .and_then(|()| bench::run(runs, only)),
+            .and_then(|()| bench::run(runs, &busy, only)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,8 @@
 //! drain-ebpf/toolchain, and installed exactly as named whatever else the machine has.
 //! The tests and the demo need iproute2, curl and a keep-alive load generator. Each step
 //! checks first and does nothing when its part is there, so a second run takes about a
-//! second.
+//! second. The busy-server benchmark's real servers are installed by `cargo xtask bench`
+//! only ([`bench_packages`]), so that CI, which runs `setup`, stays lean.
 
 use std::process::Command;
 
@@ -47,12 +48,46 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
+/// Debian packages of the busy-server benchmark: nginx, haproxy and the Go toolchain (for
+/// its Go net/http server). Installing nginx or haproxy also enables Debian's service of
+/// that name on the host (the benchmark runs its own instances, in a private netns).
+const BENCH_APT_PACKAGES: &[&str] = &["nginx", "haproxy", "golang-go"];
+
+/// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`] and the Python
+/// `websockets` package (pip, or Debian's python3-websockets where pip may not install).
+pub fn bench_packages() -> Result<()> {
+    apt_install(BENCH_APT_PACKAGES.iter().copied())?;
+    let has_websockets = || {
+        Command::new("python3")
+            .args(["-c", "import websockets"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if has_websockets() {
+        return Ok(());
+    }
+    println!("setup: installing the python websockets package");
+    if run(Command::new("python3").args(["-m", "pip", "install", "-q", "websockets"])).is_err() {
+        apt_install(["python3-websockets"].into_iter())?;
+    }
+    if !has_websockets() {
+        bail!("python3 cannot import websockets after installing it");
+    }
+    Ok(())
+}
+
 fn apt_packages() -> Result<()> {
     let llvm = llvm_packages();
-    let missing: Vec<&str> = llvm
-        .iter()
-        .map(String::as_str)
-        .chain(APT_PACKAGES.iter().copied())
+    apt_install(
+        llvm.iter()
+            .map(String::as_str)
+            .chain(APT_PACKAGES.iter().copied()),
+    )
+}
+
+/// Installs those of `packages` that dpkg does not list as installed.
+fn apt_install<'a>(packages: impl Iterator<Item = &'a str>) -> Result<()> {
+    let missing: Vec<&str> = packages
         .filter(|package| !dpkg_installed(package))
         .collect();
     if missing.is_empty() {

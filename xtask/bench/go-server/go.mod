@@ -1,0 +1,3 @@
+module drain-bench/go-server
+
+go 1.19

@@ -1,0 +1,906 @@
+//! The busy-server benchmark of `cargo xtask bench` (issue "Drain a busy server"): a drain
+//! is for restarting a service that is in use, so what counts is how many of its clients'
+//! requests fail when it is stopped under continuous keep-alive load, with drainctl or
+//! without, against the server's own graceful stop. This measures that with real servers
+//! and real clients rather than arguing it.
+//!
+//! Each run gets a fresh private network namespace (dropped at its end) and follows the
+//! handover of a restart: the old server starts on :8080 with SO_REUSEPORT, the load
+//! starts, 3 s later a successor binds the same port, then the old one is stopped in one
+//! of four ways (plain TERM; its own graceful stop; `drainctl drain --port 8080 --pid
+//! OLD` with the defaults, then TERM; drainctl and 0.3 s later the graceful stop, waiting
+//! for drainctl). The load keeps running for 1 s after the old server exited and is then
+//! stopped (hey on SIGINT lets its requests in flight finish and prints its summary), so
+//! it outlasts the drain in every cell by construction: a load that ends on its own lets
+//! every connection finish and proves nothing.
+//!
+//! Servers: nginx proxying to `drain-demo-server` (`/sleep/100`), a Go net/http server
+//! (xtask/bench/go-server, built here offline), a Python `websockets` server. Behind a
+//! load balancer there is no successor: haproxy balances over two Go servers on :9001
+//! and :9002 and the one on :9001 is stopped (drained), its share going to the other.
+//! Clients:
+//! hey paced (`-c 100 -q 5`, GET and POST), hey back to back (`-c 50`, POST), and 200
+//! websocket clients sending a heartbeat every 0.5 s (xtask/bench/ws_clients.py). A
+//! failed request is a hey error or non-200 answer, or a heartbeat sent on a connection
+//! that closed before its answer. Every wait has a timeout; servers run in process groups
+//! of their own and are stopped (TERM, then KILL) on every path.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use drain_tests::{ChildGuard, HeyRun, Netns};
+
+use crate::bench::{median, read_to_end_in_thread, run_child, Machine, PORT};
+use crate::output_of;
+
+/// The port of the demo server behind nginx.
+const BACKEND_PORT: u16 = 9000;
+/// The ports of haproxy's two Go backends: the first is stopped, the second stays.
+const LB_STOPPED_PORT: u16 = 9001;
+const LB_OTHER_PORT: u16 = 9002;
+/// Load before the successor starts (every connection is then on the old server).
+const WARM_UP: Duration = Duration::from_secs(3);
+/// Load after the old server exited, before the load stops.
+const TAIL: Duration = Duration::from_secs(1);
+/// From the drainctl start to the server's graceful signal, in the combined mode.
+const GRACEFUL_AFTER_DRAIN: Duration = Duration::from_millis(300);
+/// drainctl's own deadline, given explicitly for back-to-back clients (the default, 30 s,
+/// would make each of those runs last 30 s: the drain cannot find a pause to close in).
+const BACK_TO_BACK_TIMEOUT: &str = "5s";
+/// The default `--timeout` of `drainctl drain`.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the old server to exit once told to (nginx and Go wait for their
+/// busy connections when stopping gracefully).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Longest wait for a server's listener, and for the load to stop and report.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const LOAD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound of every load (`hey -z`, the websocket fleet's own limit).
+const LOAD_MAX: &str = "120";
+
+/// `--busy-runs` and `--busy-cells` of `cargo xtask bench`.
+#[derive(clap::Args, Clone)]
+pub struct Options {
+    /// Runs per cell of the busy part (median and max of failed requests are reported).
+    #[arg(long, default_value_t = 3)]
+    pub busy_runs: usize,
+    /// Run only the busy cells whose label ("nginx / paced GET / TERM") contains this.
+    #[arg(long)]
+    pub busy_cells: Option<String>,
+}
+
+impl Options {
+    /// The same options on a command line (for the re-run by the release build).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec!["--busy-runs".to_string(), self.busy_runs.to_string()];
+        if let Some(cells) = &self.busy_cells {
+            args.extend(["--busy-cells".to_string(), cells.clone()]);
+        }
+        args
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Nginx,
+    Go,
+    /// haproxy over two Go backends; the one on [`LB_STOPPED_PORT`] is stopped.
+    HaproxyGo,
+    Websockets,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    PacedGet,
+    PacedPost,
+    BackToBack,
+    Heartbeats,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Term,
+    Graceful,
+    Drain,
+    DrainGraceful,
+}
+
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Server::Nginx => "nginx → demo server",
+            Server::Go => "Go net/http",
+            Server::HaproxyGo => "haproxy → 2 Go, one stopped",
+            Server::Websockets => "Python websockets",
+        }
+    }
+
+    fn clients(self) -> &'static [Clients] {
+        match self {
+            Server::Nginx | Server::Go | Server::HaproxyGo => {
+                &[Clients::PacedGet, Clients::PacedPost, Clients::BackToBack]
+            }
+            Server::Websockets => &[Clients::Heartbeats],
+        }
+    }
+
+    /// The server's own graceful stop, if it has one.
+    fn graceful_signal(self) -> Option<libc::c_int> {
+        match self {
+            Server::Nginx => Some(libc::SIGQUIT),
+            Server::Go | Server::HaproxyGo => Some(libc::SIGTERM),
+            Server::Websockets => None,
+        }
+    }
+
+    /// The port of the server that is stopped (and drained).
+    fn stopped_port(self) -> u16 {
+        match self {
+            Server::HaproxyGo => LB_STOPPED_PORT,
+            _ => PORT,
+        }
+    }
+
+    /// Whether a successor takes over the stopped server's port (a handover), or the
+    /// other servers behind the load balancer take its share.
+    fn has_successor(self) -> bool {
+        self != Server::HaproxyGo
+    }
+
+    fn graceful_label(self) -> &'static str {
+        match self {
+            Server::Nginx => "QUIT",
+            Server::Go | Server::HaproxyGo => "TERM → Server.Shutdown",
+            Server::Websockets => "none",
+        }
+    }
+}
+
+impl Clients {
+    fn label(self) -> &'static str {
+        match self {
+            Clients::PacedGet => "paced GET",
+            Clients::PacedPost => "paced POST",
+            Clients::BackToBack => "back-to-back POST",
+            Clients::Heartbeats => "200 heartbeats",
+        }
+    }
+
+    fn hey_args(self) -> &'static [&'static str] {
+        match self {
+            Clients::PacedGet => &["-c", "100", "-q", "5", "-m", "GET"],
+            Clients::PacedPost => &["-c", "100", "-q", "5", "-m", "POST", "-d", "order=42"],
+            Clients::BackToBack => &["-c", "50", "-m", "POST", "-d", "order=42"],
+            Clients::Heartbeats => &[],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Cell {
+    server: Server,
+    clients: Clients,
+    stop: Stop,
+}
+
+impl Cell {
+    fn stop_label(self) -> String {
+        let graceful = self.server.graceful_label();
+        match self.stop {
+            Stop::Term => "TERM".to_string(),
+            Stop::Graceful => graceful.to_string(),
+            Stop::Drain => match self.drain_timeout() {
+                Some(timeout) => format!("drainctl (--timeout {timeout}), then TERM"),
+                None => "drainctl, then TERM".to_string(),
+            },
+            Stop::DrainGraceful => format!("drainctl + {graceful}"),
+        }
+    }
+
+    fn label(self) -> String {
+        format!(
+            "{} / {} / {}",
+            self.server.label(),
+            self.clients.label(),
+            self.stop_label()
+        )
+    }
+
+    /// `--timeout` given to drainctl, if not its default.
+    fn drain_timeout(self) -> Option<&'static str> {
+        (self.clients == Clients::BackToBack).then_some(BACK_TO_BACK_TIMEOUT)
+    }
+
+    /// Whether the old server is started with its graceful stop on TERM (Go's `-graceful`).
+    fn graceful_server(self) -> bool {
+        matches!(self.stop, Stop::Graceful | Stop::DrainGraceful)
+    }
+}
+
+/// Every cell, in table order; a server without a graceful stop has no rows for it.
+fn cells() -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for server in [
+        Server::Nginx,
+        Server::Go,
+        Server::HaproxyGo,
+        Server::Websockets,
+    ] {
+        for &clients in server.clients() {
+            for stop in [Stop::Term, Stop::Graceful, Stop::Drain, Stop::DrainGraceful] {
+                let graceful = matches!(stop, Stop::Graceful | Stop::DrainGraceful);
+                if !graceful || server.graceful_signal().is_some() {
+                    cells.push(Cell {
+                        server,
+                        clients,
+                        stop,
+                    });
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// What one run saw.
+struct RunResult {
+    failed: u64,
+    total: u64,
+    /// From the stop's start (signal or drainctl spawn) to the old server's exit.
+    stop_time: Duration,
+    drain: Option<Drain>,
+    /// How requests failed or connections closed, as the clients reported it.
+    detail: String,
+}
+
+struct Drain {
+    wall: Duration,
+    code: Option<i32>,
+    /// Connections the report lists as remaining (left open at the deadline).
+    remaining: usize,
+}
+
+/// The programs a run starts, found or built once.
+struct Tools {
+    drainctl: PathBuf,
+    demo_server: PathBuf,
+    go_server: PathBuf,
+    python: PathBuf,
+    scripts: PathBuf,
+    /// Per-run files: nginx prefixes, server logs.
+    work: PathBuf,
+}
+
+/// Runs every cell `options.busy_runs` times (round-robin over the cells, so a noisy moment of
+/// the shared machine hits them all); returns the markdown report.
+pub fn run(machine: &Machine, options: &Options, target: &Path, release: &Path) -> Result<String> {
+    ensure!(options.busy_runs >= 1, "--busy-runs must be at least 1");
+    let tools = Tools::find(target, release)?;
+    let cells: Vec<Cell> = cells()
+        .into_iter()
+        .filter(|cell| {
+            options
+                .busy_cells
+                .as_ref()
+                .is_none_or(|f| cell.label().contains(f))
+        })
+        .collect();
+    ensure!(
+        !cells.is_empty(),
+        "no busy cell matches {:?}",
+        options.busy_cells
+    );
+    let started = Instant::now();
+    let mut results: Vec<Vec<RunResult>> = cells.iter().map(|_| Vec::new()).collect();
+    let mut notes = Vec::new();
+    for run in 1..=options.busy_runs {
+        for (cell, results) in cells.iter().zip(&mut results) {
+            println!(
+                "bench: busy {} (run {run}/{})",
+                cell.label(),
+                options.busy_runs
+            );
+            match run_once(*cell, &tools) {
+                Ok(result) => {
+                    let drain = result.drain.as_ref().map_or(String::new(), |d| {
+                        format!(" (drain exit {:?}, {} left)", d.code, d.remaining)
+                    });
+                    println!(
+                        "bench:   failed {} of {}, stop {:.1} s{drain}{}",
+                        result.failed,
+                        result.total,
+                        result.stop_time.as_secs_f64(),
+                        result.detail
+                    );
+                    results.push(result);
+                }
+                Err(e) => notes.push(format!("{} (run {run}): {e:#}", cell.label())),
+            }
+        }
+    }
+    Ok(render(
+        machine,
+        options.busy_runs,
+        &cells,
+        &results,
+        &notes,
+        started.elapsed(),
+    ))
+}
+
+impl Tools {
+    fn find(target: &Path, release: &Path) -> Result<Tools> {
+        let scripts = crate::workspace().join("xtask/bench");
+        let work = target.join("bench/busy");
+        std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+        let tools = Tools {
+            drainctl: release.join("drainctl"),
+            demo_server: release.join("drain-demo-server"),
+            go_server: build_go_server(&scripts.join("go-server"), &target.join("bench/go"))?,
+            python: python_with_websockets()?,
+            scripts,
+            work,
+        };
+        for bin in [&tools.drainctl, &tools.demo_server] {
+            ensure!(
+                bin.is_file(),
+                "{} is missing: build the release binaries",
+                bin.display()
+            );
+        }
+        Ok(tools)
+    }
+
+    /// A server's stderr (and stdout) file, overwritten by every run.
+    fn log(&self, name: &str) -> Result<Stdio> {
+        let path = self.work.join(format!("{name}.log"));
+        let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(file.into())
+    }
+}
+
+/// `go build` of the Go server, offline (standard library only), with its caches under
+/// `dir`. Returns the binary.
+fn build_go_server(source: &Path, dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("go-server");
+    crate::run(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(source)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOPATH", dir.join("path"))
+            .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local"),
+    )
+    .context("building the Go server (apt golang-go; `cargo xtask bench` installs it)")?;
+    Ok(bin)
+}
+
+/// The interpreter that `python3` runs, if it can import `websockets` (its real path: a
+/// shim such as pyenv's would otherwise be the process drainctl is given).
+fn python_with_websockets() -> Result<PathBuf> {
+    let path = output_of(
+        Command::new("python3").args(["-c", "import sys, websockets; print(sys.executable)"]),
+    )
+    .context("python3 with the websockets package (`cargo xtask bench` installs it)")?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+// ---------------------------------------------------------------------------------------
+// One run
+// ---------------------------------------------------------------------------------------
+
+fn run_once(cell: Cell, tools: &Tools) -> Result<RunResult> {
+    let _netns = Netns::new().context("creating a private network namespace (run as root)")?;
+    let port = cell.server.stopped_port();
+    let mut old = start_server(cell, "old", tools)?;
+    wait_listeners(port, 1)?;
+    let _others = start_others(cell.server, tools)?;
+    let load = Load::start(cell.clients, tools)?;
+    std::thread::sleep(WARM_UP);
+    let _successor = if cell.server.has_successor() {
+        let successor = start_server(cell, "new", tools)?;
+        wait_listeners(port, 2)?;
+        Some(successor)
+    } else {
+        None
+    };
+    let (stop_time, drain) = stop_old(cell, &mut old, tools)?;
+    std::thread::sleep(TAIL);
+    let (failed, total, detail) = load.stop()?;
+    Ok(RunResult {
+        failed,
+        total,
+        stop_time,
+        drain,
+        detail,
+    })
+}
+
+/// A server in a process group of its own (nginx's workers are its master's children):
+/// the group is sent TERM, then KILL, unless the server has exited.
+struct ServerProcess(ChildGuard);
+
+impl ServerProcess {
+    fn spawn(command: &mut Command, log: Stdio) -> Result<ServerProcess> {
+        let child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        Ok(ServerProcess(ChildGuard(child)))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        signal_pid(self.pid(), signal);
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            if let Ok(group) = libc::pid_t::try_from(self.pid()) {
+                // SAFETY: kill(2) with a negative pid signals the process group that our
+                // own child leads (it is not reaped yet, so the id is still ours).
+                unsafe { libc::kill(-group, signal) };
+            }
+            let _ = self.0.wait_timeout(Duration::from_secs(3));
+        }
+    }
+}
+
+fn signal_pid(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory effects; the pid is a child not reaped yet.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Starts the servers that stay, around the one stopped: nginx's demo backend; haproxy
+/// and its other Go backend. Returns once they listen.
+fn start_others(server: Server, tools: &Tools) -> Result<Vec<ServerProcess>> {
+    let mut others = Vec::new();
+    match server {
+        Server::Nginx => {
+            others.push(ServerProcess::spawn(
+                Command::new(&tools.demo_server)
+                    .args(["--listen", &format!("127.0.0.1:{BACKEND_PORT}")]),
+                tools.log("demo-backend")?,
+            )?);
+            wait_listeners(BACKEND_PORT, 1)?;
+        }
+        Server::HaproxyGo => {
+            others.push(ServerProcess::spawn(
+                Command::new(&tools.go_server)
+                    .args(["-listen", &format!("127.0.0.1:{LB_OTHER_PORT}")]),
+                tools.log("go-other")?,
+            )?);
+            wait_listeners(LB_OTHER_PORT, 1)?;
+            let config = haproxy_config(&tools.work)?;
+            others.push(ServerProcess::spawn(
+                Command::new("haproxy").arg("-db").arg("-f").arg(config),
+                tools.log("haproxy")?,
+            )?);
+            wait_listeners(PORT, 1)?;
+        }
+        Server::Go | Server::Websockets => {}
+    }
+    Ok(others)
+}
+
+/// Writes haproxy's configuration: HTTP keep-alive on both sides, round robin over the
+/// two Go backends with health checks, a failed connect retried on the other one.
+fn haproxy_config(dir: &Path) -> Result<PathBuf> {
+    let conf = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  \
+         timeout server 30s\n  retries 3\n  option redispatch\n\
+         frontend web\n  bind 127.0.0.1:{PORT}\n  default_backend go\n\
+         backend go\n  balance roundrobin\n  \
+         server a 127.0.0.1:{LB_STOPPED_PORT} check inter 500ms fall 2 rise 2\n  \
+         server b 127.0.0.1:{LB_OTHER_PORT} check inter 500ms fall 2 rise 2\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Starts an instance (`role`: "old" or "new") of the cell's server on its port.
+fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> {
+    let log = tools.log(&format!("server-{role}"))?;
+    let mut command = match cell.server {
+        Server::Nginx => {
+            let prefix = nginx_prefix(&tools.work.join(format!("nginx-{role}")))?;
+            let mut command = Command::new("nginx");
+            command
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(prefix.join("nginx.conf"))
+                .arg("-e")
+                .arg(prefix.join("error.log"));
+            command
+        }
+        Server::Go | Server::HaproxyGo => {
+            let mut command = Command::new(&tools.go_server);
+            let port = cell.server.stopped_port();
+            command.args(["-listen", &format!("127.0.0.1:{port}")]);
+            if role == "old" && cell.graceful_server() {
+                command.arg("-graceful");
+            }
+            command
+        }
+        Server::Websockets => {
+            let mut command = Command::new(&tools.python);
+            command
+                .arg(tools.scripts.join("ws_server.py"))
+                .arg(PORT.to_string());
+            command
+        }
+    };
+    ServerProcess::spawn(&mut command, log)
+}
+
+/// Writes an nginx prefix: one worker, `reuseport` on [`PORT`], keep-alive to the demo
+/// server on [`BACKEND_PORT`], no access log. Returns the prefix.
+fn nginx_prefix(prefix: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(prefix.join("logs"))
+        .with_context(|| format!("create {}", prefix.display()))?;
+    let dir = prefix.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n\
+         \x20 upstream app {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{PORT} reuseport;\n    keepalive_requests 100000;\n\
+         \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+    Ok(prefix.to_path_buf())
+}
+
+/// Waits until `ss` lists at least `n` TCP listeners on `port`.
+fn wait_listeners(port: u16, n: usize) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let listing =
+            output_of(Command::new("ss").args(["-Hltn", &format!("( sport = :{port} )")]))?;
+        let seen = listing.lines().filter(|l| !l.trim().is_empty()).count();
+        if seen >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{seen} listeners on :{port} after {START_TIMEOUT:?}, expected {n}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the old server the cell's way; returns the time to its exit and drainctl's run.
+fn stop_old(
+    cell: Cell,
+    old: &mut ServerProcess,
+    tools: &Tools,
+) -> Result<(Duration, Option<Drain>)> {
+    let started = Instant::now();
+    let graceful = cell.server.graceful_signal();
+    let drain = match (cell.stop, graceful) {
+        (Stop::Term, _) => {
+            old.signal(libc::SIGTERM);
+            None
+        }
+        (Stop::Graceful, Some(signal)) => {
+            old.signal(signal);
+            None
+        }
+        (Stop::Drain, _) => {
+            let drain = drainctl(cell, old.pid(), tools, None)?;
+            old.signal(libc::SIGTERM);
+            Some(drain)
+        }
+        (Stop::DrainGraceful, Some(signal)) => {
+            Some(drainctl(cell, old.pid(), tools, Some(signal))?)
+        }
+        (Stop::Graceful | Stop::DrainGraceful, None) => {
+            bail!("{} has no graceful stop", cell.server.label())
+        }
+    };
+    match old.0.wait_timeout(EXIT_TIMEOUT)? {
+        Some(_) => Ok((started.elapsed(), drain)),
+        None => bail!("the old server was still running {EXIT_TIMEOUT:?} after its stop"),
+    }
+}
+
+/// Runs `drainctl drain --port P --pid OLD --standalone --json` with the defaults (but
+/// the cell's `--timeout`); with `graceful`, that signal goes to the old server
+/// [`GRACEFUL_AFTER_DRAIN`] after drainctl started.
+fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) -> Result<Drain> {
+    let mut command = Command::new(&tools.drainctl);
+    command.args([
+        "drain",
+        "--port",
+        &cell.server.stopped_port().to_string(),
+        "--pid",
+        &old.to_string(),
+    ]);
+    command.args(["--standalone", "--json"]);
+    if let Some(timeout) = cell.drain_timeout() {
+        command.args(["--timeout", timeout]);
+    }
+    let limit = DEFAULT_DRAIN_TIMEOUT + Duration::from_secs(30);
+    let run = std::thread::scope(|scope| {
+        if let Some(signal) = graceful {
+            scope.spawn(move || {
+                std::thread::sleep(GRACEFUL_AFTER_DRAIN);
+                signal_pid(old, signal);
+            });
+        }
+        run_child(&mut command, true, limit)
+    })?;
+    let code = run.status.code();
+    ensure!(
+        matches!(code, Some(0 | 1)),
+        "drainctl failed ({}): {}",
+        run.status,
+        run.stderr_line()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)
+        .context("drainctl drain --json printed no JSON object")?;
+    Ok(Drain {
+        wall: run.wall,
+        code,
+        remaining: report["remaining"].as_array().map_or(0, Vec::len),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------------
+
+/// A load running in the background until [`Load::stop`].
+struct Load {
+    clients: Clients,
+    child: ChildGuard,
+    stdout: JoinHandle<Vec<u8>>,
+}
+
+impl Load {
+    fn start(clients: Clients, tools: &Tools) -> Result<Load> {
+        let mut command = match clients {
+            Clients::Heartbeats => {
+                let mut command = Command::new(&tools.python);
+                command.arg(tools.scripts.join("ws_clients.py")).args([
+                    &PORT.to_string(),
+                    "200",
+                    "0.5",
+                    LOAD_MAX,
+                ]);
+                command
+            }
+            _ => {
+                let mut command = Command::new("hey");
+                command.args(["-z", &format!("{LOAD_MAX}s")]);
+                command.args(clients.hey_args());
+                command.arg(format!("http://127.0.0.1:{PORT}/sleep/100"));
+                command
+            }
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(tools.log("load")?)
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        Ok(Load {
+            clients,
+            child: ChildGuard(child),
+            stdout: read_to_end_in_thread(stdout),
+        })
+    }
+
+    /// SIGINT (requests in flight finish), then reads the report: (failed, total, detail).
+    fn stop(mut self) -> Result<(u64, u64, String)> {
+        signal_pid(self.child.pid(), libc::SIGINT);
+        let status = self
+            .child
+            .wait_timeout(LOAD_STOP_TIMEOUT)?
+            .ok_or_else(|| anyhow!("the load did not stop within {LOAD_STOP_TIMEOUT:?}"))?;
+        let stdout = self
+            .stdout
+            .join()
+            .map_err(|_| anyhow!("the load's stdout reader panicked"))?;
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        ensure!(status.success(), "the load exited with {status}: {stdout}");
+        match self.clients {
+            Clients::Heartbeats => heartbeat_tally(&stdout),
+            _ => Ok(hey_tally(HeyRun::parse(stdout))),
+        }
+    }
+}
+
+/// hey: failed = errors + answers other than 200; total = both + the 200s.
+fn hey_tally(run: HeyRun) -> (u64, u64, String) {
+    let failed = run.failed() + (run.responses - run.ok);
+    let detail = run
+        .errors
+        .iter()
+        .map(|line| format!("; {}", line.trim().replace('\t', " ")))
+        .collect();
+    (failed, run.responses + run.failed(), detail)
+}
+
+/// ws_clients.py's JSON line: failed = heartbeats lost, total = sent; detail = close codes.
+fn heartbeat_tally(stdout: &str) -> Result<(u64, u64, String)> {
+    let json: serde_json::Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("ws_clients.py printed no JSON: {stdout}"))?;
+    let count = |key: &str| json[key].as_u64().unwrap_or(0);
+    Ok((
+        count("lost"),
+        count("sent"),
+        format!("; closes {}", json["closes"]),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------
+
+fn render(
+    machine: &Machine,
+    runs: usize,
+    cells: &[Cell],
+    results: &[Vec<RunResult>],
+    notes: &[String],
+    took: Duration,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Stopping a busy server: failed requests per stop mode\n"
+    );
+    let _ = writeln!(out, "{}", machine.header());
+    let _ = writeln!(
+        out,
+        "Handover on :{PORT} in a private netns: the old server under load, a successor on \
+         the same port (SO_REUSEPORT) after {} s, then the old one stopped; the load runs \
+         on until {} s after the old server exited. Failed: hey errors and non-200 answers \
+         (heartbeats: pings sent on a connection that closed before the answer), of all \
+         requests; median and max of {runs} runs. Stop: from the stop's start to the old \
+         server's exit. drainctl: `drain --port {PORT} --pid OLD --standalone --json` with \
+         the default options (`--timeout 30s`) but for back-to-back clients, where \
+         `--timeout {BACK_TO_BACK_TIMEOUT}` is given (with the default each of those runs \
+         would last 30 s); drain: its run time and exit codes (with the connections its \
+         report lists as remaining at the deadline). Python websockets has no \
+         graceful stop of its own: no rows for one. haproxy: over Go servers on \
+         :{LB_STOPPED_PORT} and :{LB_OTHER_PORT} (round robin, health checks every 500 ms, \
+         `retries 3`, `option redispatch`); the one on :{LB_STOPPED_PORT} is stopped, no \
+         successor, drainctl `--port {LB_STOPPED_PORT}`. Part run time: {:.0} min.\n",
+        WARM_UP.as_secs(),
+        TAIL.as_secs(),
+        took.as_secs_f64() / 60.0
+    );
+    let _ = writeln!(
+        out,
+        "| server | clients | stop | failed (median) | failed (max) | requests (median) | stop s (median / max) | drain s (median / max), exits |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---|");
+    for (cell, runs) in cells.iter().zip(results) {
+        let _ = writeln!(out, "{}", row(*cell, runs));
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for note in notes {
+            let _ = writeln!(out, "- {note}");
+        }
+    }
+    out
+}
+
+fn row(cell: Cell, runs: &[RunResult]) -> String {
+    let label = format!(
+        "| {} | {} | {} |",
+        cell.server.label(),
+        cell.clients.label(),
+        cell.stop_label()
+    );
+    if runs.is_empty() {
+        return format!("{label} — | — | — | — | — |");
+    }
+    let failed: Vec<u64> = runs.iter().map(|r| r.failed).collect();
+    let totals: Vec<u64> = runs.iter().map(|r| r.total).collect();
+    let stops: Vec<Duration> = runs.iter().map(|r| r.stop_time).collect();
+    let drains: Vec<&Drain> = runs.iter().filter_map(|r| r.drain.as_ref()).collect();
+    let drain = if drains.is_empty() {
+        "—".to_string()
+    } else {
+        let walls: Vec<Duration> = drains.iter().map(|d| d.wall).collect();
+        let exits: Vec<String> = drains
+            .iter()
+            .map(|d| match (d.code, d.remaining) {
+                (Some(code), 0) => code.to_string(),
+                (Some(code), left) => format!("{code} ({left} left)"),
+                (None, _) => "signal".to_string(),
+            })
+            .collect();
+        format!("{}, exit {}", seconds(&walls), exits.join(" "))
+    };
+    format!(
+        "{label} {} | {} | {} | {} | {drain} |",
+        median_u64(&failed),
+        failed.iter().max().copied().unwrap_or(0),
+        median_u64(&totals),
+        seconds(&stops)
+    )
+}
+
+/// "median / max" in seconds, one decimal.
+fn seconds(times: &[Duration]) -> String {
+    let max = times.iter().max().copied().unwrap_or_default();
+    let median = median(times).unwrap_or_default();
+    format!("{:.1} / {:.1}", median.as_secs_f64(), max.as_secs_f64())
+}
+
+fn median_u64(values: &[u64]) -> u64 {
+    let as_durations: Vec<Duration> = values.iter().map(|v| Duration::from_nanos(*v)).collect();
+    median(&as_durations).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_has_its_stop_modes() {
+        let cells = cells();
+        // nginx, Go, haproxy: 3 client profiles x 4 stops; websockets: 1 x (TERM, drainctl).
+        assert_eq!(cells.len(), 3 * 3 * 4 + 2);
+        assert!(cells
+            .iter()
+            .filter(|c| c.server == Server::Websockets)
+            .all(|c| matches!(c.stop, Stop::Term | Stop::Drain)));
+        let back_to_back = cells
+            .iter()
+            .find(|c| c.clients == Clients::BackToBack && c.stop == Stop::Drain)
+            .unwrap();
+        assert_eq!(
+            back_to_back.stop_label(),
+            "drainctl (--timeout 5s), then TERM"
+        );
+    }
+
+    #[test]
+    fn hey_tally_counts_errors_and_other_statuses() {
+        let summary = "Summary:\n  Total:\t1.0 secs\n\nStatus code distribution:\n  \
+                       [200]\t90 responses\n  [502]\t3 responses\n\nError distribution:\n  \
+                       [4]\tPost \"http://127.0.0.1:8080/sleep/100\": EOF\n  [1]\tPost: reset\n";
+        let (failed, total, detail) = hey_tally(HeyRun::parse(summary.to_string()));
+        assert_eq!((failed, total), (8, 98));
+        assert!(detail.contains("EOF"), "{detail}");
+    }
+
+    #[test]
+    fn median_of_counts() {
+        assert_eq!(median_u64(&[5, 1, 3]), 3);
+        assert_eq!(median_u64(&[]), 0);
+    }
+}
