@@ -68,12 +68,18 @@ fn the_successor_takes_every_new_connection_while_the_old_listener_drains() {
         "{report}"
     );
     assert_eq!(report["refused_connections"], 0);
+    // After the drain the pinned program goes on handing new connections to the
+    // successor, and the report says so rather than "refused".
+    assert_eq!(report["still_refusing"], true, "{report}");
+    assert_eq!(report["successors"], 1, "{report}");
     assert_eq!(
         accepted(&old_events),
         old_before,
         "the old server accepted nothing new"
     );
     assert!(accepted(&new_events) >= 20);
+    let mut after = KeepAliveClient::connect(addr).expect("the successor takes it after the drain");
+    assert_eq!(after.request("GET", "/", b"").unwrap().status, 200);
 }
 
 #[test]

@@ -210,7 +210,13 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
             kept_by.join(", ")
         )?;
     }
-    if report.still_refusing {
+    if report.still_refusing && report.successors > 0 {
+        writeln!(
+            out,
+            "  new connections to port {} go to its {} successor listener(s) until the drained listener closes (drainctl release --port {} undoes that)",
+            report.port, report.successors, report.port
+        )?;
+    } else if report.still_refusing {
         writeln!(
             out,
             "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",

@@ -429,6 +429,7 @@ pub async fn drain(
         pinned_at.filter(|_| still_refusing),
     );
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
+    report.successors = successors.len().try_into().unwrap_or(u32::MAX);
     Ok(report)
 }
 

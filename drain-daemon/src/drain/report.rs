@@ -75,6 +75,9 @@ pub struct DrainReport {
     pub steering_pinned_at: Option<String>,
     /// Whether new connections are still refused after the drain returned.
     pub still_refusing: bool,
+    /// Successor listeners new connections go to instead, while the refusal lasts.
+    #[serde(default)]
+    pub successors: u32,
     /// Processes that also hold the drained listener and outlive the server (pid 1 with
     /// socket activation, a supervisor): the refusal then ends with the drain, so the
     /// next instance that inherits the listener is not refused.
@@ -209,6 +212,7 @@ impl Tally {
             still_refusing: steering_pinned_at.is_some(),
             steering_pinned_at,
             listener_kept_by: Vec::new(),
+            successors: 0,
         }
     }
 }
