@@ -364,3 +364,38 @@ fn connections_of_a_successor_the_drain_cannot_see_are_left_alone() {
         Closed::StillOpen
     );
 }
+
+/// A new instance with several listeners in its reuseport group (one per worker) must
+/// get new connections spread over them, as the kernel would, not all on one socket:
+/// the handover bypasses the kernel's reuseport choice (it would pick the draining
+/// listener too), so the program spreads by the flow itself.
+#[test]
+fn new_connections_are_spread_over_the_successors_reuseport_group() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, _old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_first, first_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_second, second_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let old_pid = old.pid().to_string();
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old_pid,
+        "--timeout",
+        "20s",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |l| l.contains("successors=2"))
+        .expect("both successors set");
+    for _ in 0..60 {
+        let mut client = KeepAliveClient::connect(addr).expect("accepted by a successor");
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    }
+    let (first, second) = (accepted(&first_events), accepted(&second_events));
+    assert_eq!(first + second, 60);
+    assert!(first >= 12 && second >= 12, "spread {first} / {second}");
+}

@@ -91,25 +91,27 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
     if !(0..MAX_LISTENERS_PER_PORT).any(|slot| matches(&DRAIN_LISTENERS, slot, &destination)) {
         return SK_PASS;
     }
-    for slot in 0..MAX_LISTENERS_PER_PORT {
-        let successor = SUCCESSORS.get(slot);
-        if successor.is_null() {
-            continue;
-        }
-        // SAFETY: a non-null lookup result is readable until released.
-        let accepts = listener_accepts(unsafe { &*successor }, &destination);
-        // SAFETY: `ctx` is this program's context and `successor` a referenced socket.
-        let assigned = accepts
-            && unsafe { bpf_sk_assign(ctx.lookup.cast(), successor.cast(), NO_REUSEPORT) } == 0;
-        release(successor);
-        if assigned {
-            count(COUNT_STEERED);
-            debug!(
-                &ctx,
-                "handed a connection to draining port {} to a successor", port
-            );
-            return SK_PASS;
-        }
+    // NO_REUSEPORT keeps the kernel from picking the draining listener out of a shared
+    // reuseport group, so the spread over the successors (a new instance's reuseport
+    // group) is made here: by the flow, as the kernel's own reuseport selection does,
+    // so a retransmitted SYN lands where the first one did. The loader keeps the
+    // successors in slots 0..n; the first one that takes the destination is the
+    // fallback (a successor bound to another address).
+    let successors = successor_count();
+    let picked = if successors > 0 {
+        flow_hash(lookup) % successors
+    } else {
+        0
+    };
+    if (successors > 0 && assign_successor(&ctx, picked, &destination))
+        || (0..MAX_LISTENERS_PER_PORT).any(|slot| assign_successor(&ctx, slot, &destination))
+    {
+        count(COUNT_STEERED);
+        debug!(
+            &ctx,
+            "handed a connection to draining port {} to a successor", port
+        );
+        return SK_PASS;
     }
     count(COUNT_REFUSED);
     debug!(&ctx, "refused a connection to draining port {}", port);
@@ -122,6 +124,46 @@ struct Destination {
     family: u32,
     ip4: u32,
     ip6: [u32; 4],
+}
+
+/// How many successors there are: the loader fills slots 0..n and leaves the rest empty.
+fn successor_count() -> u32 {
+    let mut count = 0;
+    for slot in 0..MAX_LISTENERS_PER_PORT {
+        let sk = SUCCESSORS.get(slot);
+        if sk.is_null() {
+            break;
+        }
+        release(sk);
+        count = slot + 1;
+    }
+    count
+}
+
+/// Hands the connection to the successor in `slot` if it takes the destination.
+fn assign_successor(ctx: &SkLookupContext, slot: u32, destination: &Destination) -> bool {
+    let successor = SUCCESSORS.get(slot);
+    if successor.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null lookup result is readable until released.
+    let accepts = listener_accepts(unsafe { &*successor }, destination);
+    // SAFETY: `ctx` is this program's context and `successor` a referenced socket.
+    let assigned =
+        accepts && unsafe { bpf_sk_assign(ctx.lookup.cast(), successor.cast(), NO_REUSEPORT) } == 0;
+    release(successor);
+    assigned
+}
+
+/// A hash of the connection's remote end and local port: the same for every SYN of one
+/// connection, spread over connections (a multiplicative mix, so neighbouring ports
+/// differ in the high bits that the modulo keeps).
+fn flow_hash(lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> u32 {
+    let ip6 = lookup.remote_ip6;
+    let address = lookup.remote_ip4 ^ ip6[0] ^ ip6[1] ^ ip6[2] ^ ip6[3];
+    let ports = (u32::from(lookup.remote_port) << 16) ^ lookup.local_port;
+    let mixed = (address ^ ports).wrapping_mul(0x9e37_79b1);
+    mixed ^ (mixed >> 16)
 }
 
 fn matches(sockets: &ListenerSockets, slot: u32, destination: &Destination) -> bool {

@@ -214,7 +214,23 @@ impl Steering {
     /// Hands new connections to these listeners (descriptors duplicated into this
     /// process) instead of refusing them; an empty set refuses again.
     pub fn set_successors(&mut self, successors: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        replace_sockets(&mut self.successors, successors, self.port)
+        if successors.len() > MAX_LISTENERS_PER_PORT as usize {
+            return Err(SteerError::TooManyListeners { port: self.port });
+        }
+        // The program spreads new connections over slots 0..n (drain-ebpf, program.rs):
+        // fill them in place (an update replaces a slot at once), then empty the rest.
+        let previous: BTreeSet<u32> = self.successors.keys().filter_map(Result::ok).collect();
+        for (slot, socket) in (0..).zip(successors) {
+            self.successors
+                .insert(slot, socket.as_raw_fd(), 0)
+                .map_err(SteerError::AddListener)?;
+        }
+        let filled = successors.len() as u32;
+        for slot in previous.into_iter().filter(|slot| *slot >= filled) {
+            // Gone already if that listener closed meanwhile: nothing to undo.
+            let _ = self.successors.remove(&slot);
+        }
+        Ok(())
     }
 
     /// The reader of the program's log records (aya-log), to be polled by the caller.
