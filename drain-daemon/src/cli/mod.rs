@@ -384,23 +384,28 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     let started = std::time::Instant::now();
     let via_daemon = match route {
         Route::Daemon(client) => drain_via_daemon(client, &plan, &mut progress).await,
-        Route::Standalone => Ok(None),
+        Route::Standalone => Ok(ViaDaemon::NotThere),
     };
-    // Standalone from the start, or after the daemon went away: with what is left of the
-    // time (the pinned refusal, if the daemon had set it up, is taken over).
-    let plan = plan.after(started.elapsed());
+    let plan = match via_daemon {
+        // After the daemon went away: with what is left of the time (the pinned
+        // refusal it set up is taken over).
+        Ok(ViaDaemon::WentAway) => plan.after(started.elapsed()),
+        _ => plan,
+    };
     let result = match via_daemon {
-        Ok(Some(report)) => Ok(report),
-        Ok(None) => drain::drain(&plan, interrupted(), |p: &Progress| progress.show(p))
-            .await
-            .map_err(|err| Failure {
-                exit: if err.is_environment() {
-                    Exit::Environment
-                } else {
-                    Exit::Failure
-                },
-                message: err.to_string(),
-            }),
+        Ok(ViaDaemon::Report(report)) => Ok(report),
+        Ok(ViaDaemon::NotThere | ViaDaemon::WentAway) => {
+            drain::drain(&plan, interrupted(), |p: &Progress| progress.show(p))
+                .await
+                .map_err(|err| Failure {
+                    exit: if err.is_environment() {
+                        Exit::Environment
+                    } else {
+                        Exit::Failure
+                    },
+                    message: err.to_string(),
+                })
+        }
         Err(failure) => Err(failure),
     };
     progress.finish();
@@ -430,13 +435,22 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     }
 }
 
-/// Runs the drain in the daemon. `Ok(None)`: the daemon serves another network
-/// namespace, so the caller drains standalone.
+/// How a drain through the daemon ended.
+enum ViaDaemon {
+    Report(DrainReport),
+    /// No daemon serves this drain (none, another network namespace, stopping): the
+    /// caller drains standalone.
+    NotThere,
+    /// The daemon went away midway: the caller carries on standalone.
+    WentAway,
+}
+
+/// Runs the drain in the daemon.
 async fn drain_via_daemon(
     mut client: Client,
     plan: &DrainPlan,
     progress: &mut view::ProgressView,
-) -> Result<Option<DrainReport>, Failure> {
+) -> Result<ViaDaemon, Failure> {
     let netns_inode = netns::current_inode().map_err(|err| Failure {
         exit: Exit::Failure,
         message: format!("reading /proc/self/ns/net: {err}"),
@@ -457,7 +471,7 @@ async fn drain_via_daemon(
                 // the service's stop still needs its drain.
                 Err(err) if !cancelled => {
                     warn!("drain-daemon went away in the middle of the drain ({err}); carrying on standalone (what it closed is not in this report)");
-                    return Ok(None);
+                    return Ok(ViaDaemon::WentAway);
                 }
                 Err(err) => return Err(Failure::daemon(err)),
             },
@@ -470,13 +484,13 @@ async fn drain_via_daemon(
         };
         match reply {
             Reply::Progress(update) => progress.show(&update),
-            Reply::Report(report) => return Ok(Some(report)),
+            Reply::Report(report) => return Ok(ViaDaemon::Report(report)),
             Reply::Error {
                 kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
                 message,
             } => {
                 info!("{message}; draining standalone");
-                return Ok(None);
+                return Ok(ViaDaemon::NotThere);
             }
             Reply::Error { kind, message } => return Err(Failure::from_kind(kind, message)),
             Reply::Released { .. } => {
