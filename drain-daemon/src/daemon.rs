@@ -7,7 +7,8 @@
 //! report (each is bounded by its deadline), because the `ExecStop=` that asked for a
 //! drain is usually stopping at the same time as the daemon (a host shutdown, a package
 //! upgrade). Under systemd (`Type=notify`) it says when it is ready, which drains run,
-//! and that it is stopping, asking for more stop time while drains need it.
+//! and that it is stopping, asking for more stop time while drains need it. Under
+//! systemd it logs to journald with priorities ([`crate::journal`]).
 
 use std::{
     fs, io,
@@ -50,7 +51,7 @@ pub fn command() -> clap::Command {
 /// Entry point of the `drain-daemon` binary.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    crate::cli::init_logging(args.verbose, false);
+    init_logging(args.verbose);
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH): run it as root"
@@ -84,6 +85,24 @@ pub fn main() -> ExitCode {
             Exit::Environment.into()
         }
     }
+}
+
+/// Logs to journald when stderr is the journal ([`crate::journal`]), as text on stderr
+/// otherwise, or when journald's socket cannot be opened (said on stderr, which then
+/// still reaches the journal, at one priority).
+fn init_logging(verbose: u8) {
+    let journal = if crate::journal::under_journal() {
+        match tracing_journald::Layer::new() {
+            Ok(layer) => Some(layer.with_syslog_identifier("drain-daemon".into())),
+            Err(err) => {
+                eprintln!("drain-daemon: stderr is the journal, but journald's socket cannot be opened ({err}): logging text to stderr");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    crate::cli::init_logging_to(verbose, false, journal);
 }
 
 async fn run(socket: &Path, inherited: Option<std::os::unix::net::UnixListener>) -> io::Result<()> {

@@ -9,6 +9,7 @@
 //! command line; [`daemon`] is `drain-daemon`, serving
 //! `drainctl` through the [`control`] API. [`safe_dir`] is how the files they keep as
 //! root (bpffs pins, drain records) are reached without following anyone's symlinks.
+//! [`journal`] decides whether the daemon's log goes to journald.
 //! [`duration`] is how durations are written and the range each of a drain's settings
 //! must stay in, for both.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod drain;
 pub mod duration;
 pub mod inventory;
+pub mod journal;
 pub mod netns;
 pub mod pidfd;
 pub mod safe_dir;
