@@ -192,6 +192,9 @@ pub struct Progress {
     pub accept_queue: u32,
     pub closed: u64,
     pub refused: u64,
+    /// New connections handed to a successor so far (absent from older daemons).
+    #[serde(default)]
+    pub steered: u64,
 }
 
 /// Runs a drain to its end. `cancel` resolving stops it early; `progress` is called
@@ -364,6 +367,7 @@ pub async fn drain(
             accept_queue: snapshot.accept_queue(),
             closed: tally.closed_total(),
             refused: steering.refused_connections(),
+            steered: steering.steered_connections(),
         };
         if let Some(announcer) = &mut announcer {
             announcer.progress(&pass);
