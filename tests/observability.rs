@@ -252,6 +252,13 @@ fn a_running_drain_shows_its_in_flight_connections_and_refusals() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // drainctl status shows the same eBPF counts, from the drain's record.
+    let status = run_drainctl(["status", "--port", "8080", "--json"], 10 * SECOND);
+    assert_eq!(status.code, Some(0), "{}", status.stderr_text());
+    let port_drain = &status.json()["ports"][0]["drain"];
+    assert_eq!(port_drain["running"], true, "{port_drain}");
+    assert_eq!(port_drain["refused"], 1, "{port_drain}");
+    assert_eq!(port_drain["steered"], 0, "{port_drain}");
     let output = drain.wait(30 * SECOND);
     assert_eq!(output.json()["outcome"], "deadline_reached");
     assert_eq!(output.json()["refused_connections"], 1);

@@ -322,7 +322,10 @@ pub async fn drain(
             }
             Err(source) => {
                 if let Some(announcer) = &mut announcer {
-                    announcer.fail(steering.refused_connections());
+                    announcer.fail(
+                        steering.refused_connections(),
+                        steering.steered_connections(),
+                    );
                 }
                 return Err(DrainError::ScanFailed {
                     port,
@@ -408,7 +411,7 @@ pub async fn drain(
         .filter_map(|c| Some((c.socket.id.cookie, rhythms.of(c)?.pause()?)))
         .collect();
     if let Some(announcer) = &mut announcer {
-        announcer.finish(outcome, refused_connections);
+        announcer.finish(outcome, refused_connections, tally.steered);
     }
     let pinned_at = match steering.persistence() {
         Persistence::Pinned(dir) => Some(dir.display().to_string()),
