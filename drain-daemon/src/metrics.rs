@@ -132,18 +132,18 @@ pub struct DrainMetrics {
 impl DrainMetrics {
     /// After each pass.
     pub fn progress(&mut self, progress: &Progress) {
-        let gauge = |state| {
+        for (state, connections) in [("idle", progress.idle), ("in_flight", progress.in_flight)] {
+            let labels = PortState {
+                port: self.port,
+                state,
+            };
+            let connections = i64::try_from(connections).unwrap_or(i64::MAX);
             self.metrics
                 .0
                 .draining
-                .get_or_create(&PortState {
-                    port: self.port,
-                    state,
-                })
-                .set(count(progress_count(progress, state)))
-        };
-        gauge("idle");
-        gauge("in_flight");
+                .get_or_create(&labels)
+                .set(connections);
+        }
         self.new_connections(progress.refused, progress.steered);
     }
 
@@ -219,18 +219,6 @@ impl DrainMetrics {
         self.refused = self.refused.max(refused);
         self.steered = self.steered.max(steered);
     }
-}
-
-fn progress_count(progress: &Progress, state: &str) -> usize {
-    if state == "idle" {
-        progress.idle
-    } else {
-        progress.in_flight
-    }
-}
-
-fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl Drop for DrainMetrics {
