@@ -68,6 +68,9 @@ pub struct DrainRecord {
     pub closed: u64,
     /// New connections refused so far.
     pub refused: u64,
+    /// New connections handed to a successor so far (absent from older records).
+    #[serde(default)]
+    pub steered: u64,
     pub idle: usize,
     pub in_flight: usize,
     pub accept_queue: u32,
@@ -111,6 +114,7 @@ impl Announcer {
                 updated_unix_ms: now,
                 closed: 0,
                 refused: 0,
+                steered: 0,
                 idle: 0,
                 in_flight: 0,
                 accept_queue: 0,
@@ -121,15 +125,17 @@ impl Announcer {
     pub fn progress(&mut self, progress: &Progress) {
         self.record.closed = progress.closed;
         self.record.refused = progress.refused;
+        self.record.steered = progress.steered;
         self.record.idle = progress.idle;
         self.record.in_flight = progress.in_flight;
         self.record.accept_queue = progress.accept_queue;
         self.write();
     }
 
-    pub fn finish(&mut self, outcome: Outcome, refused: u64) {
+    pub fn finish(&mut self, outcome: Outcome, refused: u64, steered: u64) {
         self.record.phase = outcome.into();
         self.record.refused = refused;
+        self.record.steered = steered;
         if outcome == Outcome::Drained {
             self.record.idle = 0;
             self.record.in_flight = 0;
@@ -139,9 +145,10 @@ impl Announcer {
     }
 
     /// The drain stopped on an error.
-    pub fn fail(&mut self, refused: u64) {
+    pub fn fail(&mut self, refused: u64, steered: u64) {
         self.record.phase = Phase::Failed;
         self.record.refused = refused;
+        self.record.steered = steered;
         self.write();
     }
 
@@ -214,6 +221,7 @@ mod tests {
             updated_unix_ms: 2,
             closed: 3,
             refused: 4,
+            steered: 5,
             idle: 0,
             in_flight: 1,
             accept_queue: 0,

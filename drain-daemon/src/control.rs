@@ -36,6 +36,7 @@ use crate::{
     capabilities,
     drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
     duration::{self, PlanError},
+    metrics::Metrics,
     netns, steer,
 };
 
@@ -298,10 +299,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves clients on `listener` until the future is dropped; the drains it started go
-/// on (they are tasks) and are registered in `drains`. A failing `accept` (out of
+/// on (they are tasks), are registered in `drains` and record into `metrics`. A failing `accept` (out of
 /// descriptors or memory) is waited out, not fatal: the drains in progress need the
 /// daemon more than the next client does.
-pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
+pub async fn serve(listener: UnixListener, drains: Drains, metrics: Metrics) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -317,8 +318,9 @@ pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
             }
         };
         let drains = drains.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, own_netns, drains).await {
+            if let Err(err) = handle(stream, own_netns, drains, metrics).await {
                 warn!("control connection: {err}");
             }
             drop(slot);
@@ -326,7 +328,12 @@ pub async fn serve(listener: UnixListener, drains: Drains) -> io::Result<()> {
     }
 }
 
-async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<(), ControlError> {
+async fn handle(
+    stream: UnixStream,
+    own_netns: u64,
+    drains: Drains,
+    metrics: Metrics,
+) -> Result<(), ControlError> {
     let peer = Peer::of(&stream)?;
     let (reader, mut writer) = stream.into_split();
     // Who is asking is known from the socket: nothing an unfit peer sends is read.
@@ -383,7 +390,7 @@ async fn handle(stream: UnixStream, own_netns: u64, drains: Drains) -> Result<()
                 return write_reply(&mut writer, &reply).await;
             };
             info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
-            return run_drain(plan, lines, writer).await;
+            return run_drain(plan, lines, writer, &metrics).await;
         }
         Request::Release { port, .. } => match steer::release(port) {
             Ok(released) => Reply::Released { released },
@@ -490,6 +497,7 @@ async fn run_drain(
     plan: DrainPlan,
     mut lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
     mut writer: OwnedWriteHalf,
+    metrics: &Metrics,
 ) -> Result<(), ControlError> {
     // A cancel line, or the client going away, ends the drain early.
     let cancel = async move {
@@ -517,10 +525,15 @@ async fn run_drain(
         }
         writer
     });
+    let mut recorder = metrics.drain(plan.port);
+    let recording = &mut recorder;
     let result = drain::drain(&plan, cancel, move |progress: &Progress| {
+        recording.progress(progress);
         let _ = progress_tx.try_send(Reply::Progress(*progress));
     })
     .await;
+    recorder.finished(&result);
+    drop(recorder);
     let reply = match result {
         Ok(report) => Reply::Report(report),
         Err(err) => drain_error_reply(&err),

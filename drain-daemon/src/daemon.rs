@@ -7,10 +7,13 @@
 //! report (each is bounded by its deadline), because the `ExecStop=` that asked for a
 //! drain is usually stopping at the same time as the daemon (a host shutdown, a package
 //! upgrade). Under systemd (`Type=notify`) it says when it is ready, which drains run,
-//! and that it is stopping, asking for more stop time while drains need it.
+//! and that it is stopping, asking for more stop time while drains need it. Under
+//! systemd it logs to journald with priorities ([`crate::journal`]); with
+//! `--metrics-address` it serves Prometheus metrics ([`crate::metrics`]).
 
 use std::{
     fs, io,
+    net::SocketAddr,
     os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::ExitCode,
@@ -24,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     cli::Exit,
     control::{self, Drains, Running},
+    metrics::{self, Metrics},
     steer,
 };
 
@@ -37,6 +41,10 @@ pub struct DaemonArgs {
     /// The control socket to listen on.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), for example
+    /// 127.0.0.1:9465. Off unless given.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -50,7 +58,7 @@ pub fn command() -> clap::Command {
 /// Entry point of the `drain-daemon` binary.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    crate::cli::init_logging(args.verbose, false);
+    init_logging(args.verbose);
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH): run it as root"
@@ -76,7 +84,7 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(run(&args.socket, inherited)) {
+    match runtime.block_on(run(&args.socket, inherited, args.metrics_address)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");
@@ -86,7 +94,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(socket: &Path, inherited: Option<std::os::unix::net::UnixListener>) -> io::Result<()> {
+/// Logs to journald when stderr is the journal ([`crate::journal`]), as text on stderr
+/// otherwise, or when journald's socket cannot be opened (said on stderr, which then
+/// still reaches the journal, at one priority).
+fn init_logging(verbose: u8) {
+    let journal = if crate::journal::under_journal() {
+        match tracing_journald::Layer::new() {
+            Ok(layer) => Some(layer.with_syslog_identifier("drain-daemon".into())),
+            Err(err) => {
+                eprintln!("drain-daemon: stderr is the journal, but journald's socket cannot be opened ({err}): logging text to stderr");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    crate::cli::init_logging_to(verbose, false, journal);
+}
+
+async fn run(
+    socket: &Path,
+    inherited: Option<std::os::unix::net::UnixListener>,
+    metrics_address: Option<SocketAddr>,
+) -> io::Result<()> {
     // An inherited socket belongs to systemd's .socket unit, which also removes it.
     let (listener, own_socket) = match inherited {
         Some(listener) => {
@@ -95,6 +125,14 @@ async fn run(socket: &Path, inherited: Option<std::os::unix::net::UnixListener>)
         }
         None => (bind(socket).await?, true),
     };
+    let metrics = Metrics::default();
+    if let Some(address) = metrics_address {
+        let listener = metrics::bind(address)
+            .await
+            .map_err(|err| io::Error::new(err.source.kind(), err.to_string()))?;
+        info!(address = %address, "serving metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
     steer::sweep_stale();
     let drains = Drains::default();
     tokio::spawn(report_status(drains.subscribe()));
@@ -104,7 +142,7 @@ async fn run(socket: &Path, inherited: Option<std::os::unix::net::UnixListener>)
         "serving drainctl"
     );
     notify(&[NotifyState::Ready]);
-    let mut server = tokio::spawn(control::serve(listener, drains.clone()));
+    let mut server = tokio::spawn(control::serve(listener, drains.clone(), metrics));
     let result = tokio::select! {
         joined = &mut server => joined.unwrap_or_else(|err| Err(io::Error::other(err))),
         () = shutdown_signal() => Ok(()),

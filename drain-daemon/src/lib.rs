@@ -9,6 +9,8 @@
 //! command line; [`daemon`] is `drain-daemon`, serving
 //! `drainctl` through the [`control`] API. [`safe_dir`] is how the files they keep as
 //! root (bpffs pins, drain records) are reached without following anyone's symlinks.
+//! [`journal`] decides whether the daemon's log goes to journald; [`metrics`] is what it
+//! tells Prometheus.
 //! [`duration`] is how durations are written and the range each of a drain's settings
 //! must stay in, for both.
 #![forbid(unsafe_code)]
@@ -22,6 +24,8 @@ pub mod daemon;
 pub mod drain;
 pub mod duration;
 pub mod inventory;
+pub mod journal;
+pub mod metrics;
 pub mod netns;
 pub mod pidfd;
 pub mod safe_dir;

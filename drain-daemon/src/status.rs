@@ -67,7 +67,11 @@ pub struct DrainStatus {
     pub elapsed_ms: u64,
     pub timeout_ms: u64,
     pub closed: u64,
+    /// New connections the drain's eBPF program refused (RST) so far.
     pub refused: u64,
+    /// New connections it handed to a successor listener so far.
+    #[serde(default)]
+    pub steered: u64,
 }
 
 /// The status of `port` (or of every listening port), limited to one local address when
@@ -150,6 +154,7 @@ fn port_status(
                 timeout_ms: record.timeout_ms,
                 closed: record.closed,
                 refused: record.refused,
+                steered: record.steered,
             }
         }),
     }

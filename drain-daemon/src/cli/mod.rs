@@ -621,6 +621,13 @@ fn interrupted() -> impl std::future::Future<Output = Cancel> {
 }
 
 pub fn init_logging(verbose: u8, quiet: bool) {
+    init_logging_to(verbose, quiet, None);
+}
+
+/// Like [`init_logging`], but to journald through `journal` when given (the daemon under
+/// systemd: [`crate::journal`]).
+pub fn init_logging_to(verbose: u8, quiet: bool, journal: Option<tracing_journald::Layer>) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -629,13 +636,19 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // `init` also routes `log` records (aya-log's eBPF records) into tracing.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(view::log_writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init` also routes `log` records (aya-log's eBPF records) into tracing.
+    let _ = match journal {
+        Some(journal) => registry.with(journal).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(view::log_writer)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_target(false),
+            )
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -238,11 +238,17 @@ pub fn print_status(status: &Status, out: &mut dyn Write) -> io::Result<()> {
     for port in &status.ports {
         let drain = match (&port.drain, port.refusing_new_connections) {
             (Some(drain), _) if drain.running => format!(
-                "draining {:.1}s of {:.0}s, {} closed, {} refused (pid {})",
+                "draining {:.1}s of {:.0}s, {} closed, {} refused{} (pid {})",
                 drain.elapsed_ms as f64 / 1000.0,
                 drain.timeout_ms as f64 / 1000.0,
                 drain.closed,
                 drain.refused,
+                // Only a handover steers: the column stays short otherwise.
+                if drain.steered > 0 {
+                    format!(", {} to successors", drain.steered)
+                } else {
+                    String::new()
+                },
                 drain.pid
             ),
             (Some(drain), refusing) => format!(

@@ -192,6 +192,9 @@ pub struct Progress {
     pub accept_queue: u32,
     pub closed: u64,
     pub refused: u64,
+    /// New connections handed to a successor so far (absent from older daemons).
+    #[serde(default)]
+    pub steered: u64,
 }
 
 /// Runs a drain to its end. `cancel` resolving stops it early; `progress` is called
@@ -319,7 +322,10 @@ pub async fn drain(
             }
             Err(source) => {
                 if let Some(announcer) = &mut announcer {
-                    announcer.fail(steering.refused_connections());
+                    announcer.fail(
+                        steering.refused_connections(),
+                        steering.steered_connections(),
+                    );
                 }
                 return Err(DrainError::ScanFailed {
                     port,
@@ -364,6 +370,7 @@ pub async fn drain(
             accept_queue: snapshot.accept_queue(),
             closed: tally.closed_total(),
             refused: steering.refused_connections(),
+            steered: steering.steered_connections(),
         };
         if let Some(announcer) = &mut announcer {
             announcer.progress(&pass);
@@ -404,7 +411,7 @@ pub async fn drain(
         .filter_map(|c| Some((c.socket.id.cookie, rhythms.of(c)?.pause()?)))
         .collect();
     if let Some(announcer) = &mut announcer {
-        announcer.finish(outcome, refused_connections);
+        announcer.finish(outcome, refused_connections, tally.steered);
     }
     let pinned_at = match steering.persistence() {
         Persistence::Pinned(dir) => Some(dir.display().to_string()),

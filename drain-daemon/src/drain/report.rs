@@ -52,6 +52,10 @@ pub struct DrainReport {
     /// client's next request (the rest were idle).
     #[serde(default)]
     pub closed_at_boundary: u64,
+    /// Of those closed at a boundary, the ones closed abortively (for the daemon's
+    /// metrics, which count closes by method and kind).
+    #[serde(default)]
+    pub closed_at_boundary_abortively: u64,
     /// Connections that closed without the drain closing them (finished requests,
     /// clients leaving).
     pub finished_on_their_own: u64,
@@ -112,6 +116,7 @@ pub(super) struct Tally {
     pub(super) closed_gracefully: u64,
     pub(super) closed_abortively: u64,
     pub(super) closed_at_boundary: u64,
+    pub(super) closed_at_boundary_abortively: u64,
     pub(super) forced_gracefully: u64,
     pub(super) forced_abortively: u64,
     pub(super) steered: u64,
@@ -139,6 +144,8 @@ impl Tally {
         self.asked_at
             .insert(connection.socket.id.cookie, Instant::now());
         self.closed_at_boundary += u64::from(at_boundary);
+        self.closed_at_boundary_abortively +=
+            u64::from(at_boundary && method == CloseMethod::Abortive);
         match method {
             CloseMethod::Graceful => self.closed_gracefully += 1,
             CloseMethod::Abortive => self.closed_abortively += 1,
@@ -201,6 +208,7 @@ impl Tally {
             closed_gracefully: self.closed_gracefully,
             closed_abortively: self.closed_abortively,
             closed_at_boundary: self.closed_at_boundary,
+            closed_at_boundary_abortively: self.closed_at_boundary_abortively,
             finished_on_their_own,
             forced_gracefully: self.forced_gracefully,
             forced_abortively: self.forced_abortively,
