@@ -223,6 +223,26 @@ fn interrupting_a_drain_stops_the_refusal() {
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 }
 
+/// SIGTERM is the service manager stopping drainctl: the drain ends early but the
+/// refusal stays until the listener closes, and the exit code says SIGTERM (143, as a
+/// shell reports it), not SIGINT's 130.
+#[test]
+fn a_terminated_drain_keeps_refusing_and_exits_143() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _busy = busy_client(addr, &events, "/sleep/60000");
+
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
+    wait_until_refusing(&drainctl);
+    drainctl.signal(Signal::SIGTERM);
+    let output = drainctl.wait(10 * SECOND);
+    assert_eq!(output.code, Some(143), "log:\n{}", output.stderr_text());
+    assert!(output.stdout.contains("interrupted"), "{}", output.stdout);
+    assert_refused_at_once(addr);
+}
+
 #[test]
 fn release_undoes_a_finished_drain() {
     let Some(_netns) = Netns::require() else {

@@ -37,9 +37,14 @@ pub enum Exit {
     Environment = 3,
     /// Anything else: an unexpected system error (the message says which call).
     Failure = 4,
-    /// Interrupted (SIGINT/SIGTERM) before the drain finished.
+    /// Interrupted by SIGINT before the drain finished (128 + 2, as shells report it).
     Interrupted = 130,
+    /// Stopped by SIGTERM before the drain finished (128 + 15).
+    Terminated = 143,
 }
+
+/// Set when SIGTERM (not SIGINT) ended a drain early: the exit code tells them apart.
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
@@ -431,6 +436,9 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     match report.outcome {
         Outcome::Drained => Exit::Drained,
         Outcome::DeadlineReached => Exit::Remaining,
+        Outcome::Cancelled if TERMINATED.load(std::sync::atomic::Ordering::Relaxed) => {
+            Exit::Terminated
+        }
         Outcome::Cancelled => Exit::Interrupted,
     }
 }
@@ -615,7 +623,10 @@ fn interrupted() -> impl std::future::Future<Output = Cancel> {
         };
         tokio::select! {
             _ = interrupt.recv() => Cancel::Abort,
-            _ = terminate.recv() => Cancel::Stop,
+            _ = terminate.recv() => {
+                TERMINATED.store(true, std::sync::atomic::Ordering::Relaxed);
+                Cancel::Stop
+            }
         }
     }
 }

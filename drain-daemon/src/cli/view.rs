@@ -39,18 +39,9 @@ impl ProgressView {
 
     pub fn show(&mut self, progress: &Progress) {
         if self.live {
+            let line = live_line(self.port, progress, terminal_width());
             let mut stderr = io::stderr().lock();
-            let _ = write!(
-                stderr,
-                "\r\x1b[2Kdraining :{}  idle {}  in flight {}  queued {}  closed {}  refused {}  {:.1}s left",
-                self.port,
-                progress.idle,
-                progress.in_flight,
-                progress.accept_queue,
-                progress.closed,
-                progress.refused,
-                progress.time_left_ms as f64 / 1000.0
-            );
+            let _ = write!(stderr, "\r\x1b[2K{line}");
             let _ = stderr.flush();
             LIVE_LINE.store(true, Ordering::Relaxed);
             return;
@@ -311,4 +302,63 @@ pub fn print_status(status: &Status, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The live progress line, in at most `width - 1` columns (a line that reaches the last
+/// column wraps, and `\r` then redraws only its second row): the long form when it
+/// fits, else a short one, cut if even that does not fit.
+fn live_line(port: u16, progress: &Progress, width: usize) -> String {
+    let left = progress.time_left_ms as f64 / 1000.0;
+    let long = format!(
+        "draining :{port}  idle {}  in flight {}  queued {}  closed {}  refused {}  {left:.1}s left",
+        progress.idle, progress.in_flight, progress.accept_queue, progress.closed, progress.refused
+    );
+    let room = width.saturating_sub(1).max(1);
+    if long.len() <= room {
+        return long;
+    }
+    let short = format!(
+        ":{port} idle {} busy {} q {} closed {} refused {} {left:.0}s",
+        progress.idle, progress.in_flight, progress.accept_queue, progress.closed, progress.refused
+    );
+    short.chars().take(room).collect()
+}
+
+/// The terminal's width in columns (stderr's), or 80 when it cannot be read.
+fn terminal_width() -> usize {
+    rustix::termios::tcgetwinsize(io::stderr())
+        .ok()
+        .map(|size| usize::from(size.ws_col))
+        .filter(|&columns| columns > 0)
+        .unwrap_or(80)
+}
+
+#[cfg(test)]
+mod live_line_tests {
+    use super::*;
+
+    fn progress(n: u64) -> Progress {
+        Progress {
+            elapsed_ms: 0,
+            time_left_ms: 86_400_000,
+            idle: n as usize,
+            in_flight: n as usize,
+            accept_queue: n as u32,
+            closed: n,
+            refused: n,
+            steered: 0,
+        }
+    }
+
+    #[test]
+    fn the_live_line_never_reaches_the_last_column() {
+        for width in [20, 40, 80, 120] {
+            for n in [0, 100_000, 4_000_000_000] {
+                let line = live_line(65535, &progress(n), width);
+                assert!(line.chars().count() < width, "{width}: {line:?}");
+            }
+        }
+        // The long form where it fits.
+        assert!(live_line(8080, &progress(3), 120).contains("in flight 3"));
+    }
 }
