@@ -133,6 +133,7 @@ async fn run(
         info!(address = %address, "serving metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
+    let stop = shutdown_signal();
     steer::sweep_stale();
     let drains = Drains::default();
     tokio::spawn(report_status(drains.subscribe()));
@@ -145,7 +146,7 @@ async fn run(
     let mut server = tokio::spawn(control::serve(listener, drains.clone(), metrics));
     let result = tokio::select! {
         joined = &mut server => joined.unwrap_or_else(|err| Err(io::Error::other(err))),
-        () = shutdown_signal() => Ok(()),
+        () = stop => Ok(()),
     };
     // From here new drains are refused with `stopping` (drainctl then drains on its
     // own), but the socket is still served: a client systemd queued on an activated
@@ -269,18 +270,24 @@ async fn bind(socket: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a stop that comes right after the daemon says it
+/// serves (a drain already requested) must not find the default action, which kills.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut interrupt), Ok(mut terminate)) => {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
