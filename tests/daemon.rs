@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use drain_tests::{
-    bin_path, busy_client, daemon_socket_path, idle_client, run_drainctl, spawn_daemon,
-    spawn_daemon_with, spawn_demo_server, spawn_drainctl, spawn_socket_activated_daemon,
-    start_server, systemd::require_tool, ChildGuard, Closed, KeepAliveClient, Netns, SERVING,
+    bin_path, busy_client, daemon_socket_path, drain_through_daemon, idle_client, run_drainctl,
+    spawn_daemon, spawn_daemon_with, spawn_demo_server, spawn_drainctl,
+    spawn_socket_activated_daemon, start_server, systemd::require_tool, ChildGuard, Closed,
+    KeepAliveClient, Netns, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -25,18 +26,9 @@ fn drainctl_drains_through_the_daemon() {
     let mut idle = KeepAliveClient::connect(addr).unwrap();
     assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
 
-    let output = run_drainctl(
-        [
-            "--daemon-socket",
-            socket.to_str().unwrap(),
-            "drain",
-            "--port",
-            "8080",
-            "--quiet-period",
-            "200ms",
-            "--json",
-        ],
-        30 * SECOND,
+    let output = drain_through_daemon(
+        socket.to_str().unwrap(),
+        &["--port", "8080", "--quiet-period", "200ms", "--json"],
     );
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_eq!(output.json()["closed_gracefully"], 1);
@@ -296,18 +288,9 @@ fn the_daemon_serves_a_socket_passed_by_socket_activation() {
     let (_daemon, daemon_log) = spawn_socket_activated_daemon(&activate, &socket);
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
-    let output = run_drainctl(
-        [
-            "--daemon-socket",
-            socket.to_str().unwrap(),
-            "drain",
-            "--port",
-            "8080",
-            "--quiet-period",
-            "200ms",
-            "--json",
-        ],
-        30 * SECOND,
+    let output = drain_through_daemon(
+        socket.to_str().unwrap(),
+        &["--port", "8080", "--quiet-period", "200ms", "--json"],
     );
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_eq!(output.json()["closed_gracefully"], 1);
@@ -359,18 +342,9 @@ fn a_stopping_daemon_sends_new_drains_standalone() {
 
     let (_other, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:9090"]);
     let mut idle = idle_client(other_addr);
-    let late = run_drainctl(
-        [
-            "--daemon-socket",
-            socket_arg,
-            "drain",
-            "--port",
-            "9090",
-            "--quiet-period",
-            "200ms",
-            "--json",
-        ],
-        30 * SECOND,
+    let late = drain_through_daemon(
+        socket_arg,
+        &["--port", "9090", "--quiet-period", "200ms", "--json"],
     );
     assert_eq!(late.code, Some(0), "log:\n{}", late.stderr_text());
     assert!(
@@ -415,16 +389,7 @@ fn the_daemon_keeps_nothing_of_a_finished_drain() {
     let (daemon, _log) = spawn_daemon(&socket);
     let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let drain = || {
-        let output = run_drainctl(
-            [
-                "--daemon-socket",
-                socket.to_str().unwrap(),
-                "drain",
-                "--port",
-                "8080",
-            ],
-            30 * SECOND,
-        );
+        let output = drain_through_daemon(socket.to_str().unwrap(), &["--port", "8080"]);
         assert_eq!(output.code, Some(0), "{}", output.stderr_text());
     };
     // A finished drain's connection and tasks wind down a moment after drainctl has its
@@ -507,17 +472,7 @@ fn a_daemon_out_of_descriptors_goes_on_serving() {
 
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let _idle = idle_client(addr);
-    let output = run_drainctl(
-        [
-            "--daemon-socket",
-            socket.to_str().unwrap(),
-            "drain",
-            "--port",
-            "8080",
-            "--json",
-        ],
-        30 * SECOND,
-    );
+    let output = drain_through_daemon(socket.to_str().unwrap(), &["--port", "8080", "--json"]);
     assert_eq!(output.code, Some(0), "{}", output.stderr_text());
     log.wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the daemon ran the drain");

@@ -12,8 +12,9 @@ use std::{
 };
 
 use drain_tests::{
-    bin_path, busy_client, daemon_socket_path, idle_client, run_drainctl, spawn_daemon_with,
-    spawn_drainctl, start_server, ChildGuard, Closed, EventReader, Netns, PrivateMounts, SERVING,
+    bin_path, busy_client, daemon_socket_path, drain_through_daemon, idle_client, run_drainctl,
+    spawn_daemon_with, spawn_drainctl, start_server, ChildGuard, Closed, EventReader, Netns,
+    PrivateMounts, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -125,18 +126,9 @@ fn a_drain_through_the_daemon_shows_in_its_prometheus_metrics() {
 
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut clients = [idle_client(addr), idle_client(addr)];
-    let output = run_drainctl(
-        [
-            "--daemon-socket",
-            &socket,
-            "drain",
-            "--port",
-            "8080",
-            "--quiet-period",
-            "200ms",
-            "--json",
-        ],
-        30 * SECOND,
+    let output = drain_through_daemon(
+        &socket,
+        &["--port", "8080", "--quiet-period", "200ms", "--json"],
     );
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_eq!(output.json()["closed_gracefully"], 2);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use drain_tests::{
-    bin_path, daemon_socket_path, idle_client, run_drainctl, spawn_daemon_with,
+    bin_path, daemon_socket_path, drain_through_daemon, idle_client, spawn_daemon_with,
     spawn_demo_server_as,
     systemd::{require_tool, setpriv_args, units_dir, Unit},
     ChildGuard, Closed, Netns, SERVING,
@@ -227,18 +227,15 @@ fn drain_through(mut command: Command, addr: SocketAddr, name: &str) -> ChildGua
     let socket = daemon_socket_path(name);
     command.arg("--socket").arg(&socket);
     let (daemon, daemon_log) = spawn_daemon_with(command, SERVING);
-    let output = run_drainctl(
-        [
-            "--daemon-socket",
-            socket.to_str().unwrap(),
-            "drain",
+    let output = drain_through_daemon(
+        socket.to_str().unwrap(),
+        &[
             "--port",
             &addr.port().to_string(),
             "--quiet-period",
             "200ms",
             "--json",
         ],
-        30 * SECOND,
     );
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     let report = output.json();

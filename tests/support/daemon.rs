@@ -63,3 +63,10 @@ pub fn spawn_socket_activated_daemon(activate: &Path, socket: &Path) -> (ChildGu
         .arg(socket);
     spawn_daemon_with(command, "Listening on")
 }
+
+/// `drainctl --daemon-socket SOCKET drain ARGS...`, run to its end (30 s at most).
+pub fn drain_through_daemon(socket: &str, args: &[&str]) -> crate::DrainctlOutput {
+    let mut all = vec!["--daemon-socket", socket, "drain"];
+    all.extend_from_slice(args);
+    crate::run_drainctl(all, Duration::from_secs(30))
+}

@@ -36,7 +36,8 @@ pub mod scenario;
 pub mod systemd;
 
 pub use daemon::{
-    daemon_socket_path, spawn_daemon, spawn_daemon_with, spawn_socket_activated_daemon, SERVING,
+    daemon_socket_path, drain_through_daemon, spawn_daemon, spawn_daemon_with,
+    spawn_socket_activated_daemon, SERVING,
 };
 pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
 pub use events::{EventReader, EventWriter};
