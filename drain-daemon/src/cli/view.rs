@@ -5,6 +5,7 @@
 use std::{
     io::{self, IsTerminal as _, Write},
     sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use tracing::info;
@@ -12,7 +13,7 @@ use tracing::info;
 use crate::{
     announce::Phase,
     drain::{DrainReport, Outcome, Progress},
-    inventory::{rhythm::MIN_MARGIN, SourceKind},
+    inventory::{rhythm::pauses_too_briefly, SourceKind},
     status::{self, Status},
 };
 
@@ -171,7 +172,7 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
                 format!("{:.1}s ago", f64::from(ms) / 1000.0)
             });
             let rhythm = match remaining.client_pause_ms {
-                Some(ms) if ms < MIN_MARGIN.as_millis() as u64 => {
+                Some(ms) if pauses_too_briefly(Duration::from_millis(ms)) => {
                     format!("; the client sends back to back ({ms} ms pause): no moment to close")
                 }
                 Some(ms) => format!("; the client pauses {ms} ms between requests"),

@@ -350,7 +350,7 @@ pub async fn drain(
         }
         let now = Instant::now();
         let close_over = paced_within_pass.then_some(plan.poll_interval);
-        let closed_now = close_idle(
+        let closed_now = close_due(
             &mut inventory,
             &snapshot,
             &rhythms,
@@ -474,7 +474,7 @@ const CLOSE_TICK: Duration = Duration::from_millis(1);
 /// it gets its FIN once `close_grace` has passed and it is idle (outside the schedule: it
 /// was counted when asked).
 #[allow(clippy::too_many_arguments)]
-async fn close_idle(
+async fn close_due(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
     rhythms: &Rhythms,

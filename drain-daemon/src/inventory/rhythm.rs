@@ -180,10 +180,14 @@ impl Rhythm {
     /// Whether the client was seen sending a request with no pause after a response
     /// (back to back): no boundary can be found on this connection.
     pub fn back_to_back(&self) -> bool {
-        self.pauses
-            .estimate()
-            .is_some_and(|ms| ms < MIN_MARGIN.as_millis() as u32)
+        self.pause().is_some_and(pauses_too_briefly)
     }
+}
+
+/// Whether a client pausing `pause` between a response and its next request leaves no
+/// moment to close its connection (it sends back to back).
+pub fn pauses_too_briefly(pause: Duration) -> bool {
+    pause < MIN_MARGIN
 }
 
 /// Everything received was answered and delivered: only the quiet period keeps the
