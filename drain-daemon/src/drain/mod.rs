@@ -218,11 +218,12 @@ pub async fn drain(
     }
     let port = plan.port;
     let mut inventory = Inventory::new(plan.quiet_period)?;
-    if inventory.scan(port)?.listeners.is_empty() {
-        return Err(DrainError::NoListener { port });
-    }
     tokio::pin!(cancel);
     if !plan.accept_grace.is_zero() {
+        // A wrong port is said now, not after the grace (the scan after it checks again).
+        if inventory.scan(port)?.listeners.is_empty() {
+            return Err(DrainError::NoListener { port });
+        }
         info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
         tokio::select! {
             () = tokio::time::sleep(plan.accept_grace) => {}
