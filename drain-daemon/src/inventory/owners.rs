@@ -118,7 +118,8 @@ fn find_first_owners(listeners: &HashSet<u64>) -> Owners {
     if listeners.is_empty() {
         return owners;
     }
-    let own_netns = statat(CWD, "/proc/self/ns/net", AtFlags::empty()).map(|s| s.st_ino);
+    // The drain's thread's namespace: the daemon drains a pod's on a thread of its own.
+    let own_netns = crate::netns::current_inode();
     let (near, far): (Vec<i32>, Vec<i32>) = all_pids().into_iter().partition(|pid| {
         let netns = statat(
             CWD,
@@ -294,7 +295,7 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: &Reading) -> Own
     owners
 }
 
-fn all_pids() -> Vec<i32> {
+pub(crate) fn all_pids() -> Vec<i32> {
     let Ok(proc_dir) = open_dir("/proc") else {
         return Vec::new();
     };

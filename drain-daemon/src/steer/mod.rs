@@ -43,7 +43,7 @@ use tracing::{info, warn};
 
 pub use self::pins::PinError;
 use self::pins::{PinRoot, PortDir};
-use crate::netns;
+use crate::netns::{self, Netns};
 
 /// The sk_lookup program, built by this crate's build script.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
@@ -51,7 +51,7 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// Why steering could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
-    #[error("opening this network namespace (/proc/self/ns/net): {0}")]
+    #[error("opening this network namespace (/proc/thread-self/ns/net): {0}")]
     Netns(#[source] io::Error),
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
@@ -145,7 +145,8 @@ impl Steering {
         if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
             return Err(SteerError::TooManyListeners { port });
         }
-        let (netns, netns_inode) = netns::open_current().map_err(SteerError::Netns)?;
+        let netns = Netns::current().map_err(SteerError::Netns)?;
+        let netns_inode = netns.inode();
         let pins = match PinRoot::open_or_create() {
             Ok(root) => {
                 root.sweep_stale();
@@ -165,7 +166,7 @@ impl Steering {
                     pinned.replace_listeners(listeners)?;
                     Ok(pinned)
                 }
-                Err(pins) => load_and_attach(port, &netns, listeners, Some(pins), pin),
+                Err(pins) => load_and_attach(port, netns.file(), listeners, Some(pins), pin),
             },
             Some(pins) => {
                 // An earlier drain's pins would go on refusing after this one.
@@ -173,9 +174,9 @@ impl Steering {
                     path: pins.path().to_path_buf(),
                     message: format!("removing an earlier drain's pins: {err}"),
                 })?;
-                load_and_attach(port, &netns, listeners, Some(pins), pin)
+                load_and_attach(port, netns.file(), listeners, Some(pins), pin)
             }
-            None => load_and_attach(port, &netns, listeners, None, pin),
+            None => load_and_attach(port, netns.file(), listeners, None, pin),
         }
     }
 
