@@ -5,7 +5,9 @@
 //! otherwise. One connection carries one request: the client sends a [`Request`] line,
 //! may later send a [`Request::Cancel`] line, and reads [`Reply`] lines until a final
 //! one. A client that disconnects cancels its drain the way SIGTERM does (the refusal
-//! stays until the listener closes). Only root peers are served (SO_PEERCRED).
+//! stays until the listener closes). On the root socket only root peers with the
+//! capabilities of a drain are served, in the daemon's network namespace; on the pod
+//! socket any peer is, in its own network and PID namespaces only ([`SocketKind`]).
 //!
 //! The daemon keeps a register of the drains it runs ([`Drains`]): it reports them to
 //! systemd, and when it stops it refuses new drains ([`ErrorKind::Stopping`]: drainctl
@@ -27,17 +29,20 @@ use tokio::{
         unix::{OwnedReadHalf, OwnedWriteHalf},
         UnixListener, UnixStream,
     },
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 use tracing::{info, warn};
 
 use crate::{
     capabilities,
-    drain::{self, Cancel, DrainError, DrainPlan, DrainReport, Progress},
+    drain::{self, AbortOnDrop, Cancel, DrainError, DrainPlan, DrainReport, Progress},
     duration::{self, PlanError},
     metrics::Metrics,
-    netns, steer,
+    netns,
+    pidns::PidNamespace,
+    pod::PodPeer,
+    steer::{self, SteerError},
 };
 
 /// Where `drain-daemon` listens unless told otherwise.
@@ -302,7 +307,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// on (they are tasks), are registered in `drains` and record into `metrics`. A failing `accept` (out of
 /// descriptors or memory) is waited out, not fatal: the drains in progress need the
 /// daemon more than the next client does.
-pub async fn serve(listener: UnixListener, drains: Drains, metrics: Metrics) -> io::Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    kind: SocketKind,
+    drains: Drains,
+    metrics: Metrics,
+) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -320,7 +330,7 @@ pub async fn serve(listener: UnixListener, drains: Drains, metrics: Metrics) -> 
         let drains = drains.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, own_netns, drains, metrics).await {
+            if let Err(err) = handle(stream, kind, own_netns, drains, metrics).await {
                 warn!("control connection: {err}");
             }
             drop(slot);
@@ -328,18 +338,62 @@ pub async fn serve(listener: UnixListener, drains: Drains, metrics: Metrics) -> 
     }
 }
 
+/// Which rules a control socket's peers are served by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `--socket`: root peers with the capabilities of a drain, in the daemon's network
+    /// namespace ([`Peer::may_drain`]).
+    Root,
+    /// `--pod-socket`: any peer that can connect, acting only in its own network and
+    /// PID namespaces ([`PodPeer`]).
+    Pod,
+}
+
+/// Where a request is carried out, decided from the peer, never from the request.
+enum Target {
+    /// The daemon's own network namespace, for a root peer in it.
+    Own,
+    /// A pod peer's namespaces.
+    Pod(PodPeer),
+}
+
+/// Where a peer's requests are carried out and its network namespace, or the message
+/// that refuses it.
+type Judgement = Result<(Target, u64), String>;
+
+/// Judges the peer on a socket of `kind`.
+fn target_of(stream: &UnixStream, kind: SocketKind) -> io::Result<Judgement> {
+    Ok(match kind {
+        SocketKind::Root => {
+            let peer = Peer::of(stream)?;
+            let netns = peer.netns.unwrap_or_default();
+            peer.may_drain().map(|()| (Target::Own, netns))
+        }
+        SocketKind::Pod => PodPeer::of(stream)
+            .map(|peer| {
+                let netns = peer.netns;
+                (Target::Pod(peer), netns)
+            })
+            .map_err(|err| err.to_string()),
+    })
+}
+
 async fn handle(
     stream: UnixStream,
+    kind: SocketKind,
     own_netns: u64,
     drains: Drains,
     metrics: Metrics,
 ) -> Result<(), ControlError> {
-    let peer = Peer::of(&stream)?;
-    let (reader, mut writer) = stream.into_split();
     // Who is asking is known from the socket: nothing an unfit peer sends is read.
-    if let Err(why) = peer.may_drain() {
-        return write_reply(&mut writer, &error_reply(ErrorKind::Environment, why)).await;
-    }
+    let judged = target_of(&stream, kind)?;
+    let (reader, mut writer) = stream.into_split();
+    let (target, peer_netns) = match judged {
+        Ok(judged) => judged,
+        Err(why) => {
+            return write_reply(&mut writer, &error_reply(ErrorKind::Environment, why)).await
+        }
+    };
     let mut reader = BufReader::new(reader);
     let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut reader)).await {
         Ok(Ok(Some(line))) => line,
@@ -369,18 +423,32 @@ async fn handle(
         }
     };
     // The namespace the peer is in, not the one it names, decides: a client elsewhere
-    // must not have this namespace's connections cut by claiming it.
-    let peer_netns = peer.netns.unwrap_or_default();
+    // must not have this namespace's connections cut by claiming it. A root peer is
+    // served in the daemon's namespace only; a pod peer in its own only.
+    let serves = match target {
+        Target::Own => own_netns,
+        Target::Pod(_) => peer_netns,
+    };
     let reply = match request {
         Request::Drain { netns_inode, .. } | Request::Release { netns_inode, .. }
-            if netns_inode != own_netns || peer_netns != own_netns =>
+            if netns_inode != serves || peer_netns != serves =>
         {
             error_reply(
                 ErrorKind::OtherNamespace,
-                format!("drain-daemon serves network namespace {own_netns}, not {peer_netns}"),
+                format!("drain-daemon serves network namespace {serves} on this socket, not {peer_netns}"),
             )
         }
-        Request::Drain { plan, .. } => {
+        Request::Drain { mut plan, .. } => {
+            let scope = match &target {
+                Target::Own => None,
+                Target::Pod(peer) => match pod_plan(&mut plan, peer) {
+                    Ok(()) => Some(peer.pidns),
+                    Err(why) => {
+                        let reply = error_reply(ErrorKind::Environment, why);
+                        return write_reply(&mut writer, &reply).await;
+                    }
+                },
+            };
             let Some(_entry) = drains.begin(&plan) else {
                 info!(port = plan.port, "drain refused: drain-daemon is stopping");
                 let reply = error_reply(
@@ -389,26 +457,52 @@ async fn handle(
                 );
                 return write_reply(&mut writer, &reply).await;
             };
-            info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
-            return run_drain(plan, lines, writer, &metrics).await;
+            info!(port = plan.port, timeout = ?plan.timeout, pod = scope.is_some(), "drain requested");
+            return run_drain(plan, target, scope, lines, writer, &metrics).await;
         }
-        Request::Release { port, .. } => match steer::release(port) {
-            Ok(released) => Reply::Released { released },
-            Err(err) => {
-                let kind = if err.is_environment() {
-                    ErrorKind::Environment
-                } else {
-                    ErrorKind::Failure
-                };
-                error_reply(kind, err.to_string())
+        Request::Release { port, .. } => {
+            let released = match target {
+                Target::Own => steer::release(port),
+                Target::Pod(peer) => {
+                    netns::run_in(peer.pidfd, peer.netns, move || async move {
+                        steer::release(port)
+                    })
+                    .await
+                    .unwrap_or_else(|err| Err(SteerError::Netns(io::Error::other(err))))
+                }
+            };
+            match released {
+                Ok(released) => Reply::Released { released },
+                Err(err) => {
+                    let kind = if err.is_environment() {
+                        ErrorKind::Environment
+                    } else {
+                        ErrorKind::Failure
+                    };
+                    error_reply(kind, err.to_string())
+                }
             }
-        },
+        }
         Request::Cancel { .. } => error_reply(
             ErrorKind::Failure,
             "nothing to cancel: no drain runs on this connection".into(),
         ),
     };
     write_reply(&mut writer, &reply).await
+}
+
+/// A pod's plan names its `--pid` as the pod numbers it: the daemon's number of that
+/// process, which must be in the pod's PID namespace.
+fn pod_plan(plan: &mut DrainPlan, peer: &PodPeer) -> Result<(), String> {
+    if let Some(pid) = plan.pid {
+        let Some(own_number) = peer.pidns.translate(pid) else {
+            return Err(format!(
+                "--pid {pid}: no process {pid} in drainctl's PID namespace: a pod drains only its own processes"
+            ));
+        };
+        plan.pid = Some(own_number);
+    }
+    Ok(())
 }
 
 /// What the kernel says of the process at the other end of a control connection
@@ -495,23 +589,29 @@ async fn read_request_line(
 
 async fn run_drain(
     plan: DrainPlan,
+    target: Target,
+    scope: Option<PidNamespace>,
     mut lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
     mut writer: OwnedWriteHalf,
     metrics: &Metrics,
 ) -> Result<(), ControlError> {
-    // A cancel line, or the client going away, ends the drain early.
-    let cancel = async move {
-        loop {
+    // A cancel line, or the client going away, ends the drain early. Read here and
+    // passed on by a channel: a pod's drain runs on a thread and runtime of its own.
+    let (cancel_tx, cancel_rx) = oneshot::channel();
+    let cancel_reader = AbortOnDrop(tokio::spawn(async move {
+        let mode = loop {
             match lines.next_line().await {
                 Ok(Some(line)) => match parse_request(&line) {
-                    Ok(Request::Cancel { abort: true }) => return Cancel::Abort,
-                    Ok(Request::Cancel { abort: false }) => return Cancel::Stop,
+                    Ok(Request::Cancel { abort: true }) => break Cancel::Abort,
+                    Ok(Request::Cancel { abort: false }) => break Cancel::Stop,
                     _ => continue,
                 },
-                Ok(None) | Err(_) => return Cancel::Stop,
+                Ok(None) | Err(_) => break Cancel::Stop,
             }
-        }
-    };
+        };
+        let _ = cancel_tx.send(mode);
+    }));
+    let cancel = async move { cancel_rx.await.unwrap_or(Cancel::Stop) };
     // Progress goes to the client from a task of its own, through a channel that drops
     // updates the client is too slow for: progress is advisory, and a client that stops
     // reading must not hold the drain (its passes, its deadline) up.
@@ -526,18 +626,24 @@ async fn run_drain(
         writer
     });
     let mut recorder = metrics.drain(plan.port);
-    let recording = &mut recorder;
-    let result = drain::drain(&plan, cancel, move |progress: &Progress| {
-        recording.progress(progress);
-        let _ = progress_tx.try_send(Reply::Progress(*progress));
-    })
-    .await;
-    recorder.finished(&result);
-    drop(recorder);
-    let reply = match result {
-        Ok(report) => Reply::Report(report),
-        Err(err) => drain_error_reply(&err),
+    let work = move || async move {
+        let recording = &mut recorder;
+        let result = drain::drain_scoped(&plan, scope, cancel, move |progress: &Progress| {
+            recording.progress(progress);
+            let _ = progress_tx.try_send(Reply::Progress(*progress));
+        })
+        .await;
+        recorder.finished(&result);
+        result
     };
+    let reply = match target {
+        Target::Own => drain_reply(work().await),
+        Target::Pod(peer) => match netns::run_in(peer.pidfd, peer.netns, work).await {
+            Ok(result) => drain_reply(result),
+            Err(err) => error_reply(ErrorKind::Failure, err.to_string()),
+        },
+    };
+    drop(cancel_reader);
     // The callback (and with it the sender) is gone: the writer ends after what is
     // queued, unless the client stopped reading; then it gets no report.
     let writer = tokio::time::timeout(REQUEST_TIMEOUT, &mut progress_writer).await;
@@ -549,6 +655,13 @@ async fn run_drain(
         )));
     };
     write_reply(&mut writer, &reply).await
+}
+
+fn drain_reply(result: Result<DrainReport, DrainError>) -> Reply {
+    match result {
+        Ok(report) => Reply::Report(report),
+        Err(err) => drain_error_reply(&err),
+    }
 }
 
 fn drain_error_reply(err: &DrainError) -> Reply {

@@ -2,7 +2,8 @@
 //!
 //! It owns the control socket's life (one daemon per socket, stale sockets replaced,
 //! root-only permissions), or takes the socket systemd passes it (socket activation,
-//! `LISTEN_FDS`), and serves [`crate::control`] until SIGINT or SIGTERM. Stopping never
+//! `LISTEN_FDS`), and serves [`crate::control`] until SIGINT or SIGTERM; with
+//! `--pod-socket` also a second socket for pods without capabilities ([`crate::pod`]). Stopping never
 //! cuts a drain: the daemon stops taking new ones and waits for the running ones to
 //! report (each is bounded by its deadline), because the `ExecStop=` that asked for a
 //! drain is usually stopping at the same time as the daemon (a host shutdown, a package
@@ -26,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::Exit,
-    control::{self, Drains, Running},
+    control::{self, Drains, Running, SocketKind},
     metrics::{self, Metrics},
     steer,
 };
@@ -41,6 +42,12 @@ pub struct DaemonArgs {
     /// The control socket to listen on.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Also serve pods on this socket (off unless given): any process that can connect
+    /// may drain, but only in its own network namespace and only what the processes of
+    /// its own PID namespace hold. Made mode 0666 in a directory of mode 0755: mounting
+    /// it into a pod is what grants the pod the right to drain itself.
+    #[arg(long, value_name = "PATH")]
+    pub pod_socket: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`GET /metrics`), for example
     /// 127.0.0.1:9465. Off unless given.
     #[arg(long, value_name = "ADDRESS:PORT")]
@@ -84,7 +91,12 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(run(&args.socket, inherited, args.metrics_address)) {
+    match runtime.block_on(run(
+        &args.socket,
+        inherited,
+        args.pod_socket.as_deref(),
+        args.metrics_address,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");
@@ -115,6 +127,7 @@ fn init_logging(verbose: u8) {
 async fn run(
     socket: &Path,
     inherited: Option<std::os::unix::net::UnixListener>,
+    pod_socket: Option<&Path>,
     metrics_address: Option<SocketAddr>,
 ) -> io::Result<()> {
     // An inherited socket belongs to systemd's .socket unit, which also removes it.
@@ -123,7 +136,11 @@ async fn run(
             listener.set_nonblocking(true)?;
             (UnixListener::from_std(listener)?, false)
         }
-        None => (bind(socket).await?, true),
+        None => (bind(socket, ROOT_ONLY).await?, true),
+    };
+    let pod_listener = match pod_socket {
+        Some(path) => Some(bind(path, FOR_PODS).await?),
+        None => None,
     };
     let metrics = Metrics::default();
     if let Some(address) = metrics_address {
@@ -137,15 +154,31 @@ async fn run(
     steer::sweep_stale();
     let drains = Drains::default();
     tokio::spawn(report_status(drains.subscribe()));
+    let mut pod_server = match pod_listener {
+        Some(listener) => tokio::spawn(control::serve(
+            listener,
+            SocketKind::Pod,
+            drains.clone(),
+            metrics.clone(),
+        )),
+        None => tokio::spawn(std::future::pending()),
+    };
     info!(
         socket = %socket.display(),
         activated = !own_socket,
+        pod_socket = pod_socket.map(|path| path.display().to_string()),
         "serving drainctl"
     );
     notify(&[NotifyState::Ready]);
-    let mut server = tokio::spawn(control::serve(listener, drains.clone(), metrics));
+    let mut server = tokio::spawn(control::serve(
+        listener,
+        SocketKind::Root,
+        drains.clone(),
+        metrics,
+    ));
     let result = tokio::select! {
         joined = &mut server => joined.unwrap_or_else(|err| Err(io::Error::other(err))),
+        joined = &mut pod_server => joined.unwrap_or_else(|err| Err(io::Error::other(err))),
         () = stop => Ok(()),
     };
     // From here new drains are refused with `stopping` (drainctl then drains on its
@@ -157,6 +190,9 @@ async fn run(
     notify(&[NotifyState::Stopping]);
     if own_socket {
         let _ = fs::remove_file(socket);
+    }
+    if let Some(path) = pod_socket {
+        let _ = fs::remove_file(path);
     }
     let running = drains.subscribe().borrow().clone();
     if running.count() > 0 {
@@ -180,6 +216,7 @@ async fn run(
         }
     }
     server.abort();
+    pod_server.abort();
     info!("stopped");
     result
 }
@@ -217,14 +254,33 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// Binds the control socket, replacing a stale socket but never a live daemon's, and
+/// Who may connect to a socket: the modes of the socket and of the directories made
+/// for it.
+#[derive(Clone, Copy)]
+struct Access {
+    socket: u32,
+    directory: u32,
+}
+
+/// The root socket: root only.
+const ROOT_ONLY: Access = Access {
+    socket: 0o600,
+    directory: 0o700,
+};
+/// The pod socket: whoever can reach it (a pod it is mounted into, any uid).
+const FOR_PODS: Access = Access {
+    socket: 0o666,
+    directory: 0o755,
+};
+
+/// Binds a control socket, replacing a stale socket but never a live daemon's, and
 /// never anything that is not a socket: the path is an argument, and root must not
 /// delete the file a mistyped `--socket` names.
-async fn bind(socket: &Path) -> io::Result<UnixListener> {
+async fn bind(socket: &Path, access: Access) -> io::Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(access.directory)
             .create(dir)?;
     }
     match fs::symlink_metadata(socket) {
@@ -266,7 +322,7 @@ async fn bind(socket: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(socket).map_err(|err| {
         io::Error::new(err.kind(), format!("binding {}: {err}", socket.display()))
     })?;
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(access.socket))?;
     Ok(listener)
 }
 

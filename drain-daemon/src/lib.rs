@@ -7,7 +7,8 @@
 //! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
 //! [`status`] reports what ports hold and which drains run. [`cli`] is `drainctl`'s
 //! command line; [`daemon`] is `drain-daemon`, serving
-//! `drainctl` through the [`control`] API. [`safe_dir`] is how the files they keep as
+//! `drainctl` through the [`control`] API, and pods with no capability through its pod
+//! socket ([`pod`], scoped to the peer's [`netns`] and [`pidns`]). [`safe_dir`] is how the files they keep as
 //! root (bpffs pins, drain records) are reached without following anyone's symlinks.
 //! [`journal`] decides whether the daemon's log goes to journald; [`metrics`] is what it
 //! tells Prometheus.
@@ -28,6 +29,8 @@ pub mod journal;
 pub mod metrics;
 pub mod netns;
 pub mod pidfd;
+pub mod pidns;
+pub mod pod;
 pub mod safe_dir;
 pub mod status;
 pub mod steer;

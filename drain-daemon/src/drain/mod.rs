@@ -46,6 +46,7 @@ use crate::{
     inventory::{owners, Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
     pidfd::{self, PidfdError},
+    pidns::PidNamespace,
     steer::{Lasting, Persistence, SteerError, Steering},
 };
 
@@ -123,6 +124,8 @@ pub enum DrainError {
     NoListener { port: u16 },
     #[error("process {pid} holds no TCP listener on port {port}: check the pid (ss -tlnp 'sport = :{port}')")]
     NoListenerOfPid { port: u16, pid: i32 },
+    #[error("no TCP listener on port {port} is held by a process of the caller's PID namespace: a pod drains only its own listeners, in its own network namespace (ss -tlnp 'sport = :{port}' in the pod)")]
+    NoListenerInScope { port: u16 },
     #[error("the listener on port {port} is held by no visible process: run drainctl in the server's PID namespace")]
     ListenerOwnerUnknown { port: u16 },
     #[error("cannot take a reference to the listener on port {port}: {source}")]
@@ -153,6 +156,7 @@ impl DrainError {
             DrainError::MissingCapabilities { .. }
             | DrainError::NoListener { .. }
             | DrainError::NoListenerOfPid { .. }
+            | DrainError::NoListenerInScope { .. }
             | DrainError::ListenerOwnerUnknown { .. }
             | DrainError::BorrowListener { .. } => true,
             DrainError::Steer(err) => err.is_environment(),
@@ -202,6 +206,18 @@ pub struct Progress {
 pub async fn drain(
     plan: &DrainPlan,
     cancel: impl Future<Output = Cancel>,
+    progress: impl FnMut(&Progress),
+) -> Result<DrainReport, DrainError> {
+    drain_scoped(plan, None, cancel, progress).await
+}
+
+/// [`drain`], acting only on processes of `scope` when given (a pod's drain): only
+/// listeners one of them holds drain, only their connections are closed, and
+/// `plan.pid` (the daemon's number of it) must be one of them.
+pub async fn drain_scoped(
+    plan: &DrainPlan,
+    scope: Option<PidNamespace>,
+    cancel: impl Future<Output = Cancel>,
     mut progress: impl FnMut(&Progress),
 ) -> Result<DrainReport, DrainError> {
     // A service manager kills at its own deadline: the timeout bounds the whole run,
@@ -236,11 +252,22 @@ pub async fn drain(
     }
     // Listeners opened during the grace are drained too.
     let before = inventory.scan(port)?;
-    let tree = plan.pid.map(owners::process_tree);
-    let mut ownership = Ownership::new(
-        &before,
-        draining_listeners(&before, plan.pid, tree.as_ref())?,
-    );
+    let tree = match (plan.pid, scope) {
+        (Some(pid), None) => Some(owners::process_tree(pid)),
+        (Some(pid), Some(scope)) => Some(
+            owners::process_tree(pid)
+                .into_iter()
+                .filter(|&member| scope.contains(member))
+                .collect(),
+        ),
+        (None, Some(scope)) => Some(scope.members()),
+        (None, None) => None,
+    };
+    let draining = draining_listeners(&before, plan.pid, tree.as_ref())?;
+    if draining.is_empty() && scope.is_some() {
+        return Err(DrainError::NoListenerInScope { port });
+    }
+    let mut ownership = Ownership::new(&before, draining, scope);
     let draining: Vec<Listener> = before
         .listeners
         .into_iter()
@@ -702,7 +729,7 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
 }
 
 /// A task that stops when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -26,8 +26,12 @@ use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use tracing::debug;
 
-use crate::inventory::{
-    owners, sock_diag::SocketId, Inventory, InventoryError, Listener, PortInventory, SocketOwner,
+use crate::{
+    inventory::{
+        owners, sock_diag::SocketId, Inventory, InventoryError, Listener, PortInventory,
+        SocketOwner,
+    },
+    pidns::PidNamespace,
 };
 
 /// The processes holding a draining listener that are not servers being drained, so the
@@ -63,6 +67,9 @@ pub(super) struct Ownership {
     queued_before: HashSet<SocketId>,
     /// Cookies of the connections seen with no visible holder.
     unknown_owner: HashSet<u64>,
+    /// A pod's drain: only processes of this namespace become owners, whatever else
+    /// holds a draining listener.
+    scope: Option<PidNamespace>,
 }
 
 /// One scan of the port, split.
@@ -76,14 +83,19 @@ pub(super) struct Scan {
 
 impl Ownership {
     /// Owns `listeners` (socket inodes) of `scan`'s port and the processes holding them
-    /// in `scan`.
-    pub(super) fn new(scan: &PortInventory, listeners: HashSet<u64>) -> Self {
+    /// in `scan`, of `scope` only when given.
+    pub(super) fn new(
+        scan: &PortInventory,
+        listeners: HashSet<u64>,
+        scope: Option<PidNamespace>,
+    ) -> Self {
         let mut ownership = Ownership {
             port: scan.port,
             listeners,
             owners: HashMap::new(),
             queued_before: HashSet::new(),
             unknown_owner: HashSet::new(),
+            scope,
         };
         ownership.learn_owners(scan);
         ownership
@@ -156,6 +168,9 @@ impl Ownership {
             .filter(|l| self.listeners.contains(&l.socket.inode))
             .flat_map(|l| &l.owners);
         for owner in holders {
+            if self.scope.is_some_and(|scope| !scope.contains(owner.pid)) {
+                continue;
+            }
             if let Entry::Vacant(entry) = self.owners.entry(owner.pid) {
                 if let Some(started) = owners::start_time(owner.pid) {
                     entry.insert(started);

@@ -1,0 +1,175 @@
+//! Who a peer on the pod socket is: its process, network and PID namespaces, from the
+//! kernel.
+//!
+//! The pod socket (`drain-daemon --pod-socket`) serves Kubernetes pods whose containers
+//! hold no capability: being able to connect is the authorisation (the operator mounts
+//! the socket into the pods that may drain themselves). In exchange the daemon acts
+//! only where the peer lives, and never where the peer *says* it lives: the network
+//! namespace it drains in is the one the peer's process is in, entered through a pidfd
+//! of the peer (`SO_PEERPIDFD`, which names the connecting process itself, not a pid
+//! that could be reused), and the processes it may act on are those of the peer's PID
+//! namespace ([`PidNamespace`]). A peer in the daemon's own network or PID namespace
+//! (a `hostNetwork` or `hostPID` pod) is refused: its scope would be the node's.
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
+
+use rustix::{
+    fs::{openat, statat, AtFlags, Mode, OFlags, CWD},
+    process::{pidfd_open, Pid, PidfdFlags},
+};
+use tokio::net::UnixStream;
+
+use crate::{netns, pidns::PidNamespace};
+
+/// Why a pod peer is refused. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PodPeerError {
+    #[error("SO_PEERCRED on the pod socket: {0}")]
+    PeerCred(#[source] std::io::Error),
+    #[error("the peer is not visible in drain-daemon's PID namespace: run drain-daemon with the host's PID namespace (hostPID: true)")]
+    NotVisible,
+    #[error("getsockopt(SO_PEERPIDFD) and pidfd_open({pid}) both failed: {source}")]
+    Pidfd {
+        pid: i32,
+        #[source]
+        source: rustix::io::Errno,
+    },
+    #[error("opening /proc/{pid} of the peer: {source}")]
+    Proc {
+        pid: i32,
+        #[source]
+        source: rustix::io::Errno,
+    },
+    #[error("the peer (pid {pid}) exited while drain-daemon looked at it")]
+    Gone { pid: i32 },
+    #[error("stat /proc/{pid}/ns/{kind} of the peer: {source}")]
+    Namespace {
+        pid: i32,
+        kind: &'static str,
+        #[source]
+        source: rustix::io::Errno,
+    },
+    #[error("reading drain-daemon's own namespaces: {0}")]
+    Own(#[source] std::io::Error),
+    #[error("the pod socket serves pods with network and PID namespaces of their own, and this peer shares drain-daemon's {0} namespace (hostNetwork or hostPID): use the root control socket with the capabilities of a drain")]
+    HostNamespace(&'static str),
+}
+
+/// A peer on the pod socket, as the kernel describes it.
+#[derive(Debug)]
+pub struct PodPeer {
+    /// The connecting process itself: what the drain's thread enters the network
+    /// namespace of.
+    pub pidfd: OwnedFd,
+    /// Its pid as the daemon numbers it.
+    pub pid: i32,
+    /// Its network namespace's inode when it connected.
+    pub netns: u64,
+    /// Its PID namespace: the processes it may drain.
+    pub pidns: PidNamespace,
+}
+
+impl PodPeer {
+    pub fn of(stream: &UnixStream) -> Result<PodPeer, PodPeerError> {
+        let cred = stream.peer_cred().map_err(PodPeerError::PeerCred)?;
+        // 0 or none: the peer is in a PID namespace the daemon cannot see into.
+        let pid = cred
+            .pid()
+            .filter(|&pid| pid > 0)
+            .ok_or(PodPeerError::NotVisible)?;
+        let pidfd = peer_pidfd(stream, pid)?;
+        let proc_dir = openat(
+            CWD,
+            format!("/proc/{pid}").as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| PodPeerError::Proc { pid, source })?;
+        // The pidfd names the peer; while it still has the number `pid` afterwards, the
+        // /proc entry opened before was the peer's and not a reused pid's (an open
+        // /proc/<pid> stays bound to its process).
+        if pidfd_pid(&pidfd) != Some(pid) {
+            return Err(PodPeerError::Gone { pid });
+        }
+        let namespace = |kind: &'static str| {
+            statat(&proc_dir, format!("ns/{kind}").as_str(), AtFlags::empty())
+                .map(|stat| stat.st_ino)
+                .map_err(|source| PodPeerError::Namespace { pid, kind, source })
+        };
+        let peer = PodPeer {
+            netns: namespace("net")?,
+            pidns: PidNamespace::from_inode(namespace("pid")?),
+            pidfd,
+            pid,
+        };
+        peer.check_not_host()?;
+        Ok(peer)
+    }
+
+    /// A pod in the node's network or PID namespace would have the node's scope.
+    fn check_not_host(&self) -> Result<(), PodPeerError> {
+        let own_netns = netns::current_inode().map_err(PodPeerError::Own)?;
+        let own_pidns = PidNamespace::own().ok_or_else(|| {
+            PodPeerError::Own(std::io::Error::other("/proc/self/ns/pid is unreadable"))
+        })?;
+        if self.netns == own_netns {
+            return Err(PodPeerError::HostNamespace("network"));
+        }
+        if self.pidns == own_pidns {
+            return Err(PodPeerError::HostNamespace("PID"));
+        }
+        Ok(())
+    }
+}
+
+/// A pidfd of the connecting process: `SO_PEERPIDFD` (Linux 6.5+) names the process
+/// that connected. Older kernels: `pidfd_open` of its pid, which the peer keeps while it
+/// waits for the reply (checked again by [`PodPeer::of`]).
+fn peer_pidfd(stream: &UnixStream, pid: i32) -> Result<OwnedFd, PodPeerError> {
+    if let Ok(pidfd) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
+        return Ok(pidfd);
+    }
+    let Some(peer) = Pid::from_raw(pid) else {
+        return Err(PodPeerError::NotVisible);
+    };
+    pidfd_open(peer, PidfdFlags::empty()).map_err(|source| PodPeerError::Pidfd { pid, source })
+}
+
+/// The pid a pidfd names now, from its fdinfo (`Pid:`); `None` once the process is gone
+/// (the kernel then says -1).
+fn pidfd_pid(pidfd: &impl AsFd) -> Option<i32> {
+    let fdinfo = std::fs::read_to_string(format!(
+        "/proc/thread-self/fdinfo/{}",
+        pidfd.as_fd().as_raw_fd()
+    ))
+    .ok()?;
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid: &i32| pid > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfd_names_its_process_until_it_exits() {
+        let own = Pid::from_raw(std::process::id() as i32).unwrap();
+        let pidfd = pidfd_open(own, PidfdFlags::empty()).unwrap();
+        assert_eq!(pidfd_pid(&pidfd), Some(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let child_pid = child.id() as i32;
+        let pidfd = pidfd_open(Pid::from_raw(child_pid).unwrap(), PidfdFlags::empty()).unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            pidfd_pid(&pidfd),
+            None,
+            "a reaped child's pidfd names no pid"
+        );
+    }
+}
