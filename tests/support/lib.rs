@@ -3,6 +3,7 @@
 //! self-tested pieces instead of ad-hoc sleeps and sockets.
 //!
 //! - [`Netns`]: a private network namespace for the test thread (and the processes it spawns).
+//! - [`Pod`]: a network and PID namespace of their own, entered without capabilities.
 //! - [`PrivateMounts`]: a private mount namespace with its own bpffs and /run, for tests
 //!   of the pin tree that must not touch the host's.
 //! - [`http`]: a real HTTP/1.1 keep-alive server (in-process, or as the `drain-demo-server`
@@ -31,6 +32,7 @@ pub mod http;
 pub mod load;
 pub mod mountns;
 pub mod netns;
+pub mod pod;
 pub mod process;
 pub mod scenario;
 pub mod systemd;
@@ -48,13 +50,14 @@ pub use http::{
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
 pub use netns::{current_thread_netns_inode, Netns};
+pub use pod::{Pod, PodUser};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,
     spawn_demo_server_via, ChildGuard,
 };
 pub use scenario::{
-    assert_refused_at_once, busy_client, idle_client, start_server, start_server_via,
-    wait_request_read,
+    assert_refused_at_once, assert_untouched, busy_client, idle_client, start_server,
+    start_server_via, wait_request_read,
 };
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

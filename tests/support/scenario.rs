@@ -73,3 +73,18 @@ pub fn assert_refused_at_once(addr: SocketAddr) {
         other => panic!("expected a refused connection to {addr}, got {other:?}"),
     }
 }
+
+/// Asserts that a drain left `addr` alone: `idle` (an [`idle_client`]) is still open
+/// and served, and a new client is accepted and served.
+pub fn assert_untouched(idle: &mut KeepAliveClient, addr: SocketAddr) {
+    assert_eq!(
+        idle.request("GET", "/", b"")
+            .expect("the idle connection is still open")
+            .status,
+        200
+    );
+    assert_eq!(
+        idle_client(addr).request("GET", "/", b"").unwrap().status,
+        200
+    );
+}

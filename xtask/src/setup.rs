@@ -24,12 +24,14 @@ const APT_PACKAGES: &[&str] = &[
     "hey",
     "systemd",
     "lintian",
+    "python3-venv",
 ];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
     pinned_nightly()?;
     bpf_linker()?;
+    kubernetes_validate()?;
     let installed = toolchain::check()?;
     println!(
         "setup: everything is in place (eBPF: {NIGHTLY} with LLVM {}, {} for LLVM {})",
@@ -182,4 +184,28 @@ fn linker_matches_pin() -> bool {
         .split_whitespace()
         .any(|word| word == BPF_LINKER_VERSION)
         && toolchain::linked_llvm_major(&linker).ok() == Some(LLVM_MAJOR)
+}
+
+/// The kubernetes-validate release the manifest tests use: it carries the Kubernetes
+/// schemas, so it validates offline (kubectl's client-side validation downloads them
+/// from an API server, which a test machine does not have).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Installs [`KUBERNETES_VALIDATE`] into a venv of its own under
+/// `~/.cache/drain-daemon/kubernetes-validate` (tests/kubernetes.rs looks there), unless
+/// it is there already.
+fn kubernetes_validate() -> Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let venv = std::path::Path::new(&home).join(".cache/drain-daemon/kubernetes-validate");
+    let installed = output_of(Command::new(venv.join("bin/kubernetes-validate")).arg("--version"))
+        .is_ok_and(|version| KUBERNETES_VALIDATE.ends_with(version.trim()));
+    if installed {
+        return Ok(());
+    }
+    println!(
+        "setup: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))
 }

@@ -1,0 +1,482 @@
+//! Kubernetes: the shipped manifests (drain-daemon/deploy/kubernetes) validate offline
+//! against the Kubernetes schema and keep the application pod unprivileged within its
+//! time budget; and a pod with no capability drains itself through the node daemon's
+//! pod socket, in its own network and PID namespaces and nowhere else.
+//!
+//! The pod is played by [`Pod`]: a network namespace and a PID namespace of their own,
+//! the server and the preStop hook's `drainctl` entered into them by `nsenter` and
+//! stripped of every capability by `setpriv` (as `nobody`, or as a root without
+//! capabilities), the daemon outside, in the test's network namespace, reached by the
+//! pod socket's path.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use drain_tests::{
+    assert_refused_at_once, assert_untouched, bin_path, daemon_socket_path, idle_client,
+    pod::only_child, spawn_daemon_with, spawn_drainctl_with, start_server, start_server_via,
+    systemd::require_tool, ChildGuard, Closed, DrainctlOutput, EventReader, Netns, Pod, PodUser,
+    SERVING,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../drain-daemon/deploy/kubernetes")
+}
+
+/// The venv `cargo xtask setup` installs kubernetes-validate into (schemas included, so
+/// it validates offline); `None` with a SKIPPED line when missing, a failure under CI.
+fn kubernetes_validate_venv() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let venv = home.join(".cache/drain-daemon/kubernetes-validate");
+    if venv.join("bin/kubernetes-validate").is_file() {
+        return Some(venv);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("kubernetes-validate is missing under CI: `cargo xtask setup` installs it");
+    }
+    eprintln!("SKIPPED: kubernetes-validate is not installed (cargo xtask setup)");
+    None
+}
+
+#[test]
+fn the_manifests_validate_against_the_kubernetes_schema() {
+    let Some(venv) = kubernetes_validate_venv() else {
+        return;
+    };
+    let files: Vec<PathBuf> = ["drain-daemon-daemonset.yaml", "example-deployment.yaml"]
+        .iter()
+        .map(|name| manifests().join(name))
+        .collect();
+    let output = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let said = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    // One "passed" per resource: the Namespace, the DaemonSet and the Deployment.
+    assert_eq!(said.matches("passed").count(), 3, "{said}");
+
+    // What the schema cannot say: a misspelt field under --strict fails.
+    let broken = std::env::temp_dir().join(format!("drain-k8s-{}.yaml", std::process::id()));
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("terminationGracePeriodSeconds", "terminationGracePeriod"),
+    )
+    .unwrap();
+    let rejected = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--strict")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&broken).unwrap();
+    assert!(
+        !rejected.status.success(),
+        "a misspelt field must not validate"
+    );
+}
+
+/// The manifests' documents as JSON, read by the venv's PyYAML.
+fn documents(venv: &Path, file: &str) -> Vec<serde_json::Value> {
+    let output = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(manifests().join(file))
+        .output()
+        .expect("run the venv's python");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn of_kind<'a>(documents: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    documents
+        .iter()
+        .find(|document| document["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in the manifests"))
+}
+
+/// `--NAME VALUE` of a command line, as seconds (the manifests write whole seconds).
+fn seconds_of(command: &[String], name: &str) -> u64 {
+    let at = command
+        .iter()
+        .position(|arg| arg == name)
+        .unwrap_or_else(|| panic!("{name} missing from {command:?}"));
+    command[at + 1]
+        .strip_suffix('s')
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("{name} {} is not whole seconds", command[at + 1]))
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|item| item.as_str().expect("a string").to_string())
+        .collect()
+}
+
+#[test]
+fn the_pod_holds_no_capability_and_its_drain_fits_the_grace_period() {
+    let Some(venv) = kubernetes_validate_venv() else {
+        return;
+    };
+    let daemon_set = documents(&venv, "drain-daemon-daemonset.yaml");
+    let daemon_pod = &of_kind(&daemon_set, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(
+        daemon_pod["hostPID"], true,
+        "the daemon must see the pods' processes"
+    );
+    let daemon = &daemon_pod["containers"][0];
+    let security = &daemon["securityContext"];
+    assert_ne!(security["privileged"], true);
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    let mut added = strings(&security["capabilities"]["add"]);
+    added.sort();
+    assert_eq!(
+        added,
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "SYS_PTRACE"
+        ]
+    );
+    let daemon_command = strings(&daemon["command"]);
+    let pod_socket = &daemon_command[daemon_command
+        .iter()
+        .position(|arg| arg == "--pod-socket")
+        .expect("the DaemonSet serves pods")
+        + 1];
+
+    let deployment = documents(&venv, "example-deployment.yaml");
+    let app_pod = &of_kind(&deployment, "Deployment")["spec"]["template"]["spec"];
+    let app = &app_pod["containers"][0];
+    assert_eq!(
+        strings(&app["securityContext"]["capabilities"]["drop"]),
+        ["ALL"]
+    );
+    assert!(app["securityContext"]["capabilities"]["add"].is_null());
+    assert_eq!(app["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_ne!(app_pod["hostNetwork"], true);
+    assert_ne!(app_pod["hostPID"], true);
+    let hook = strings(&app["lifecycle"]["preStop"]["exec"]["command"]);
+    // The hook's socket is the daemon's pod socket, through the hostPath it mounts.
+    let hook_socket = Path::new(
+        &hook[hook
+            .iter()
+            .position(|arg| arg == "--daemon-socket")
+            .expect("the hook names the pod socket")
+            + 1],
+    );
+    let mount = app["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|mount| hook_socket.starts_with(mount["mountPath"].as_str().unwrap()))
+        .expect("the socket's directory is mounted into the app container");
+    let volume = app_pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == mount["name"])
+        .unwrap();
+    let on_node = Path::new(volume["hostPath"]["path"].as_str().unwrap()).join(
+        hook_socket
+            .strip_prefix(mount["mountPath"].as_str().unwrap())
+            .unwrap(),
+    );
+    assert_eq!(on_node, Path::new(pod_socket));
+    // preStop counts against the grace period, and the server still has to stop after
+    // it: accept grace + timeout + the server's own stop must fit.
+    let server_stop = 5;
+    let budget = seconds_of(&hook, "--accept-grace") + seconds_of(&hook, "--timeout") + server_stop;
+    let grace = app_pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        budget < grace,
+        "{budget}s of drain and stop in a {grace}s grace period"
+    );
+}
+
+/// The daemon with both sockets, in the calling thread's network namespace.
+fn spawn_daemon_for_pods(name: &str) -> (ChildGuard, EventReader, PathBuf, PathBuf) {
+    let root_socket = daemon_socket_path(&format!("{name}-root"));
+    let pod_socket = daemon_socket_path(&format!("{name}-pods"));
+    let mut command = Command::new(bin_path("drain-daemon"));
+    command
+        .arg("--socket")
+        .arg(&root_socket)
+        .arg("--pod-socket")
+        .arg(&pod_socket);
+    let (daemon, log) = spawn_daemon_with(command, SERVING);
+    (daemon, log, root_socket, pod_socket)
+}
+
+/// The preStop hook's drain, quicker to call idle.
+const POD_DRAIN: &[&str] = &[
+    "--port",
+    "8080",
+    "--quiet-period",
+    "200ms",
+    "--timeout",
+    "20s",
+    "--json",
+];
+
+/// `drainctl --daemon-socket SOCKET drain ARGS...` run in `pod` as `user`.
+fn drain_in_pod(pod: &Pod, user: PodUser, socket: &Path, args: &[&str]) -> DrainctlOutput {
+    let mut command = pod.drainctl(user);
+    command
+        .arg("--daemon-socket")
+        .arg(socket)
+        .arg("drain")
+        .args(args);
+    spawn_drainctl_with(&mut command).wait(30 * SECOND)
+}
+
+/// The server of `pod`, as `nobody` with no capability, listening on 127.0.0.1:8080.
+fn start_pod_server(pod: &Pod) -> (ChildGuard, EventReader, std::net::SocketAddr) {
+    let wrapper = pod.wrapper(PodUser::Nobody, true);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    start_server_via(&wrapper, ["--listen", "127.0.0.1:8080"])
+}
+
+#[test]
+fn a_pod_without_capabilities_drains_itself_through_the_pod_socket() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_nsenter) = require_tool("nsenter") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, daemon_log, _root_socket, pod_socket) = spawn_daemon_for_pods("pod");
+    let pod = Pod::enter();
+    let caps = pod
+        .command(PodUser::Nobody, true, "grep")
+        .args(["-E", "^(Cap(Eff|Prm|Bnd)|Uid|NSpid):", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let caps = String::from_utf8_lossy(&caps.stdout);
+    assert_eq!(
+        caps.matches("0000000000000000").count(),
+        3,
+        "the pod's processes hold no capability: {caps}"
+    );
+    assert!(caps.contains("Uid:\t65534"), "{caps}");
+    let (_server, _events, addr) = start_pod_server(&pod);
+    let mut idle: Vec<_> = (0..3).map(|_| idle_client(addr)).collect();
+
+    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["outcome"], "drained", "{report}");
+    assert_eq!(report["closed_gracefully"], 3, "{report}");
+    assert_eq!(report["closed_abortively"], 0, "{report}");
+    for client in &mut idle {
+        assert_eq!(client.wait_closed(5 * SECOND), Closed::Eof);
+    }
+    // Pinned for the pod's namespace: refused after drainctl exited, until the server
+    // closes its listener.
+    assert_refused_at_once(addr);
+    assert_eq!(
+        report["steering_pinned_at"]
+            .as_str()
+            .map(|pinned| pinned.contains(&format!("netns-{}", pod.netns().inode()))),
+        Some(true),
+        "{report}"
+    );
+    daemon_log
+        .wait_for_line(5 * SECOND, |line| {
+            line.contains("drain requested") && line.contains("pod=true")
+        })
+        .expect("the daemon ran the pod's drain");
+}
+
+/// The daemon acts in the peer's network namespace, never its own: a pod with no
+/// listener on the port gets "no listener", and the daemon's namespace's server on the
+/// same port is not touched.
+#[test]
+fn a_pod_drains_only_in_its_own_network_namespace() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("netns");
+    let (_node_server, _node_events, node_addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut node_client = idle_client(node_addr);
+    let pod = Pod::enter();
+    let output = drain_in_pod(
+        &pod,
+        PodUser::Nobody,
+        &pod_socket,
+        &[
+            "--port",
+            "8080",
+            "--quiet-period",
+            "200ms",
+            "--timeout",
+            "5s",
+        ],
+    );
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("no TCP listener on port 8080"),
+        "{}",
+        output.stderr_text()
+    );
+    drop(pod);
+    // Back in the node's namespace: its server was left alone.
+    assert_eq!(node_client.request("GET", "/", b"").unwrap().status, 200);
+    assert_eq!(
+        idle_client(node_addr)
+            .request("GET", "/", b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+/// `--pid` is read in the pod's PID namespace: the host's number of the pod's own
+/// server is not a pid of the pod (refused, nothing done), the pod's number is.
+#[test]
+fn a_pod_names_processes_by_its_own_pids_and_only_its_own() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("pid");
+    let pod = Pod::enter();
+    let (server, _events, addr) = start_pod_server(&pod);
+    // The guard holds nsenter; setpriv exec'd the server as its child.
+    let host_pid = only_child(server.pid() as i32, 5 * SECOND).expect("the server process");
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    let pod_pid: i32 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .and_then(|pid| pid.parse().ok())
+        .expect("NSpid of the server");
+    assert_ne!(
+        pod_pid, host_pid,
+        "the server is in the pod's PID namespace"
+    );
+    let mut idle = idle_client(addr);
+
+    // A drainctl that sees the host's /proc passes its own pid check with a host pid.
+    let mut command = pod.command(PodUser::Nobody, false, bin_path("drainctl"));
+    command
+        .arg("--daemon-socket")
+        .arg(&pod_socket)
+        .args(["drain", "--port", "8080", "--timeout", "5s", "--pid"])
+        .arg(host_pid.to_string());
+    let output = spawn_drainctl_with(&mut command).wait(30 * SECOND);
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output.stderr_text().contains(&format!(
+            "no process {host_pid} in drainctl's PID namespace"
+        )),
+        "{}",
+        output.stderr_text()
+    );
+    assert_eq!(
+        idle.request("GET", "/", b"").unwrap().status,
+        200,
+        "left alone"
+    );
+
+    let output = drain_in_pod(
+        &pod,
+        PodUser::Nobody,
+        &pod_socket,
+        &[POD_DRAIN, &["--pid", &pod_pid.to_string()]].concat(),
+    );
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["closed_gracefully"], 1, "{}", output.stdout);
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+}
+
+/// The pod socket relaxes nothing on the root socket: a pod's drainctl there is refused,
+/// as root without capabilities (told what it lacks) and as nobody (no access).
+#[test]
+fn a_peer_without_capabilities_is_still_refused_on_the_root_socket() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, root_socket, _pod_socket) = spawn_daemon_for_pods("root");
+    let pod = Pod::enter();
+    let (_server, _events, addr) = start_pod_server(&pod);
+    let mut idle = idle_client(addr);
+    for (user, said) in [
+        (PodUser::RootWithoutCapabilities, "lacks CAP_NET_ADMIN"),
+        (PodUser::Nobody, "Permission denied"),
+    ] {
+        let output = drain_in_pod(
+            &pod,
+            user,
+            &root_socket,
+            &["--port", "8080", "--timeout", "5s"],
+        );
+        assert_eq!(output.code, Some(3), "{user:?}: {}", output.stderr_text());
+        assert!(
+            output.stderr_text().contains(said),
+            "{user:?}: {}",
+            output.stderr_text()
+        );
+    }
+    assert_untouched(&mut idle, addr);
+}
+
+/// A peer sharing the daemon's namespaces (a hostNetwork or hostPID pod) would have the
+/// node's scope: the pod socket refuses it before reading its request.
+#[test]
+fn a_peer_in_the_daemons_namespaces_is_refused_on_the_pod_socket() {
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("host");
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let output = drain_tests::run_drainctl(
+        [
+            "--daemon-socket",
+            pod_socket.to_str().unwrap(),
+            "drain",
+            "--port",
+            "8080",
+            "--timeout",
+            "5s",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(output.code, Some(3), "{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("shares drain-daemon's network namespace"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
+}

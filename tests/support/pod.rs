@@ -1,0 +1,127 @@
+//! A stand-in for a Kubernetes pod: a network namespace and a PID namespace of its own,
+//! entered by processes with no capability (and, when asked, a non-root uid), the way
+//! an application container's processes and its preStop hook run.
+//!
+//! [`Pod::enter`] moves the calling thread into a fresh network namespace (a [`Netns`]
+//! guard, so the test's own clients connect from inside the pod) and starts the pod's
+//! "pause" process, pid 1 of a new PID namespace with its own `/proc`
+//! (`unshare --pid --fork --mount-proc --kill-child`). [`Pod::command`] runs a program in
+//! it: `nsenter` into the pause process's PID and mount namespaces (the network
+//! namespace is the thread's already), then `setpriv` to drop every capability from the
+//! bounding, inheritable and ambient sets. Killing the pause process (when the guard is
+//! dropped) makes the kernel kill every process of the pod.
+
+use std::{ffi::OsStr, process::Command, time::Duration};
+
+use crate::{bin_path, ChildGuard, Netns};
+
+/// Who the pod's processes run as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodUser {
+    /// uid 0 with no capability (a container's root under `drop: [ALL]`).
+    RootWithoutCapabilities,
+    /// uid and gid 65534 (`nobody`), no capability (`runAsUser: 65534`).
+    Nobody,
+}
+
+/// A pod: its network namespace is the calling thread's while the guard lives.
+pub struct Pod {
+    // Dropped first: the pod's processes die with their pid 1.
+    _pause: ChildGuard,
+    pause_pid: i32,
+    netns: Netns,
+}
+
+impl Pod {
+    /// Enters a new pod (network namespace on this thread, PID namespace for the
+    /// processes started with [`Pod::command`]). Panics if it cannot (test contract).
+    pub fn enter() -> Pod {
+        let netns = Netns::new().expect("the pod's network namespace");
+        let pause = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "sleep",
+                "3600",
+            ])
+            .spawn()
+            .map(ChildGuard)
+            .expect("spawn the pod's pause process (unshare)");
+        let pause_pid = only_child(pause.pid() as i32, Duration::from_secs(5))
+            .expect("unshare forks the pod's pid 1");
+        Pod {
+            _pause: pause,
+            pause_pid,
+            netns,
+        }
+    }
+
+    /// The pod's network namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// The pid of the pod's pid 1 as the host numbers it.
+    pub fn pause_pid(&self) -> i32 {
+        self.pause_pid
+    }
+
+    /// The command line that runs a program (appended to it) inside the pod as `user`,
+    /// with no capability. `own_proc`: with the pod's own `/proc` mounted (its mount
+    /// namespace), as in a container; without, the host's `/proc` is seen (a pod lying
+    /// about pids).
+    pub fn wrapper(&self, user: PodUser, own_proc: bool) -> Vec<String> {
+        let mut wrapper: Vec<String> =
+            ["nsenter", "--target", &self.pause_pid.to_string(), "--pid"]
+                .map(String::from)
+                .into();
+        if own_proc {
+            wrapper.push("--mount".into());
+        }
+        wrapper.extend(["--", "setpriv"].map(String::from));
+        if user == PodUser::Nobody {
+            wrapper.extend(["--reuid=65534", "--regid=65534", "--clear-groups"].map(String::from));
+        }
+        wrapper.extend(
+            [
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "--no-new-privs",
+            ]
+            .map(String::from),
+        );
+        wrapper
+    }
+
+    /// [`Pod::wrapper`] running `program`.
+    pub fn command(&self, user: PodUser, own_proc: bool, program: impl AsRef<OsStr>) -> Command {
+        let wrapper = self.wrapper(user, own_proc);
+        let mut command = Command::new(&wrapper[0]);
+        command.args(&wrapper[1..]).arg(program);
+        command
+    }
+
+    /// `drainctl ARGS...` in the pod ([`Pod::command`] with the pod's own `/proc`).
+    pub fn drainctl(&self, user: PodUser) -> Command {
+        self.command(user, true, bin_path("drainctl"))
+    }
+}
+
+/// The one child of `pid`, once it has forked (polled up to `timeout`).
+pub fn only_child(pid: i32, timeout: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().ok();
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
