@@ -474,7 +474,7 @@ fn a_peer_in_the_daemons_namespaces_is_refused_on_the_pod_socket() {
     assert!(
         output
             .stderr_text()
-            .contains("shares drain-daemon's network namespace"),
+            .contains("shares the node's network namespace"),
         "{}",
         output.stderr_text()
     );

@@ -8,8 +8,9 @@
 //! namespace it drains in is the one the peer's process is in, entered through a pidfd
 //! of the peer (`SO_PEERPIDFD`, which names the connecting process itself, not a pid
 //! that could be reused), and the processes it may act on are those of the peer's PID
-//! namespace ([`PidNamespace`]). A peer in the daemon's own network or PID namespace
-//! (a `hostNetwork` or `hostPID` pod) is refused: its scope would be the node's.
+//! namespace ([`PidNamespace`]). A peer in the node's network namespace or the daemon's
+//! PID namespace (a `hostNetwork` or `hostPID` pod) is refused: its scope would be the
+//! node's.
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
@@ -52,7 +53,7 @@ pub enum PodPeerError {
     },
     #[error("reading drain-daemon's own namespaces: {0}")]
     Own(#[source] std::io::Error),
-    #[error("the pod socket serves pods with network and PID namespaces of their own, and this peer shares drain-daemon's {0} namespace (hostNetwork or hostPID): use the root control socket with the capabilities of a drain")]
+    #[error("the pod socket serves pods with network and PID namespaces of their own, and this peer shares the node's {0} namespace (hostNetwork or hostPID): use the root control socket with the capabilities of a drain")]
     HostNamespace(&'static str),
 }
 
@@ -107,13 +108,16 @@ impl PodPeer {
         Ok(peer)
     }
 
-    /// A pod in the node's network or PID namespace would have the node's scope.
+    /// A pod in the node's network or PID namespace would have the node's scope. The
+    /// node's network namespace is init's (the daemon sees the host's processes), or
+    /// the daemon's own where it runs there.
     fn check_not_host(&self) -> Result<(), PodPeerError> {
         let own_netns = netns::current_inode().map_err(PodPeerError::Own)?;
+        let init_netns = statat(CWD, "/proc/1/ns/net", AtFlags::empty()).map(|stat| stat.st_ino);
         let own_pidns = PidNamespace::own().ok_or_else(|| {
             PodPeerError::Own(std::io::Error::other("/proc/self/ns/pid is unreadable"))
         })?;
-        if self.netns == own_netns {
+        if self.netns == own_netns || init_netns == Ok(self.netns) {
             return Err(PodPeerError::HostNamespace("network"));
         }
         if self.pidns == own_pidns {
