@@ -337,7 +337,7 @@ fn a_pod_drains_only_in_its_own_network_namespace() {
     assert!(
         output
             .stderr_text()
-            .contains("no TCP listener on port 8080"),
+            .contains("no TCP listener on port 8080 in this network namespace"),
         "{}",
         output.stderr_text()
     );
