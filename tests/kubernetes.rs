@@ -16,10 +16,10 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, assert_untouched, bin_path, daemon_socket_path, idle_client,
-    pod::only_child, spawn_daemon_with, spawn_drainctl_with, start_server, start_server_via,
-    systemd::require_tool, ChildGuard, Closed, DrainctlOutput, EventReader, Netns, Pod, PodUser,
-    SERVING,
+    assert_refused_at_once, assert_untouched, bin_path, busy_client, daemon_socket_path,
+    idle_client, pod::only_child, spawn_daemon_with, spawn_drainctl_with, start_server,
+    start_server_via, systemd::require_tool, ChildGuard, Closed, DrainctlOutput, EventReader,
+    Netns, Pod, PodUser, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -253,6 +253,17 @@ fn start_pod_server(pod: &Pod) -> (ChildGuard, EventReader, std::net::SocketAddr
 
 #[test]
 fn a_pod_without_capabilities_drains_itself_through_the_pod_socket() {
+    pod_drains_itself(PodUser::Nobody);
+}
+
+#[test]
+fn a_pods_root_without_capabilities_drains_itself_through_the_pod_socket() {
+    pod_drains_itself(PodUser::RootWithoutCapabilities);
+}
+
+/// The preStop flow: idle keep-alive connections closed gracefully, a request in flight
+/// answered first, new connections refused, exit 0, all from a hook run as `user`.
+fn pod_drains_itself(user: PodUser) {
     let Some(_setpriv) = require_tool("setpriv") else {
         return;
     };
@@ -262,32 +273,44 @@ fn a_pod_without_capabilities_drains_itself_through_the_pod_socket() {
     let Some(_node) = Netns::require() else {
         return;
     };
-    let (_daemon, daemon_log, _root_socket, pod_socket) = spawn_daemon_for_pods("pod");
+    let (_daemon, daemon_log, _root_socket, pod_socket) =
+        spawn_daemon_for_pods(&format!("pod-{user:?}"));
     let pod = Pod::enter();
-    let caps = pod
-        .command(PodUser::Nobody, true, "grep")
-        .args(["-E", "^(Cap(Eff|Prm|Bnd)|Uid|NSpid):", "/proc/self/status"])
+    let status = pod
+        .command(user, true, "grep")
+        .args(["-E", "^(Cap(Eff|Prm|Bnd)|Uid):", "/proc/self/status"])
         .output()
         .unwrap();
-    let caps = String::from_utf8_lossy(&caps.stdout);
+    let status = String::from_utf8_lossy(&status.stdout);
     assert_eq!(
-        caps.matches("0000000000000000").count(),
+        status.matches("0000000000000000").count(),
         3,
-        "the pod's processes hold no capability: {caps}"
+        "the pod's processes hold no capability: {status}"
     );
-    assert!(caps.contains("Uid:\t65534"), "{caps}");
-    let (_server, _events, addr) = start_pod_server(&pod);
+    let uid = match user {
+        PodUser::Nobody => "Uid:\t65534",
+        PodUser::RootWithoutCapabilities => "Uid:\t0",
+    };
+    assert!(status.contains(uid), "{status}");
+    let (_server, events, addr) = start_pod_server(&pod);
     let mut idle: Vec<_> = (0..3).map(|_| idle_client(addr)).collect();
+    let mut busy = busy_client(addr, &events, "/sleep/1500");
 
-    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    let output = drain_in_pod(&pod, user, &pod_socket, POD_DRAIN);
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     let report = output.json();
     assert_eq!(report["outcome"], "drained", "{report}");
-    assert_eq!(report["closed_gracefully"], 3, "{report}");
+    // The idle ones at once, the busy one once answered.
+    assert_eq!(report["closed_gracefully"], 4, "{report}");
     assert_eq!(report["closed_abortively"], 0, "{report}");
     for client in &mut idle {
         assert_eq!(client.wait_closed(5 * SECOND), Closed::Eof);
     }
+    let answer = busy
+        .read_response()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status, 200);
+    assert_eq!(busy.wait_closed(5 * SECOND), Closed::Eof);
     // Pinned for the pod's namespace: refused after drainctl exited, until the server
     // closes its listener.
     assert_refused_at_once(addr);
