@@ -376,6 +376,67 @@ fn a_pod_drains_only_in_its_own_network_namespace() {
     );
 }
 
+/// Kills the process `guard`'s nsenter started in a pod and waits until it has exited
+/// (a zombie of the pod's pid 1 holds no socket). Killing nsenter alone would leave it.
+fn kill_pod_process(guard: &ChildGuard) {
+    let pid = only_child(guard.pid() as i32, 5 * SECOND).expect("the pod's process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the pod's process");
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|status| !status.contains("State:\tZ"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Only what the pod's processes hold drains: a process in the pod's network namespace
+/// but not in its PID namespace (another container of the pod, or the node's) keeps its
+/// listener on the same port, its connections and its new clients.
+#[test]
+fn a_pod_drains_only_what_its_own_processes_hold() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("scope");
+    let pod = Pod::enter();
+    let (pod_server, _pod_events, pod_addr) = start_pod_server(&pod);
+    // In the pod's network namespace, in the test's PID namespace.
+    let (_other_server, _other_events, other_addr) = start_server(["--listen", "127.0.0.2:8080"]);
+    let mut pod_client = idle_client(pod_addr);
+    let mut other_client = idle_client(other_addr);
+
+    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["closed_gracefully"], 1, "{}", output.stdout);
+    assert_eq!(pod_client.wait_closed(5 * SECOND), Closed::Eof);
+    assert_refused_at_once(pod_addr);
+    assert_untouched(&mut other_client, other_addr);
+
+    // Nothing of the pod's at all: refused, not drained.
+    kill_pod_process(&pod_server);
+    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("held by a process of the caller's PID namespace"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_untouched(&mut other_client, other_addr);
+}
+
 /// `--pid` is read in the pod's PID namespace: the host's number of the pod's own
 /// server is not a pid of the pod (refused, nothing done), the pod's number is.
 #[test]
