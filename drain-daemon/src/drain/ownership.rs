@@ -21,6 +21,8 @@
 //!
 //! Connections no visible process holds are counted ([`Ownership::unknown_owner`]) and
 //! left alone; those of other visible processes (successors) are not the drain's at all.
+//! A pod's drain has a scope, its PID namespace: a holder outside it never becomes an
+//! owner, so its connections are never closed, even on a draining listener it shares.
 
 use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
