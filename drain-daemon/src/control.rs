@@ -334,9 +334,9 @@ async fn handle(
     drains: Drains,
     metrics: Metrics,
 ) -> Result<(), ControlError> {
-    let peer = Peer::of(&stream)?;
-    let (reader, mut writer) = stream.into_split();
     // Who is asking is known from the socket: nothing an unfit peer sends is read.
+    let peer = Peer::of(stream.peer_cred()?).await?;
+    let (reader, mut writer) = stream.into_split();
     if let Err(why) = peer.may_drain() {
         return write_reply(&mut writer, &error_reply(ErrorKind::Environment, why)).await;
     }
@@ -392,7 +392,7 @@ async fn handle(
             info!(port = plan.port, timeout = ?plan.timeout, "drain requested");
             return run_drain(plan, lines, writer, &metrics).await;
         }
-        Request::Release { port, .. } => match steer::release(port) {
+        Request::Release { port, .. } => match off_worker(move || steer::release(port)).await? {
             Ok(released) => Reply::Released { released },
             Err(err) => {
                 let kind = if err.is_environment() {
@@ -423,18 +423,26 @@ struct Peer {
 }
 
 impl Peer {
-    fn of(stream: &UnixStream) -> io::Result<Peer> {
-        let cred = stream.peer_cred()?;
-        let pid = cred.pid();
-        let capabilities = pid.and_then(|pid| capabilities::effective(&pid.to_string()));
-        let netns = pid.and_then(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+    /// The peer of `cred`. Its `/proc` entry is read only for a root peer (a refusal
+    /// needs no more than the uid), off the async workers: a `/proc` read can wait on a
+    /// stuck process.
+    async fn of(cred: tokio::net::unix::UCred) -> io::Result<Peer> {
+        let uid = cred.uid();
+        let pid = cred.pid().filter(|_| uid == 0);
+        let (capabilities, netns) = off_worker(move || {
+            let Some(pid) = pid else {
+                return (None, None);
+            };
+            let capabilities = capabilities::effective(&pid.to_string());
+            let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .ok()
-                .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
-        });
+                .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta));
+            (capabilities, netns)
+        })
+        .await?;
         Ok(Peer {
-            uid: cred.uid(),
-            pid,
+            uid,
+            pid: cred.pid(),
             capabilities,
             netns,
         })
@@ -549,6 +557,14 @@ async fn run_drain(
         )));
     };
     write_reply(&mut writer, &reply).await
+}
+
+/// Runs blocking work (`/proc` reads, bpf calls on pins) on the runtime's blocking
+/// threads, so the control socket and the drains go on meanwhile.
+async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| io::Error::other(format!("blocking task failed: {err}")))
 }
 
 fn drain_error_reply(err: &DrainError) -> Reply {
