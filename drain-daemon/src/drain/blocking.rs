@@ -10,7 +10,7 @@
 //! blocking thread of its own ([`scan_by`]), raced against the drain's deadline: a scan
 //! stuck past the deadline is left to finish on its own, and the drain reports on time.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -36,9 +36,15 @@ pub(super) struct Scanner {
     pub(super) ownership: Ownership,
 }
 
+/// How long past the deadline a scan may still finish. A pass often starts just before
+/// the deadline, and a scan of 100k sockets takes about 300 ms; one still running a
+/// second after the deadline is stuck.
+const SCAN_GRACE: Duration = Duration::from_secs(1);
+
 /// Scans the port on a blocking thread: the scanner back with the scan's result, or
-/// `None` when `deadline` came first (or when `scanner` was already gone). The scanner
-/// then stays with the scan still running, and `scanner` is left empty.
+/// `None` when the scan is still running [`SCAN_GRACE`] after `deadline` (or when
+/// `scanner` was already gone). The scanner then stays with the scan still running,
+/// and `scanner` is left empty.
 pub(super) async fn scan_by(
     scanner: &mut Option<Box<Scanner>>,
     deadline: Instant,
@@ -56,7 +62,7 @@ pub(super) async fn scan_by(
             // The runtime is shutting down.
             Err(_) => return None,
         },
-        () = tokio::time::sleep_until(deadline.into()) => return None,
+        () = tokio::time::sleep_until((deadline + SCAN_GRACE).into()) => return None,
     };
     Some((scanner.insert(back), result))
 }

@@ -318,7 +318,7 @@ pub async fn drain(
         let Some((probe, scanned)) = blocking::scan_by(&mut scanner, deadline).await else {
             info!(
                 port,
-                "the port's scan had not finished at the deadline; the report shows the pass before"
+                "the port's scan was still running a second after the deadline (a system call stuck); the report shows the pass before"
             );
             break (Outcome::DeadlineReached, None);
         };
@@ -431,7 +431,7 @@ pub async fn drain(
             }
             None => warn!(
                 port,
-                "nothing forced: the port's scan was still running at the deadline"
+                "nothing forced: the port's scan was still running after the deadline"
             ),
         }
     }
