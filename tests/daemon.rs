@@ -621,13 +621,12 @@ fn a_peer_that_is_not_root_is_refused_before_anything_it_sends_is_read() {
         assert!(output.status.success(), "{output:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    let started = Instant::now();
+    // Refused, not answered "no request within 5s": no timing needed to tell them apart.
     let silent = as_nobody(&[]);
     assert!(
         silent.starts_with("reply ") && silent.contains("serves root only"),
         "{silent}"
     );
-    assert!(started.elapsed() < 4 * SECOND, "{:?}", started.elapsed());
     let flood = as_nobody(&["--send-junk", "1048576"]);
     assert!(
         flood.contains("write failed") && flood.contains("serves root only"),
