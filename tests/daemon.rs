@@ -3,11 +3,15 @@
 //! life under systemd: the notify protocol, socket activation, and a stop in the middle
 //! of a drain, which must not cut it.
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    time::{Duration, Instant},
+};
 
 use drain_tests::{
-    bin_path, busy_client, daemon_socket_path, drain_through_daemon, idle_client, run_drainctl,
-    spawn_daemon, spawn_daemon_with, spawn_demo_server, spawn_drainctl,
+    bin_path, busy_client, daemon_socket_path, drain_phase, drain_through_daemon, idle_client,
+    run_drainctl, spawn_daemon, spawn_daemon_with, spawn_demo_server, spawn_drainctl,
     spawn_socket_activated_daemon, start_server, systemd::require_tool, ChildGuard, Closed,
     KeepAliveClient, Netns, SERVING,
 };
@@ -583,4 +587,181 @@ fn drainctl_carries_on_standalone_when_the_daemon_dies_midway() {
     );
     assert_eq!(busy.read_response().expect("answered").status, 200);
     assert_eq!(busy.wait_closed(5 * SECOND), Closed::Eof);
+}
+
+/// A peer that is not root is answered from its socket credentials alone: nothing it
+/// sends is read. Saying nothing gets the refusal at once (not "no request within 5s"),
+/// and a megabyte with no newline gets it too (not "request longer than 16384 bytes"
+/// after the daemon read that much). The socket is opened to everyone here, as an
+/// administrator loosening its mode would.
+#[test]
+fn a_peer_that_is_not_root_is_refused_before_anything_it_sends_is_read() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("nobody");
+    let (_daemon, _log) = spawn_daemon(&socket);
+    let open_to_all = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open_to_all(socket.parent().unwrap(), 0o755);
+    open_to_all(&socket, 0o666);
+    let as_nobody = |args: &[&str]| {
+        let output = std::process::Command::new(bin_path("drain-control-client"))
+            .arg(&socket)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Refused, not answered "no request within 5s": no timing needed to tell them apart.
+    let silent = as_nobody(&[]);
+    assert!(
+        silent.starts_with("reply ") && silent.contains("serves root only"),
+        "{silent}"
+    );
+    let flood = as_nobody(&["--send-junk", "1048576"]);
+    assert!(
+        flood.contains("write failed") && flood.contains("serves root only"),
+        "{flood}"
+    );
+}
+
+/// A client that asks for a drain and then reads nothing: its progress lines (a pass
+/// every 10 ms) fill the socket within seconds. The daemon must neither hold the drain
+/// on the full socket (its passes, its deadline) nor queue the lines without end: the
+/// drain reaches its deadline on time, the daemon answers others meanwhile, and once
+/// the client reads it gets the few lines the socket and the writer's queue held, then
+/// the report. The updates in between were dropped.
+#[test]
+fn a_client_that_stops_reading_holds_up_neither_its_drain_nor_the_daemon() {
+    let Some(netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("slow-reader");
+    let (_daemon, _log) = spawn_daemon(&socket);
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _busy = busy_client(addr, &events, "/sleep/60000");
+    let request = format!(
+        r#"{{"request":"drain","plan":{{"port":8080,"timeout_ms":20000,"poll_interval_ms":10,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{{"spread":0}},"force":false,"accept_grace_ms":0}},"netns_inode":{}}}"#,
+        netns.inode()
+    );
+    let mut client = ChildGuard(
+        std::process::Command::new(bin_path("drain-control-client"))
+            .arg(&socket)
+            .args(["--send", &request, "--read-when-told"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+
+    let release = run_drainctl(
+        [
+            "--daemon-socket",
+            socket.to_str().unwrap(),
+            "release",
+            "--port",
+            "9090",
+        ],
+        20 * SECOND,
+    );
+    assert_eq!(release.code, Some(0), "{}", release.stderr_text());
+    let phase = loop {
+        let phase = drain_phase(8080);
+        if phase.as_deref().is_some_and(|phase| phase != "draining") {
+            break phase;
+        }
+        assert!(
+            started.elapsed() < 60 * SECOND,
+            "the drain is still {phase:?} 60 s into its 20 s timeout: held up by its client"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(phase.as_deref(), Some("deadline_reached"));
+
+    let mut tell = client.0.stdin.take().unwrap();
+    tell.write_all(b"read now\n").unwrap();
+    let mut read = String::new();
+    std::io::Read::read_to_string(&mut client.0.stdout.take().unwrap(), &mut read).unwrap();
+    let replies: Vec<serde_json::Value> = read
+        .lines()
+        .filter_map(|line| line.strip_prefix("reply "))
+        .map(|reply| serde_json::from_str(reply).unwrap())
+        .collect();
+    let (report, progress) = replies.split_last().expect("a reply");
+    assert_eq!(report["reply"], "report", "{report}");
+    assert_eq!(report["outcome"], "deadline_reached", "{report}");
+    let last_progress_ms = progress
+        .last()
+        .and_then(|p| p["elapsed_ms"].as_u64())
+        .expect("progress before the report");
+    let report_ms = report["elapsed_ms"].as_u64().unwrap();
+    eprintln!(
+        "{} progress lines, the last at {last_progress_ms} ms, the report at {report_ms} ms",
+        progress.len()
+    );
+    assert!(
+        report_ms - last_progress_ms >= 3000,
+        "the client got every pass's progress ({} lines, the last at {last_progress_ms} ms): \
+         they were queued for it, not dropped",
+        progress.len()
+    );
+}
+
+/// A drain whose scan is stuck in a system call for a minute (a failpoint stalls it,
+/// as a `/proc` read of a stuck process or a huge sock_diag dump would), in a daemon
+/// with a single async worker: another client is answered, another drain runs to its
+/// end, and the stuck drain reports at its own deadline, not when its scan returns.
+#[test]
+fn a_drain_stuck_in_a_system_call_holds_up_neither_the_daemon_nor_deadlines() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("stuck");
+    let socket_arg = socket.to_str().unwrap();
+    let mut command = std::process::Command::new(bin_path("drain-daemon"));
+    command
+        .arg("--socket")
+        .arg(&socket)
+        .env("TOKIO_WORKER_THREADS", "1")
+        // The drain's setup scans the port once; its passes' scans stall.
+        .env("DRAIN_FAILPOINTS", "scan:8081=stall-60000 from=2");
+    let (_daemon, log) = spawn_daemon_with(command, SERVING);
+    let (_stuck_server, events, stuck_addr) = start_server(["--listen", "127.0.0.1:8081"]);
+    let _busy = busy_client(stuck_addr, &events, "/sleep/60000");
+    let stuck = spawn_drainctl([
+        "--daemon-socket",
+        socket_arg,
+        "drain",
+        "--port",
+        "8081",
+        "--timeout",
+        "10s",
+        "--json",
+    ]);
+    log.wait_for_line(10 * SECOND, |line| line.contains("failpoint fired"))
+        .expect("the drain's scan stalls");
+
+    let release = run_drainctl(
+        ["--daemon-socket", socket_arg, "release", "--port", "9090"],
+        20 * SECOND,
+    );
+    assert_eq!(release.code, Some(0), "{}", release.stderr_text());
+    let (_other, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:8082"]);
+    let mut idle = idle_client(other_addr);
+    let other = drain_through_daemon(
+        socket_arg,
+        &["--port", "8082", "--quiet-period", "200ms", "--json"],
+    );
+    assert_eq!(other.code, Some(0), "{}", other.stderr_text());
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+
+    let output = stuck.wait(40 * SECOND);
+    assert_eq!(output.code, Some(1), "{}", output.stderr_text());
+    assert_eq!(output.json()["outcome"], "deadline_reached");
 }

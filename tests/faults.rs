@@ -1,4 +1,6 @@
-//! Faults during a drain: the server or its successor dies, many ports drain at once.
+//! Faults during a drain: the server or its successor dies, many ports drain at once,
+//! the kernel's socket dumps fail or setup is slow (injected with `DRAIN_FAILPOINTS`,
+//! see drain-daemon's `failpoint` module; debug builds only).
 //! Each ends with an exit code that says what happened, no connection of anyone else
 //! touched, and no refusal left behind for a port whose listener is gone. (The daemon
 //! dying midway is in `daemon.rs`, drainctl killed midway in `drain.rs`, two drains of
@@ -10,8 +12,9 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, busy_client, connect_refused_quickly, idle_client, run_drainctl,
-    spawn_drainctl, start_server, ConnectOutcome, KeepAliveClient, Netns,
+    assert_refused_at_once, bin_path, busy_client, connect_refused_quickly, drain_phase,
+    idle_client, run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server, Closed,
+    ConnectOutcome, Drainctl, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 
@@ -130,4 +133,114 @@ fn twenty_ports_drained_at_once_each_end_on_their_own() {
             other => panic!("{addr}: expected refused, got {other:?}"),
         }
     }
+}
+
+/// `drainctl ARGS...` with the faults of `failpoints` injected (`DRAIN_FAILPOINTS`).
+fn drainctl_with_faults(failpoints: &str, args: &[&str]) -> Drainctl {
+    spawn_drainctl_with(
+        std::process::Command::new(bin_path("drainctl"))
+            .env("DRAIN_FAILPOINTS", failpoints)
+            .args(args),
+    )
+}
+
+/// A socket dump can fail once and work at the next pass: ENOBUFS under memory
+/// pressure, a receive timeout on a loaded host, a malformed answer. The drain says so,
+/// tries again at the next pass, and ends as it would have.
+#[test]
+fn a_scan_that_fails_once_is_retried_and_the_drain_goes_on() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    for (port, fault, said) in [
+        ("8080", "enobufs", "ENOBUFS"),
+        ("8081", "timeout", "EAGAIN"),
+        ("8082", "malformed", "malformed sock_diag answer"),
+    ] {
+        let (_server, _events, addr) = start_server(["--listen", &format!("127.0.0.1:{port}")]);
+        let mut idle = idle_client(addr);
+        // The setup scans the port once: the first pass's scan fails.
+        let output = drainctl_with_faults(
+            &format!("scan:{port}={fault} from=2 times=1"),
+            &["drain", "--port", port, "--quiet-period", "0s", "--json"],
+        )
+        .wait(30 * SECOND);
+        let log = output.stderr_text();
+        assert_eq!(output.code, Some(0), "{fault}: {log}");
+        assert!(
+            log.contains("trying again at the next pass") && log.contains(said),
+            "{fault}: {log}"
+        );
+        assert_eq!(output.json()["closed_gracefully"], 1, "{fault}: {log}");
+        assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof, "{fault}");
+    }
+}
+
+/// Scans that keep failing stop the drain after 5 in a row: exit 4, a message that says
+/// what is left (how many connections were closed, the pinned refusal and the command
+/// that ends it), the drain's record marked `failed`, and the steering as the message
+/// says: new connections refused until `drainctl release`.
+#[test]
+fn five_failed_scans_in_a_row_stop_the_drain_saying_what_is_left() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let mut busy = busy_client(addr, &events, "/sleep/60000");
+    // The setup's scan and the first pass's work: the pass closes the idle connection.
+    let output = drainctl_with_faults(
+        "scan:8080=enobufs from=3",
+        &["drain", "--port", "8080", "--quiet-period", "0s"],
+    )
+    .wait(30 * SECOND);
+    let log = output.stderr_text();
+    assert_eq!(output.code, Some(4), "{log}");
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    assert!(
+        log.contains("reading the sockets of port 8080 failed 5 times in a row"),
+        "{log}"
+    );
+    assert!(log.contains("1 connection(s) were closed before"), "{log}");
+    assert!(
+        log.contains("new connections to port 8080 stay refused until its listener closes (pinned at /sys/fs/bpf/drain-daemon/")
+            && log.contains("`drainctl release --port 8080` ends it now"),
+        "{log}"
+    );
+    assert_eq!(drain_phase(8080).as_deref(), Some("failed"));
+    assert_refused_at_once(addr);
+    // The request in flight was left alone.
+    assert_eq!(busy.wait_closed(SECOND), Closed::StillOpen);
+
+    let release = run_drainctl(["release", "--port", "8080"], 10 * SECOND);
+    assert_eq!(release.code, Some(0), "{}", release.stderr_text());
+    let mut client = KeepAliveClient::connect(addr).expect("accepted after the release");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+/// `--timeout` bounds the whole run: a service manager kills at its own deadline, setup
+/// included. With the steering's setup stalled for 8 s, a 10 s drain ends about 10 s
+/// after it started, not 10 s after its setup.
+#[test]
+fn the_timeout_counts_a_slow_setup() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let _busy = busy_client(addr, &events, "/sleep/60000");
+    let started = Instant::now();
+    let output = drainctl_with_faults(
+        "attach:8080=stall-8000",
+        &["drain", "--port", "8080", "--timeout", "10s", "--json"],
+    )
+    .wait(40 * SECOND);
+    let took = started.elapsed();
+    assert_eq!(output.code, Some(1), "{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["outcome"], "deadline_reached", "{report}");
+    assert!(
+        took < 15 * SECOND,
+        "a 10 s timeout with 8 s of setup took {took:?}: the setup was not counted"
+    );
+    assert!(report["elapsed_ms"].as_u64().unwrap() >= 10_000, "{report}");
 }

@@ -361,15 +361,16 @@ enum Target {
 /// that refuses it.
 type Judgement = Result<(Target, u64), String>;
 
-/// Judges the peer on a socket of `kind`.
-fn target_of(stream: &UnixStream, kind: SocketKind) -> io::Result<Judgement> {
+/// Judges the peer on a socket of `kind`. The `/proc` reads this takes are kept off the
+/// async workers: a `/proc` read can wait on a stuck process.
+async fn target_of(stream: &UnixStream, kind: SocketKind) -> io::Result<Judgement> {
     Ok(match kind {
         SocketKind::Root => {
-            let peer = Peer::of(stream)?;
+            let peer = Peer::of(stream.peer_cred()?).await?;
             let netns = peer.netns.unwrap_or_default();
             peer.may_drain().map(|()| (Target::Own, netns))
         }
-        SocketKind::Pod => PodPeer::of(stream)
+        SocketKind::Pod => crate::drain::blocking::run(|| PodPeer::of(stream))
             .map(|peer| {
                 let netns = peer.netns;
                 (Target::Pod(peer), netns)
@@ -386,7 +387,7 @@ async fn handle(
     metrics: Metrics,
 ) -> Result<(), ControlError> {
     // Who is asking is known from the socket: nothing an unfit peer sends is read.
-    let judged = target_of(&stream, kind)?;
+    let judged = target_of(&stream, kind).await?;
     let (reader, mut writer) = stream.into_split();
     let (target, peer_netns) = match judged {
         Ok(judged) => judged,
@@ -462,7 +463,7 @@ async fn handle(
         }
         Request::Release { port, .. } => {
             let released = match target {
-                Target::Own => steer::release(port),
+                Target::Own => off_worker(move || steer::release(port)).await?,
                 Target::Pod(peer) => {
                     netns::run_in(peer.pidfd, peer.netns, move || async move {
                         steer::release(port)
@@ -517,18 +518,26 @@ struct Peer {
 }
 
 impl Peer {
-    fn of(stream: &UnixStream) -> io::Result<Peer> {
-        let cred = stream.peer_cred()?;
-        let pid = cred.pid();
-        let capabilities = pid.and_then(|pid| capabilities::effective(&pid.to_string()));
-        let netns = pid.and_then(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+    /// The peer of `cred`. Its `/proc` entry is read only for a root peer (a refusal
+    /// needs no more than the uid), off the async workers: a `/proc` read can wait on a
+    /// stuck process.
+    async fn of(cred: tokio::net::unix::UCred) -> io::Result<Peer> {
+        let uid = cred.uid();
+        let pid = cred.pid().filter(|_| uid == 0);
+        let (capabilities, netns) = off_worker(move || {
+            let Some(pid) = pid else {
+                return (None, None);
+            };
+            let capabilities = capabilities::effective(&pid.to_string());
+            let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .ok()
-                .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
-        });
+                .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta));
+            (capabilities, netns)
+        })
+        .await?;
         Ok(Peer {
-            uid: cred.uid(),
-            pid,
+            uid,
+            pid: cred.pid(),
             capabilities,
             netns,
         })
@@ -662,6 +671,14 @@ fn drain_reply(result: Result<DrainReport, DrainError>) -> Reply {
         Ok(report) => Reply::Report(report),
         Err(err) => drain_error_reply(&err),
     }
+}
+
+/// Runs blocking work (`/proc` reads, bpf calls on pins) on the runtime's blocking
+/// threads, so the control socket and the drains go on meanwhile.
+async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| io::Error::other(format!("blocking task failed: {err}")))
 }
 
 fn drain_error_reply(err: &DrainError) -> Reply {

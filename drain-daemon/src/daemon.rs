@@ -91,12 +91,16 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(run(
+    let served = runtime.block_on(run(
         &args.socket,
         inherited,
         args.pod_socket.as_deref(),
         args.metrics_address,
-    )) {
+    ));
+    // A drain's scan left stuck past its deadline (a blocking thread) must not hold the
+    // exit: every drain has reported by now.
+    runtime.shutdown_background();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");

@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 pub mod drain;
 pub mod duration;
+pub mod failpoint;
 pub mod inventory;
 pub mod journal;
 pub mod metrics;

@@ -130,3 +130,16 @@ impl Drainctl {
         }
     }
 }
+
+/// The `phase` of the last drain of `port` as `drainctl status` shows it (`draining`,
+/// `drained`, `deadline_reached`, `cancelled`, `failed`), `None` when it shows none.
+pub fn drain_phase(port: u16) -> Option<String> {
+    let output = run_drainctl(
+        ["status", "--port", &port.to_string(), "--json"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.code, Some(0), "status: {}", output.stderr_text());
+    output.json()["ports"][0]["drain"]["phase"]
+        .as_str()
+        .map(str::to_string)
+}

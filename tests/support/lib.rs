@@ -41,7 +41,9 @@ pub use daemon::{
     daemon_socket_path, drain_through_daemon, spawn_daemon, spawn_daemon_with,
     spawn_socket_activated_daemon, SERVING,
 };
-pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
+pub use drainctl::{
+    drain_phase, run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput,
+};
 pub use events::{EventReader, EventWriter};
 pub use http::{
     bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,

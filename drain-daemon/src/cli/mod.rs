@@ -310,7 +310,11 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    runtime.block_on(run(cli)).into()
+    let exit = runtime.block_on(run(cli));
+    // A scan left stuck past the drain's deadline (a blocking thread) must not hold the
+    // exit: the report is out.
+    runtime.shutdown_background();
+    exit.into()
 }
 
 async fn run(cli: Cli) -> Exit {

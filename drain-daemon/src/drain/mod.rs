@@ -17,6 +17,7 @@
 //! An accept grace may come first: new connections are still accepted for a while, for
 //! load balancers that have not yet seen the instance leave.
 
+pub(crate) mod blocking;
 mod boundary;
 mod ownership;
 pub mod report;
@@ -29,6 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use blocking::Scanner;
 use boundary::Rhythms;
 use ownership::Ownership;
 use report::Tally;
@@ -233,11 +235,11 @@ pub async fn drain_scoped(
         });
     }
     let port = plan.port;
-    let mut inventory = Inventory::new(plan.quiet_period)?;
+    let mut inventory = blocking::run(|| Inventory::new(plan.quiet_period))?;
     tokio::pin!(cancel);
     if !plan.accept_grace.is_zero() {
         // A wrong port is said now, not after the grace (the scan after it checks again).
-        if inventory.scan(port)?.listeners.is_empty() {
+        if blocking::run(|| inventory.scan(port))?.listeners.is_empty() {
             return Err(DrainError::NoListener { port });
         }
         info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
@@ -251,23 +253,24 @@ pub async fn drain_scoped(
         }
     }
     // Listeners opened during the grace are drained too.
-    let before = inventory.scan(port)?;
+    let before = blocking::run(|| inventory.scan(port))?;
+    let process_tree = |pid| blocking::run(|| owners::process_tree(pid));
     let tree = match (plan.pid, scope) {
-        (Some(pid), None) => Some(owners::process_tree(pid)),
+        (Some(pid), None) => Some(process_tree(pid)),
         (Some(pid), Some(scope)) => Some(
-            owners::process_tree(pid)
+            process_tree(pid)
                 .into_iter()
                 .filter(|&member| scope.contains(member))
                 .collect(),
         ),
-        (None, Some(scope)) => Some(scope.members()),
+        (None, Some(scope)) => Some(blocking::run(|| scope.members())),
         (None, None) => None,
     };
     let draining = draining_listeners(&before, plan.pid, tree.as_ref())?;
     if draining.is_empty() && scope.is_some() {
         return Err(DrainError::NoListenerInScope { port });
     }
-    let mut ownership = Ownership::new(&before, draining, scope);
+    let ownership = Ownership::new(&before, draining, scope);
     let draining: Vec<Listener> = before
         .listeners
         .into_iter()
@@ -290,9 +293,9 @@ pub async fn drain_scoped(
         );
         Lasting::WhileHeld
     };
-    let listener_sockets = borrow_listeners(port, &draining)?;
+    let listener_sockets = blocking::run(|| borrow_listeners(port, &draining))?;
     let fds: Vec<_> = listener_sockets.iter().map(|fd| fd.as_fd()).collect();
-    let mut steering = Steering::refuse(port, &fds, lasting)?;
+    let mut steering = blocking::run(|| Steering::refuse(port, &fds, lasting))?;
     // Holding the listeners would keep them open after the server closes them.
     drop(fds);
     drop(listener_sockets);
@@ -316,6 +319,15 @@ pub async fn drain_scoped(
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
     let mut failed_scans = 0;
+    let mut scanner = Some(Box::new(Scanner {
+        inventory,
+        ownership,
+    }));
+    // The drain's part of the last scan: what remains if the drain ends now.
+    let mut last = PortInventory {
+        port,
+        ..PortInventory::default()
+    };
 
     // A spread's closes are paced within each pass too, over the time to the next one,
     // so slow passes do not turn into bursts; a batch is closed at once.
@@ -324,12 +336,19 @@ pub async fn drain_scoped(
         Pace::Auto { .. } => true,
         Pace::Batches { .. } => false,
     };
-    let (outcome, last, cancel_mode) = loop {
+    let (outcome, cancel_mode) = loop {
         let pass_started = Instant::now();
         // The kernel reads TCP_INFO's "ms ago" stamps at the start of the scan: the owner
         // search that follows can take tens of milliseconds.
         let scanned_at = Instant::now();
-        let scan = match ownership.scan(&mut inventory) {
+        let Some((probe, scanned)) = blocking::scan_by(&mut scanner, deadline).await else {
+            info!(
+                port,
+                "the port's scan was still running a second after the deadline (a system call stuck); the report shows the pass before"
+            );
+            break (Outcome::DeadlineReached, None);
+        };
+        let scan = match scanned {
             Ok(scan) => {
                 failed_scans = 0;
                 scan
@@ -345,7 +364,7 @@ pub async fn drain_scoped(
                 );
                 tokio::select! {
                     () = tokio::time::sleep(jittered(plan.poll_interval)) => continue,
-                    mode = &mut cancel => break (Outcome::Cancelled, PortInventory { port, ..PortInventory::default() }, Some(mode)),
+                    mode = &mut cancel => break (Outcome::Cancelled, Some(mode)),
                 }
             }
             Err(source) => {
@@ -363,32 +382,37 @@ pub async fn drain_scoped(
                 });
             }
         };
-        update_successors(
-            &mut steering,
-            port,
-            &scan.listeners,
-            ownership.listeners(),
-            &mut successors,
-        );
+        blocking::run(|| {
+            update_successors(
+                &mut steering,
+                port,
+                &scan.listeners,
+                probe.ownership.listeners(),
+                &mut successors,
+            )
+        });
+        tally.unknown_owner = probe.ownership.unknown_owner();
         let snapshot = scan.ours;
         tally.observe(&snapshot);
         rhythms.observe(&snapshot, scanned_at);
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
-            break (Outcome::Drained, snapshot, None);
+            last = snapshot;
+            break (Outcome::Drained, None);
         }
         let now = Instant::now();
         let close_over = paced_within_pass.then_some(plan.poll_interval);
-        let closed_now = close_due(
-            &mut inventory,
-            &snapshot,
-            &rhythms,
-            &mut tally,
-            &mut schedule,
-            plan.close_grace,
-            close_over,
-            deadline,
-        )
-        .await;
+        let closed_now = blocking::run(|| {
+            close_due(
+                &mut probe.inventory,
+                &snapshot,
+                &rhythms,
+                &mut tally,
+                &mut schedule,
+                plan.close_grace,
+                close_over,
+                deadline,
+            )
+        });
         let still_open = |c: &&Connection| !closed_now.contains(&c.socket.id.cookie);
         let pass = Progress {
             elapsed_ms: (now - started).as_millis() as u64,
@@ -404,35 +428,41 @@ pub async fn drain_scoped(
             announcer.progress(&pass);
         }
         progress(&pass);
+        last = snapshot;
         if now >= deadline {
-            let mut remaining = snapshot;
-            remaining
-                .connections
+            last.connections
                 .retain(|c| !closed_now.contains(&c.socket.id.cookie));
-            break (Outcome::DeadlineReached, remaining, None);
+            break (Outcome::DeadlineReached, None);
         }
         let next_pass = jittered(plan.poll_interval).saturating_sub(pass_started.elapsed());
         tokio::select! {
             () = tokio::time::sleep(next_pass) => {}
-            mode = &mut cancel => break (Outcome::Cancelled, snapshot, Some(mode)),
+            mode = &mut cancel => break (Outcome::Cancelled, Some(mode)),
         }
     };
 
-    let last = if outcome == Outcome::DeadlineReached && plan.force {
-        force_remaining(
-            &mut inventory,
-            &mut ownership,
-            last,
-            &mut tally,
-            plan.close_grace,
-        )
-        .await?
-    } else {
-        last
-    };
+    if outcome == Outcome::DeadlineReached && plan.force {
+        match scanner.as_deref_mut() {
+            Some(probe) => {
+                last = blocking::run(|| {
+                    force_remaining(
+                        &mut probe.inventory,
+                        &mut probe.ownership,
+                        last,
+                        &mut tally,
+                        plan.close_grace,
+                    )
+                })?;
+                tally.unknown_owner = probe.ownership.unknown_owner();
+            }
+            None => warn!(
+                port,
+                "nothing forced: the port's scan was still running after the deadline"
+            ),
+        }
+    }
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
-    tally.unknown_owner = ownership.unknown_owner();
     tally.client_pauses = last
         .connections
         .iter()
@@ -491,8 +521,9 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// Tokio's timers have millisecond granularity: closes due closer together than this
-/// are made in groups, one group per tick.
+/// A sleep between two closes costs a system call and a wake-up that is late by tens of
+/// microseconds or more: closes due closer together than this are made in groups, one
+/// group per tick.
 const CLOSE_TICK: Duration = Duration::from_millis(1);
 
 /// Closes the connections the schedule allows now: busy ones found at a boundary
@@ -502,7 +533,7 @@ const CLOSE_TICK: Duration = Duration::from_millis(1);
 /// it gets its FIN once `close_grace` has passed and it is idle (outside the schedule: it
 /// was counted when asked).
 #[allow(clippy::too_many_arguments)]
-async fn close_due(
+fn close_due(
     inventory: &mut Inventory,
     snapshot: &PortInventory,
     rhythms: &Rhythms,
@@ -550,7 +581,8 @@ async fn close_due(
     let mut closed = HashSet::new();
     for (i, (connection, when)) in waiting.into_iter().take(allowed).enumerate() {
         if i > 0 && i % per_tick == 0 {
-            tokio::time::sleep(gap * per_tick as u32).await;
+            // On a blocking thread ([`blocking::run`]): this sleep holds no worker.
+            std::thread::sleep(gap * per_tick as u32);
         }
         if Instant::now() >= deadline {
             break;
@@ -590,7 +622,7 @@ async fn close_due(
 /// `--force` at the deadline: shuts down everything of the drain's still open (FIN),
 /// waits `close_grace`, then resets what of it is left and its queued connections.
 /// Returns the drain's part of the scan after that.
-async fn force_remaining(
+fn force_remaining(
     inventory: &mut Inventory,
     ownership: &mut Ownership,
     remaining: PortInventory,
@@ -606,7 +638,7 @@ async fn force_remaining(
             }
         }
     }
-    tokio::time::sleep(close_grace).await;
+    std::thread::sleep(close_grace);
     let after = ownership.scan(inventory)?.ours;
     for id in after
         .connections

@@ -145,6 +145,8 @@ impl Steering {
         if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
             return Err(SteerError::TooManyListeners { port });
         }
+        // Only stalls are injected here (a slow load under CPU contention).
+        let _ = crate::failpoint::hit(crate::failpoint::Point::Attach, port);
         let netns = Netns::current().map_err(SteerError::Netns)?;
         let netns_inode = netns.inode();
         let pins = match PinRoot::open_or_create() {

@@ -52,6 +52,8 @@ use nix::sys::time::TimeVal;
 
 pub mod parse;
 
+use crate::failpoint::{self, Fault, Point};
+
 use parse::{
     build_request, encode_sockid, parse_diag_msg, NlMessages, Reply, AF_INET, AF_INET6,
     INET_DIAG_REQ_V2_LEN, INET_DIAG_SOCKID_LEN, NLMSG_DONE, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_DUMP,
@@ -201,6 +203,8 @@ pub struct SockDiag {
     req: Vec<u8>,
     seq: u32,
     reopen: bool,
+    /// A fault to inject into the next answer ([`crate::failpoint`], debug builds).
+    fault: Option<Fault>,
 }
 
 impl SockDiag {
@@ -213,6 +217,7 @@ impl SockDiag {
             req: Vec::with_capacity(NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN + 4 + PORT_BYTECODE_LEN),
             seq: 0,
             reopen: false,
+            fault: None,
         })
     }
 
@@ -243,6 +248,7 @@ impl SockDiag {
         if states.is_empty() {
             return Ok(());
         }
+        self.fault = failpoint::hit(Point::Scan, port);
         let bytecode = port_filter_bytecode(port);
         for family in [AF_INET, AF_INET6] {
             self.dump_family(family, states, Some(&bytecode), &mut f)?;
@@ -430,6 +436,22 @@ impl SockDiag {
 
     /// Receives one whole datagram into `self.buf`, growing it as needed; returns its length.
     fn recv_datagram(&mut self, request: &'static str) -> Result<usize> {
+        let fault = self.fault.take();
+        match fault {
+            Some(Fault::Enobufs) => {
+                return Err(SockDiagError::Recv {
+                    request,
+                    source: Errno::ENOBUFS,
+                })
+            }
+            Some(Fault::Timeout) => {
+                return Err(SockDiagError::Recv {
+                    request,
+                    source: Errno::EAGAIN,
+                })
+            }
+            Some(Fault::Malformed) | None => {}
+        }
         let fd = self.fd.as_raw_fd();
         let size = loop {
             // Empty buffer + MSG_PEEK | MSG_TRUNC: the kernel returns the datagram's real
@@ -452,7 +474,13 @@ impl SockDiag {
                         have: self.buf.len(),
                     });
                 }
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if fault == Some(Fault::Malformed) {
+                        // The first message's type becomes one no answer has.
+                        self.buf[4..6].copy_from_slice(&u16::MAX.to_ne_bytes());
+                    }
+                    return Ok(n);
+                }
                 Err(Errno::EINTR) => continue,
                 Err(source) => return Err(SockDiagError::Recv { request, source }),
             }
