@@ -308,9 +308,9 @@ pub async fn drain_scoped(
         "new connections are refused; draining"
     );
 
-    let mut announcer = netns::current_inode().ok().map(|inode| {
+    let mut announcer = netns::Identity::current().ok().map(|netns| {
         let listeners = draining.iter().map(|l| l.socket.inode).collect();
-        Announcer::new(inode, port, listeners, plan.timeout)
+        Announcer::new(netns, port, listeners, plan.timeout)
     });
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();

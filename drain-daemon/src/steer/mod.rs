@@ -9,7 +9,7 @@
 //! service started later on the same port gets its connections again.
 //!
 //! The program, its maps and its link are pinned in bpffs under
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/` ([`pins`]), so the refusal
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/` ([`pins`]), so the refusal
 //! lasts after `drainctl` exits (between the end of `ExecStop=` and the service's exit,
 //! new clients are refused rather than accepted and then cut). A drain holds the port's
 //! pin directory locked for its whole run: a second drain of the port is refused
@@ -146,11 +146,11 @@ impl Steering {
             return Err(SteerError::TooManyListeners { port });
         }
         let netns = Netns::current().map_err(SteerError::Netns)?;
-        let netns_inode = netns.inode();
+        let identity = netns.identity();
         let pins = match PinRoot::open_or_create() {
             Ok(root) => {
                 root.sweep_stale();
-                root.lock_port(netns_inode, port, true)?
+                root.lock_port(&identity, port, true)?
             }
             Err(err) if err.is_unavailable() => {
                 warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
@@ -276,11 +276,11 @@ fn replace_sockets<T: BorrowMut<MapData>>(
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
 /// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
 pub fn release(port: u16) -> Result<bool, SteerError> {
-    let netns_inode = netns::current_inode().map_err(SteerError::Netns)?;
+    let identity = netns::Identity::current().map_err(SteerError::Netns)?;
     let Some(root) = PinRoot::open_existing()? else {
         return Ok(false);
     };
-    let Some(pins) = root.lock_port(netns_inode, port, false)? else {
+    let Some(pins) = root.lock_port(&identity, port, false)? else {
         return Ok(false);
     };
     let pinned = pins.has_link();
@@ -301,13 +301,13 @@ pub fn sweep_stale() {
 /// Whether new connections to `port` are refused in this network namespace by a pinned
 /// drain (one whose listeners are still open).
 pub fn is_refusing(port: u16) -> bool {
-    let Ok(inode) = netns::current_inode() else {
+    let Ok(identity) = netns::Identity::current() else {
         return false;
     };
     PinRoot::open_existing()
         .ok()
         .flatten()
-        .and_then(|root| root.find_port(inode, port).ok())
+        .and_then(|root| root.find_port(&identity, port).ok())
         .is_some_and(|dir| pins::listeners_open(&dir))
 }
 
