@@ -41,11 +41,14 @@ pub use daemon::{
     daemon_socket_path, drain_through_daemon, spawn_daemon, spawn_daemon_with,
     spawn_socket_activated_daemon, SERVING,
 };
-pub use drainctl::{run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput};
+pub use drainctl::{
+    drainctl_in_pid_namespace_of, run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl,
+    DrainctlOutput,
+};
 pub use events::{EventReader, EventWriter};
 pub use http::{
-    bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,
-    KeepAliveClient, Response, Server,
+    bind_listener, bind_listener_on, connect_refused_quickly, serve, serve_all, Closed,
+    ConnectOutcome, KeepAliveClient, Response, Server,
 };
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;

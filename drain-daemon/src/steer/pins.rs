@@ -1,5 +1,5 @@
 //! The pin tree, where a drain's steering outlives the process that set it up:
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/{link,listeners,successors,counts}`.
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/{link,listeners,successors,counts,v6only}`.
 //! A namespace is named by its [`Identity`], cookie included, so a namespace that gets a
 //! deleted one's inode never takes that one's leftover pins for its own.
 //!
@@ -38,9 +38,10 @@ pub const LINK: &str = "link";
 pub const LISTENERS: &str = "listeners";
 pub const SUCCESSORS: &str = "successors";
 pub const COUNTS: &str = "counts";
+pub const V6ONLY: &str = "v6only";
 /// Every name a port directory may hold, the link first: unpinning it detaches the
 /// program at once, before its maps go.
-const PINS: [&str; 4] = [LINK, LISTENERS, SUCCESSORS, COUNTS];
+const PINS: [&str; 5] = [LINK, LISTENERS, SUCCESSORS, COUNTS, V6ONLY];
 /// Appended to a pin's name while it is being pinned (bpffs refuses names with a dot).
 const STAGING: &str = "-staging";
 
