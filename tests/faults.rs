@@ -1,6 +1,7 @@
-//! Faults during a drain: the server or its successor dies, many ports drain at once.
-//! Each ends with an exit code that says what happened, no connection of anyone else
-//! touched, and no refusal left behind for a port whose listener is gone. (The daemon
+//! Faults during a drain: the server or its successor dies, many ports drain at once,
+//! the server's network namespace is deleted. Each ends with an
+//! exit code that says what happened, no connection of anyone else touched, and no
+//! refusal left behind for a port whose listener is gone. (The daemon
 //! dying midway is in `daemon.rs`, drainctl killed midway in `drain.rs`, two drains of
 //! one port in `pin_safety.rs`.)
 
@@ -11,7 +12,8 @@ use std::{
 
 use drain_tests::{
     assert_refused_at_once, busy_client, connect_refused_quickly, idle_client, run_drainctl,
-    spawn_drainctl, start_server, ConnectOutcome, KeepAliveClient, Netns,
+    spawn_drainctl, spawn_drainctl_with, start_server, ConnectOutcome, KeepAliveClient, Netns,
+    PrivateMounts,
 };
 use nix::sys::signal::Signal;
 
@@ -130,4 +132,60 @@ fn twenty_ports_drained_at_once_each_end_on_their_own() {
             other => panic!("{addr}: expected refused, got {other:?}"),
         }
     }
+}
+
+/// Runs `command` (in the private mount namespace) to success.
+fn run_ok(command: &mut std::process::Command) {
+    let output = command.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The server's network namespace is deleted mid-drain: its server is killed and its
+/// name removed (`ip netns del`, as a container runtime tears a pod down). drainctl, in
+/// the namespace, keeps it alive until it exits: the drain ends at once (its listener
+/// is gone, exit 0), says nothing stays refused, and leaves no pin behind, where it
+/// would otherwise wait for a later sweep (the namespace, and the pins' program with
+/// it, is gone once drainctl exits).
+#[test]
+fn a_network_namespace_deleted_mid_drain_ends_the_drain_with_no_pin_left() {
+    let Some(_outer) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(true);
+    let name = format!("drain-fault-{}", std::process::id());
+    let (pins, output) = {
+        let netns = Netns::new().expect("the server's network namespace");
+        let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+        let _busy = busy_client(addr, &events, "/sleep/20000");
+        let pid = server.pid().to_string();
+        run_ok(mounts.command("ip").args(["netns", "attach", &name, &pid]));
+        let drainctl = spawn_drainctl_with(&mut mounts.drainctl([
+            "drain",
+            "--standalone",
+            "--port",
+            "8080",
+            "--timeout",
+            "30s",
+            "--json",
+        ]));
+        drainctl
+            .log()
+            .wait_for_line(10 * SECOND, |line| {
+                line.contains("new connections are refused")
+            })
+            .expect("the drain started");
+        server.signal(Signal::SIGKILL).unwrap();
+        run_ok(mounts.command("ip").args(["netns", "del", &name]));
+        let output = drainctl.wait(10 * SECOND);
+        let pins = format!("/sys/fs/bpf/drain-daemon/{}/port-8080", netns.dir_name());
+        (mounts.path(&pins), output)
+    };
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    assert!(!output.stderr_text().contains("panicked"));
+    assert_eq!(output.json()["still_refusing"], false, "{}", output.json());
+    assert!(!pins.exists(), "{} was left behind", pins.display());
 }
