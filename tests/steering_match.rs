@@ -62,6 +62,45 @@ fn draining_an_ipv6_only_listener_leaves_ipv4_connections_to_the_ipv4_listener()
     assert!(accepted_from(&ipv4_events, client.local_addr()));
 }
 
+/// The reverse: the drained listener takes IPv4 and the only successor is IPv6-only on
+/// `[::]:P`. An IPv4 connection must not be handed to it (the kernel would never give it
+/// one): it is refused, while IPv6 connections go to the successor.
+#[test]
+fn an_ipv6_only_successor_gets_no_ipv4_connection() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, old_events, v4) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (_successor, successor_events, _) = start_server(["--listen", "[::]:8080"]);
+    let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+    let mut busy = busy_client(v4, &old_events, "/sleep/3000");
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old.pid().to_string(),
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("new connections go to the successor")
+        })
+        .expect("the IPv6 server is the successor");
+    assert_refused_at_once(v4);
+    let mut client = KeepAliveClient::connect(v6).expect("the successor takes IPv6");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    assert!(accepted_from(&successor_events, client.local_addr()));
+
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["steered_connections"], 0, "{report}");
+    assert_eq!(report["refused_connections"], 1, "{report}");
+}
+
 /// Two servers on `0.0.0.0:P`, each bound to its own device. Draining the one on `d0`
 /// hands the other its new connections, so a SYN arriving on `d0` has no successor that
 /// could take it (the one on `d1` never sees `d0`'s traffic) and is refused; one
