@@ -8,7 +8,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use drain_tests::{
     assert_refused_at_once, busy_client, drainctl_in_pid_namespace_of, spawn_drainctl,
-    spawn_drainctl_with, start_server, start_server_via, EventReader, KeepAliveClient, Netns,
+    spawn_drainctl_with, start_server, start_server_via, ChildGuard, EventReader, KeepAliveClient,
+    Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -18,6 +19,44 @@ fn accepted_from(events: &EventReader, peer: SocketAddr) -> bool {
     events
         .wait_for_line(2 * SECOND, |line| line == format!("accepted {peer}"))
         .is_some()
+}
+
+/// Drains the server `old` (by its pid), which holds `busy` in flight, while one other
+/// server, `successor`, listens on the port: a new connection to `refused` must be
+/// refused at once, one to `taken` must reach the successor without the program
+/// (steered none), and the drain must end once `busy` is answered.
+fn handover_refuses_one_and_steers_none(
+    old: &ChildGuard,
+    mut busy: KeepAliveClient,
+    successor: &EventReader,
+    refused: SocketAddr,
+    taken: SocketAddr,
+) {
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old.pid().to_string(),
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("new connections go to the successor")
+        })
+        .expect("the other server is the successor");
+    assert_refused_at_once(refused);
+    let mut client = KeepAliveClient::connect(taken).expect("the successor accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    assert!(accepted_from(successor, client.local_addr()));
+
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["steered_connections"], 0, "{report}");
+    assert_eq!(report["refused_connections"], 1, "{report}");
 }
 
 /// A server on `[::]:P` that is IPv6-only takes no IPv4 connection: those go to a
@@ -73,32 +112,8 @@ fn an_ipv6_only_successor_gets_no_ipv4_connection() {
     let (old, old_events, v4) = start_server(["--listen", "127.0.0.1:8080"]);
     let (_successor, successor_events, _) = start_server(["--listen", "[::]:8080"]);
     let v6: SocketAddr = "[::1]:8080".parse().unwrap();
-    let mut busy = busy_client(v4, &old_events, "/sleep/3000");
-    let drainctl = spawn_drainctl([
-        "drain",
-        "--port",
-        "8080",
-        "--pid",
-        &old.pid().to_string(),
-        "--json",
-    ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections go to the successor")
-        })
-        .expect("the IPv6 server is the successor");
-    assert_refused_at_once(v4);
-    let mut client = KeepAliveClient::connect(v6).expect("the successor takes IPv6");
-    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
-    assert!(accepted_from(&successor_events, client.local_addr()));
-
-    assert_eq!(busy.read_response().expect("answered").status, 200);
-    let output = drainctl.wait(20 * SECOND);
-    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
-    let report = output.json();
-    assert_eq!(report["steered_connections"], 0, "{report}");
-    assert_eq!(report["refused_connections"], 1, "{report}");
+    let busy = busy_client(v4, &old_events, "/sleep/3000");
+    handover_refuses_one_and_steers_none(&old, busy, &successor_events, v4, v6);
 }
 
 /// Two servers on `0.0.0.0:P`, each bound to its own device. Draining the one on `d0`
@@ -128,31 +143,6 @@ fn a_listener_bound_to_a_device_is_matched_only_for_connections_arriving_on_it()
     let (old, old_events, _) = start_server(["--listen", "0.0.0.0:8080", "--bind-device", "d0"]);
     let (_other, other_events, _) =
         start_server(["--listen", "0.0.0.0:8080", "--bind-device", "d1"]);
-    let mut busy = busy_client(on_d0, &old_events, "/sleep/3000");
-
-    let drainctl = spawn_drainctl([
-        "drain",
-        "--port",
-        "8080",
-        "--pid",
-        &old.pid().to_string(),
-        "--json",
-    ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections go to the successor")
-        })
-        .expect("the d1 server is the successor");
-    assert_refused_at_once(on_d0);
-    let mut client = KeepAliveClient::connect(on_d1).expect("d1's server accepts");
-    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
-    assert!(accepted_from(&other_events, client.local_addr()));
-
-    assert_eq!(busy.read_response().expect("answered").status, 200);
-    let output = drainctl.wait(20 * SECOND);
-    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
-    let report = output.json();
-    assert_eq!(report["steered_connections"], 0, "{report}");
-    assert_eq!(report["refused_connections"], 1, "{report}");
+    let busy = busy_client(on_d0, &old_events, "/sleep/3000");
+    handover_refuses_one_and_steers_none(&old, busy, &other_events, on_d0, on_d1);
 }
