@@ -1,8 +1,9 @@
 //! Faults during a drain: the server or its successor dies, many ports drain at once,
 //! the kernel's socket dumps fail or setup is slow (injected with `DRAIN_FAILPOINTS`,
-//! see drain-daemon's `failpoint` module; debug builds only).
-//! Each ends with an exit code that says what happened, no connection of anyone else
-//! touched, and no refusal left behind for a port whose listener is gone. (The daemon
+//! see drain-daemon's `failpoint` module; debug builds only), the server's network
+//! namespace is deleted, bpffs cannot be mounted. Each ends with an exit code that says
+//! what happened, no connection of anyone else touched, and no refusal left behind for a
+//! port whose listener is gone. (The daemon
 //! dying midway is in `daemon.rs`, drainctl killed midway in `drain.rs`, two drains of
 //! one port in `pin_safety.rs`.)
 
@@ -13,8 +14,8 @@ use std::{
 
 use drain_tests::{
     assert_refused_at_once, bin_path, busy_client, connect_refused_quickly, drain_phase,
-    idle_client, run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server, Closed,
-    ConnectOutcome, Drainctl, KeepAliveClient, Netns,
+    idle_client, run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server,
+    systemd::require_tool, Closed, ConnectOutcome, Drainctl, KeepAliveClient, Netns, PrivateMounts,
 };
 use nix::sys::signal::Signal;
 
@@ -243,4 +244,117 @@ fn the_timeout_counts_a_slow_setup() {
         "a 10 s timeout with 8 s of setup took {took:?}: the setup was not counted"
     );
     assert!(report["elapsed_ms"].as_u64().unwrap() >= 10_000, "{report}");
+}
+
+/// Runs `command` (in the private mount namespace) to success.
+fn run_ok(command: &mut std::process::Command) {
+    let output = command.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The server's network namespace is deleted mid-drain: its server is killed and its
+/// name removed (`ip netns del`, as a container runtime tears a pod down). drainctl, in
+/// the namespace, keeps it alive until it exits: the drain ends at once (its listener
+/// is gone, exit 0), says nothing stays refused, and leaves no pin behind, where it
+/// would otherwise wait for a later sweep (the namespace, and the pins' program with
+/// it, is gone once drainctl exits).
+#[test]
+fn a_network_namespace_deleted_mid_drain_ends_the_drain_with_no_pin_left() {
+    let Some(_outer) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(true);
+    let name = format!("drain-fault-{}", std::process::id());
+    let (pins, output) = {
+        let netns = Netns::new().expect("the server's network namespace");
+        let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+        let _busy = busy_client(addr, &events, "/sleep/20000");
+        let pid = server.pid().to_string();
+        run_ok(mounts.command("ip").args(["netns", "attach", &name, &pid]));
+        let drainctl = spawn_drainctl_with(&mut mounts.drainctl([
+            "drain",
+            "--standalone",
+            "--port",
+            "8080",
+            "--timeout",
+            "30s",
+            "--json",
+        ]));
+        drainctl
+            .log()
+            .wait_for_line(10 * SECOND, |line| {
+                line.contains("new connections are refused")
+            })
+            .expect("the drain started");
+        server.signal(Signal::SIGKILL).unwrap();
+        run_ok(mounts.command("ip").args(["netns", "del", &name]));
+        let output = drainctl.wait(10 * SECOND);
+        let pins = format!("/sys/fs/bpf/drain-daemon/{}/port-8080", netns.dir_name());
+        (mounts.path(&pins), output)
+    };
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    assert!(!output.stderr_text().contains("panicked"));
+    assert_eq!(output.json()["still_refusing"], false, "{}", output.json());
+    assert!(!pins.exists(), "{} was left behind", pins.display());
+}
+
+/// bpffs is not mounted and cannot be (drainctl without CAP_SYS_ADMIN, as in a
+/// container that was given only the capabilities a drain needs). The drain works, and
+/// says truthfully that the refusal lasts only while it runs: new connections are
+/// refused during the drain and accepted again after it, nothing is mounted or pinned.
+#[test]
+fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so() {
+    let Some(setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(false);
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(addr, &events, "/sleep/2000");
+    let mut command = mounts.command(setpriv);
+    command
+        .args(["--bounding-set=-sys_admin", "--inh-caps=-all"])
+        .arg(bin_path("drainctl"))
+        .args([
+            "drain",
+            "--standalone",
+            "--port",
+            "8080",
+            "--timeout",
+            "15s",
+            "--json",
+        ]);
+    let drainctl = spawn_drainctl_with(&mut command);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| {
+            // Not the warning before it, which says the refusal will be unpinned.
+            line.contains("new connections are refused; draining")
+        })
+        .expect("the drain started");
+    assert_refused_at_once(addr);
+    assert_eq!(busy.read_response().expect("answered").status, 200);
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    assert!(
+        output.stderr_text().contains(
+            "bpffs is not available (mounting bpffs at /sys/fs/bpf (mount): Operation not permitted"
+        ) && output
+            .stderr_text()
+            .contains("new connections are refused only while this process runs"),
+        "{}",
+        output.stderr_text()
+    );
+    let report = output.json();
+    assert_eq!(report["still_refusing"], false, "{report}");
+    assert!(report["steering_pinned_at"].is_null(), "{report}");
+    assert_eq!(mounts.mount_options("/sys/fs/bpf"), None, "nothing mounted");
+    let mut client = KeepAliveClient::connect(addr).expect("accepted after the drain");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
 }

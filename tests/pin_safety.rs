@@ -80,21 +80,19 @@ fn drainctl_mounts_bpffs_and_makes_its_directories_for_root_only() {
             "bpffs mounted without {wanted}: {options}"
         );
     }
-    let inode = netns.inode();
+    let netns = netns.dir_name();
     for dir in [
         "/sys/fs/bpf".to_string(),
         "/sys/fs/bpf/drain-daemon".into(),
-        format!("/sys/fs/bpf/drain-daemon/netns-{inode}"),
-        format!("/sys/fs/bpf/drain-daemon/netns-{inode}/port-8080"),
+        format!("/sys/fs/bpf/drain-daemon/{netns}"),
+        format!("/sys/fs/bpf/drain-daemon/{netns}/port-8080"),
         "/run/drain-daemon".into(),
         "/run/drain-daemon/drains".into(),
-        format!("/run/drain-daemon/drains/netns-{inode}"),
+        format!("/run/drain-daemon/drains/{netns}"),
     ] {
         assert_eq!(mode(&mounts.path(&dir)), 0o700, "mode of {dir}");
     }
-    let record = mounts.path(&format!(
-        "/run/drain-daemon/drains/netns-{inode}/port-8080.json"
-    ));
+    let record = mounts.path(&format!("/run/drain-daemon/drains/{netns}/port-8080.json"));
     assert_eq!(mode(&record), 0o600, "the drain record");
 }
 
@@ -270,8 +268,8 @@ fn a_sweep_leaves_a_locked_port_alone() {
     // Its listener closes: the pinned drain of 8081 is stale from now on.
     old.terminate(5 * SECOND).unwrap();
     let stale = mounts.path(&format!(
-        "/sys/fs/bpf/drain-daemon/netns-{}/port-8081",
-        netns.inode()
+        "/sys/fs/bpf/drain-daemon/{}/port-8081",
+        netns.dir_name()
     ));
     assert!(stale.join("link").exists());
 
@@ -308,7 +306,7 @@ fn pins_of_a_deleted_namespace_are_swept_with_its_directory() {
         let output = drain(&mounts, "8080");
         assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
         server.terminate(5 * SECOND).unwrap();
-        mounts.path(&format!("/sys/fs/bpf/drain-daemon/netns-{}", inner.inode()))
+        mounts.path(&format!("/sys/fs/bpf/drain-daemon/{}", inner.dir_name()))
     };
     // The thread is back in the test's namespace; nothing holds the inner one any more.
     assert!(deleted.join("port-8080/link").exists());
@@ -316,4 +314,119 @@ fn pins_of_a_deleted_namespace_are_swept_with_its_directory() {
     let output = drain(&mounts, "8080");
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert!(!deleted.exists(), "{} was not swept", deleted.display());
+}
+
+/// The socket inode of the one socket `pid` holds (a demo server with no client yet
+/// holds only its listener).
+fn only_socket_inode(pid: u32) -> u64 {
+    let sockets: Vec<u64> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?.to_string();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(sockets.len(), 1, "sockets of {pid}: {sockets:?}");
+    sockets[0]
+}
+
+/// Renames every entry of `dir` named for the namespace inode `from` (`netns-<from>` and
+/// `netns-<from>-<anything>`) to the same name for the inode `to`: what the kernel's
+/// reuse of `from`'s inode for `to` makes of them. Returns the new names.
+fn rename_for_inode(dir: &Path, from: u64, to: u64) -> Vec<String> {
+    let prefix = format!("netns-{from}");
+    let mut renamed = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with('-')) {
+            continue;
+        }
+        let new = format!("netns-{to}{rest}");
+        fs::rename(dir.join(&name), dir.join(&new)).unwrap();
+        renamed.push(new);
+    }
+    assert!(
+        !renamed.is_empty(),
+        "nothing in {} for {prefix}",
+        dir.display()
+    );
+    renamed
+}
+
+/// The kernel gives a deleted network namespace's inode to the next namespace it makes.
+/// What a drain left of the deleted one (its pins, its record) must not be taken for the
+/// new namespace's: no refusal, no drain in `status`, nothing for `release` to release,
+/// and the next drain's sweep removes the pins. The reuse is played by renaming the
+/// deleted namespace's directories to what they would be called had the current
+/// namespace got its inode (a real reuse cannot be awaited: any namespace made on the
+/// machine meanwhile takes the number). The record is also made to name the current
+/// listener's socket inode, as if socket inodes had wrapped too: the namespace's identity
+/// alone must tell the record is not about this namespace.
+#[test]
+fn a_deleted_namespaces_pins_and_records_are_not_taken_for_a_new_one_with_its_inode() {
+    let Some(netns) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(true);
+    let deleted_inode = {
+        let inner = Netns::new().expect("a second network namespace");
+        let (mut server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+        let output = drain(&mounts, "8080");
+        assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+        server.terminate(5 * SECOND).unwrap();
+        inner.inode()
+    };
+    let pin_root = mounts.path("/sys/fs/bpf/drain-daemon");
+    let records = mounts.path("/run/drain-daemon/drains");
+    let planted_pins = rename_for_inode(&pin_root, deleted_inode, netns.inode());
+    let planted_records = rename_for_inode(&records, deleted_inode, netns.inode());
+    assert!(pin_root
+        .join(&planted_pins[0])
+        .join("port-8080/link")
+        .exists());
+
+    let (server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let record_path = records.join(&planted_records[0]).join("port-8080.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    record["listener_inodes"] = serde_json::json!([only_socket_inode(server.pid())]);
+    fs::write(&record_path, record.to_string()).unwrap();
+
+    let mut client = KeepAliveClient::connect(addr).expect("no stale steering applies");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    let status = spawn_drainctl_with(&mut mounts.drainctl(["status", "--port", "8080", "--json"]))
+        .wait(10 * SECOND);
+    assert_eq!(status.code, Some(0), "log:\n{}", status.stderr_text());
+    let port = &status.json()["ports"][0];
+    assert_eq!(port["refusing_new_connections"], false, "{port}");
+    assert!(port["drain"].is_null(), "a dead namespace's drain: {port}");
+    let release = spawn_drainctl_with(&mut mounts.drainctl([
+        "release",
+        "--standalone",
+        "--port",
+        "8080",
+        "--json",
+    ]))
+    .wait(10 * SECOND);
+    assert_eq!(release.code, Some(0), "log:\n{}", release.stderr_text());
+    assert_eq!(release.json()["released"], false, "{}", release.json());
+
+    // The next drain (here of another port) sweeps the dead namespace's pins.
+    let (_other, _events, _addr) = start_server(["--listen", "127.0.0.1:9090"]);
+    let output = drain(&mounts, "9090");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert!(
+        !pin_root.join(&planted_pins[0]).exists(),
+        "{} was not swept",
+        planted_pins[0]
+    );
+    KeepAliveClient::connect(addr).expect("the current namespace's port 8080 still accepts");
 }

@@ -10,9 +10,9 @@ use std::{
 };
 
 use drain_tests::{
-    bin_path, busy_client, connect_refused_quickly, hey, idle_client, run_drainctl, spawn_drainctl,
-    spawn_drainctl_with, start_server, start_server_via, wait_request_read, ChildGuard, Closed,
-    ConnectOutcome, EventReader, KeepAliveClient, Netns,
+    busy_client, connect_refused_quickly, drainctl_in_pid_namespace_of, hey, idle_client,
+    run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server, start_server_via,
+    wait_request_read, ChildGuard, Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 
@@ -322,30 +322,24 @@ fn connections_of_a_successor_the_drain_cannot_see_are_left_alone() {
     wait_request_read(&new_events, "/sleep/60000");
 
     // `unshare --fork` runs the server as its child, pid 1 of the new namespace.
-    let unshare = old_ns.pid();
-    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-        .expect("unshare's children");
-    let server = children.split_whitespace().next().expect("the server");
-    let output = spawn_drainctl_with(
-        Command::new("nsenter")
-            .args(["--target", server, "--pid", "--mount", "--"])
-            .arg(bin_path("drainctl"))
-            .args([
-                "drain",
-                "--standalone",
-                "--port",
-                "8080",
-                "--pid",
-                "1",
-                "--quiet-period",
-                "0s",
-                "--spread",
-                "0s",
-                "--timeout",
-                "5s",
-                "--json",
-            ]),
-    )
+    let output = spawn_drainctl_with(&mut drainctl_in_pid_namespace_of(
+        &old_ns,
+        [
+            "drain",
+            "--standalone",
+            "--port",
+            "8080",
+            "--pid",
+            "1",
+            "--quiet-period",
+            "0s",
+            "--spread",
+            "0s",
+            "--timeout",
+            "5s",
+            "--json",
+        ],
+    ))
     .wait(20 * SECOND);
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     let report = output.json();

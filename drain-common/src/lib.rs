@@ -23,6 +23,12 @@ pub const LISTENERS_MAP: &str = "DRAIN_LISTENERS";
 /// listeners new connections are handed to while the port drains. Empty: refuse.
 pub const SUCCESSORS_MAP: &str = "SUCCESSORS";
 
+/// Name of the array `slot (u32) -> 1 | 0` saying whether the draining listener in the
+/// same slot of [`LISTENERS_MAP`] is an IPv6 socket with `IPV6_V6ONLY` (the kernel does
+/// not show that flag to the program). The loader writes a slot's flag before it puts
+/// the socket into the slot.
+pub const V6ONLY_MAP: &str = "DRAIN_V6ONLY";
+
 /// Name of the per-CPU array counting what the program did, indexed by the `COUNT_*`
 /// constants.
 pub const COUNTS_MAP: &str = "COUNTS";

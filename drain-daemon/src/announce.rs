@@ -2,14 +2,16 @@
 //!
 //! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). Each
 //! pass it rewrites a small JSON record at
-//! `/run/drain-daemon/drains/netns-<inode>/port-<port>.json`, and a last time with its
+//! `/run/drain-daemon/drains/netns-<inode>-<cookie>/port-<port>.json` (the namespace's
+//! [`Identity`], so a namespace that gets a deleted one's inode does not read that one's
+//! records as its own), and a last time with its
 //! outcome. Records are written as root in a tree other users must not steer, so every
 //! level is a root-only directory opened without following symlinks, and a record is
 //! replaced atomically through a new file of an unpredictable name ([`SafeDir`]); one
 //! is read without following a symlink too. Without root, `status` cannot read them. `status` reads the record and checks that
 //! its process is still alive, so a killed drain shows as such instead of running
-//! forever. A record names the listeners it drained (socket inodes): namespace inodes
-//! are reused, and a record is only about a listener that still exists. Announcing is
+//! forever. A record names the listeners it drained (socket inodes): a record is only
+//! about a listener that still exists. Announcing is
 //! best effort: a drain never fails because it could not write.
 
 use std::{
@@ -22,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     drain::{Outcome, Progress},
+    netns::Identity,
     safe_dir::{DirError, SafeDir},
 };
 
@@ -92,17 +95,17 @@ impl DrainRecord {
 
 /// Keeps a drain's record up to date.
 pub struct Announcer {
-    netns_inode: u64,
+    netns: Identity,
     record: DrainRecord,
     /// Told once: a drain does not fail over its record.
     warned: bool,
 }
 
 impl Announcer {
-    pub fn new(netns_inode: u64, port: u16, listener_inodes: Vec<u64>, timeout: Duration) -> Self {
+    pub fn new(netns: Identity, port: u16, listener_inodes: Vec<u64>, timeout: Duration) -> Self {
         let now = unix_ms();
         Self {
-            netns_inode,
+            netns,
             warned: false,
             record: DrainRecord {
                 pid: std::process::id(),
@@ -162,7 +165,7 @@ impl Announcer {
                 source,
             })
             .and_then(|json| {
-                record_dir(self.netns_inode, true)?
+                record_dir(&self.netns, true)?
                     .write_atomically(&record_name(self.record.port), &json)
             });
         match written {
@@ -176,22 +179,23 @@ impl Announcer {
     }
 }
 
-/// The last record of a drain of `port` in the network namespace `netns_inode`.
-pub fn read(netns_inode: u64, port: u16) -> Option<DrainRecord> {
-    let text = record_dir(netns_inode, false)
+/// The last record of a drain of `port` in the network namespace `netns`.
+pub fn read(netns: &Identity, port: u16) -> Option<DrainRecord> {
+    let text = record_dir(netns, false)
         .ok()?
         .read(&record_name(port))
         .ok()?;
     serde_json::from_slice(&text).ok()
 }
 
-/// `/run/drain-daemon/drains/netns-<inode>`, opened level by level (created when `create`).
-fn record_dir(netns_inode: u64, create: bool) -> Result<SafeDir, DirError> {
+/// `/run/drain-daemon/drains/netns-<inode>-<cookie>`, opened level by level (created
+/// when `create`).
+fn record_dir(netns: &Identity, create: bool) -> Result<SafeDir, DirError> {
     let mut dir = SafeDir::open_system(Path::new(RUN))?;
     for name in RECORD_DIRS {
         dir = dir.child(name, create)?;
     }
-    dir.child(&format!("netns-{netns_inode}"), create)
+    dir.child(&netns.dir_name(), create)
 }
 
 fn record_name(port: u16) -> String {

@@ -9,9 +9,13 @@
 //! runs the drain on a thread of its own that first enters it ([`run_in`]): the
 //! namespace is then that thread's for the whole drain, for every socket it creates.
 //!
-//! Steering, drain records and the daemon's client check name the namespace by the
-//! inode of its nsfs file: unique among live namespaces, and what `ip netns` and `lsns`
-//! show.
+//! The daemon's client check names the namespace by the inode of its nsfs file: unique
+//! among live namespaces, and what `ip netns` and `lsns` show. Files that outlive the
+//! namespace (the pin tree in bpffs, the drain records in /run) need more: the kernel
+//! reuses a deleted namespace's inode for the next namespace it makes, which would then
+//! find, and take for its own, what was left of the deleted one. So they are named by
+//! [`Identity`]: the inode and the namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14+),
+//! a number the kernel gives each namespace once per boot and never reuses.
 
 use std::{
     fs::File,
@@ -20,36 +24,110 @@ use std::{
     os::{fd::AsFd, unix::fs::MetadataExt as _},
 };
 
-use nix::sched::{setns, CloneFlags};
+use nix::{
+    errno::Errno,
+    getsockopt_impl,
+    sched::{setns, CloneFlags},
+    sockopt_impl,
+    sys::socket::{self, AddressFamily, GetSockOpt as _, SockFlag, SockType},
+};
 
 /// The calling thread's network namespace in procfs.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// `SO_NETNS_COOKIE` (asm-generic/socket.h; the libc crate does not have it yet).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+sockopt_impl!(
+    /// The cookie of the network namespace a socket belongs to.
+    NetnsCookie,
+    GetOnly,
+    libc::SOL_SOCKET,
+    SO_NETNS_COOKIE,
+    u64
+);
 
 /// A network namespace: an open handle (which keeps it alive and is what programs are
 /// attached to) and its identity.
 #[derive(Debug)]
 pub struct Netns {
     file: File,
-    inode: u64,
+    identity: Identity,
 }
 
 impl Netns {
     /// The calling thread's network namespace.
     pub fn current() -> io::Result<Netns> {
         let file = File::open(THREAD_NETNS)?;
-        let inode = file.metadata()?.ino();
-        Ok(Netns { file, inode })
+        let identity = Identity {
+            inode: file.metadata()?.ino(),
+            cookie: current_cookie()?,
+        };
+        Ok(Netns { file, identity })
     }
 
-    /// The namespace's identity: the inode of its nsfs file.
+    /// The inode of its nsfs file: unique among live namespaces.
     pub fn inode(&self) -> u64 {
-        self.inode
+        self.identity.inode
+    }
+
+    /// What tells it from every other namespace since boot, for files that outlive it.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
 
     /// The handle, for attaching a program to the namespace.
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// What tells one network namespace from every other one since boot, dead ones included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The inode of its `ns/net` file (reused after the namespace is gone).
+    pub inode: u64,
+    /// Its cookie (never reused); `None` on kernels before 5.14, which have none.
+    pub cookie: Option<u64>,
+}
+
+impl Identity {
+    /// The identity of the calling thread's network namespace.
+    pub fn current() -> io::Result<Identity> {
+        Ok(Netns::current()?.identity())
+    }
+
+    /// The name of the namespace's directory in the pin and record trees:
+    /// `netns-<inode>-<cookie>`, or `netns-<inode>` on a kernel without cookies.
+    pub fn dir_name(&self) -> String {
+        match self.cookie {
+            Some(cookie) => format!("netns-{}-{cookie}", self.inode),
+            None => format!("netns-{}", self.inode),
+        }
+    }
+
+    /// The identity a directory name made by [`Identity::dir_name`] stands for, in the
+    /// canonical spelling only (no sign, no leading zero): anything else was not made by
+    /// this program.
+    pub fn from_dir_name(name: &str) -> Option<Identity> {
+        let rest = name.strip_prefix("netns-")?;
+        let (inode, cookie) = match rest.split_once('-') {
+            Some((inode, cookie)) => (inode, Some(parse_canonical(cookie)?)),
+            None => (rest, None),
+        };
+        Some(Identity {
+            inode: parse_canonical(inode)?,
+            cookie,
+        })
+    }
+}
+
+/// A decimal number as this program writes it: digits only, no leading zero.
+pub fn parse_canonical(digits: &str) -> Option<u64> {
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Why a drain could not be moved into a network namespace.
@@ -112,6 +190,23 @@ pub fn current_inode() -> io::Result<u64> {
     Ok(std::fs::metadata(THREAD_NETNS)?.ino())
 }
 
+/// The cookie of the calling thread's network namespace, read from a socket made in it
+/// (a socket belongs to the namespace of the thread that made it; a Unix one needs no
+/// network). `None` where the kernel does not know the option (before 5.14).
+fn current_cookie() -> io::Result<Option<u64>> {
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match NetnsCookie.get(&probe) {
+        Ok(cookie) => Ok(Some(cookie)),
+        Err(Errno::ENOPROTOOPT) => Ok(None),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +219,52 @@ mod tests {
             netns.inode(),
             std::fs::metadata("/proc/self/ns/net").unwrap().ino()
         );
+    }
+
+    #[test]
+    fn directory_names_round_trip_in_canonical_spelling_only() {
+        for identity in [
+            Identity {
+                inode: 4026531840,
+                cookie: Some(1),
+            },
+            Identity {
+                inode: 4026531840,
+                cookie: None,
+            },
+        ] {
+            assert_eq!(
+                Identity::from_dir_name(&identity.dir_name()),
+                Some(identity)
+            );
+        }
+        assert_eq!(
+            Identity::from_dir_name("netns-4026531840-17"),
+            Some(Identity {
+                inode: 4026531840,
+                cookie: Some(17)
+            })
+        );
+        for name in [
+            "netns-",
+            "netns-1-",
+            "netns-01",
+            "netns-1-02",
+            "netns-1-2-3",
+            "netns-+1",
+            "netns-1/..",
+            "port-1",
+        ] {
+            assert_eq!(Identity::from_dir_name(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn this_namespace_has_a_stable_cookie() {
+        // Linux 5.14+ (the project's machines run 6.x): the cookie is there.
+        let ours = Identity::current().unwrap();
+        assert!(ours.cookie.is_some(), "{ours:?}");
+        assert_eq!(Identity::current().unwrap(), ours, "stable");
     }
 
     #[tokio::test]

@@ -85,15 +85,15 @@ pub fn status(
         Some(port) => vec![port],
         None => inventory.listening_ports()?,
     };
-    let netns_inode = netns::current_inode().ok();
+    let netns = netns::Identity::current().ok();
     let ports = ports
         .into_iter()
         .map(|port| {
             let scanned = inventory.scan_address(port, address)?;
             let listener_inodes: Vec<u64> =
                 scanned.listeners.iter().map(|l| l.socket.inode).collect();
-            let drain = netns_inode
-                .and_then(|inode| announce::read(inode, port))
+            let drain = netns
+                .and_then(|netns| announce::read(&netns, port))
                 .filter(|record| record.concerns_any(&listener_inodes));
             Ok(port_status(&scanned, drain, inventory.source()))
         })

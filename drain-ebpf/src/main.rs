@@ -2,7 +2,8 @@
 //!
 //! sk_lookup runs when the kernel looks for the listening socket of an incoming SYN
 //! (Linux 5.9+). For the port under drain, if one of the draining listeners would match
-//! the packet's destination, the program hands the connection to a successor listener
+//! the packet's destination (address, family, `IPV6_V6ONLY`, and the device it arrived
+//! on for a listener bound to one, as the kernel's own lookup does), the program hands the connection to a successor listener
 //! that matches it (another process on the same port with SO_REUSEPORT, or a listener
 //! on another port), bypassing the reuseport group so the old listener gets none. With
 //! no successor it returns `SK_DROP`: the kernel answers the SYN with a RST and the

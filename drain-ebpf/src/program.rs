@@ -11,7 +11,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
     macros::{map, sk_lookup},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::SkLookupContext,
     Global,
 };
@@ -30,6 +30,11 @@ static DRAIN_PORT: Global<u16> = Global::new(0);
 
 #[map(name = "COUNTS")]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `drain_common::V6ONLY_MAP`: 1 where the draining listener in the same slot is an
+/// IPv6-only socket (`bpf_sock` does not carry `IPV6_V6ONLY`).
+#[map(name = "DRAIN_V6ONLY")]
+static DRAIN_V6ONLY: Array<u32> = Array::with_max_entries(MAX_LISTENERS_PER_PORT, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
@@ -87,8 +92,9 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
         family: lookup.family,
         ip4: lookup.local_ip4,
         ip6: lookup.local_ip6,
+        ifindex: lookup.ingress_ifindex,
     };
-    if !(0..MAX_LISTENERS_PER_PORT).any(|slot| matches(&DRAIN_LISTENERS, slot, &destination)) {
+    if !(0..MAX_LISTENERS_PER_PORT).any(|slot| draining_listener_matches(slot, &destination)) {
         return SK_PASS;
     }
     // NO_REUSEPORT keeps the kernel from picking the draining listener out of a shared
@@ -118,12 +124,14 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
     SK_DROP
 }
 
-/// Where the incoming SYN is going. Addresses are in network byte order, as the kernel
-/// hands them over in both `bpf_sk_lookup` and `bpf_sock`.
+/// Where the incoming SYN is going, and the device it arrived on. Addresses are in
+/// network byte order, as the kernel hands them over in both `bpf_sk_lookup` and
+/// `bpf_sock`.
 struct Destination {
     family: u32,
     ip4: u32,
     ip6: [u32; 4],
+    ifindex: u32,
 }
 
 /// How many successors there are: the loader fills slots 0..n and leaves the rest empty.
@@ -146,8 +154,10 @@ fn assign_successor(ctx: &SkLookupContext, slot: u32, destination: &Destination)
     if successor.is_null() {
         return false;
     }
+    // An IPv6-only successor is taken for IPv6 here; for an IPv4 SYN the kernel refuses
+    // the assignment itself (bpf_sk_assign: EAFNOSUPPORT), and the next one is tried.
     // SAFETY: a non-null lookup result is readable until released.
-    let accepts = listener_accepts(unsafe { &*successor }, destination);
+    let accepts = listener_accepts(unsafe { &*successor }, false, destination);
     // SAFETY: `ctx` is this program's context and `successor` a referenced socket.
     let assigned =
         accepts && unsafe { bpf_sk_assign(ctx.lookup.cast(), successor.cast(), NO_REUSEPORT) } == 0;
@@ -166,26 +176,35 @@ fn flow_hash(lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> u32 {
     mixed ^ (mixed >> 16)
 }
 
-fn matches(sockets: &ListenerSockets, slot: u32, destination: &Destination) -> bool {
-    let sk = sockets.get(slot);
+/// Whether the draining listener in `slot` would take the connection.
+fn draining_listener_matches(slot: u32, destination: &Destination) -> bool {
+    let sk = DRAIN_LISTENERS.get(slot);
     if sk.is_null() {
         return false;
     }
+    let v6only = DRAIN_V6ONLY.get(slot).is_some_and(|flag| *flag != 0);
     // SAFETY: a non-null lookup result is readable until released.
-    let accepts = listener_accepts(unsafe { &*sk }, destination);
+    let accepts = listener_accepts(unsafe { &*sk }, v6only, destination);
     release(sk);
     accepts
 }
 
-/// Would the kernel's own lookup consider this listener for the destination? A listener
-/// bound to the wildcard address takes every address of its family, and an IPv6 wildcard
-/// listener (dual stack, the Linux default) takes IPv4 too.
-fn listener_accepts(listener: &bpf_sock, destination: &Destination) -> bool {
+/// Would the kernel's own lookup consider this listener for the destination
+/// (`compute_score` in inet_hashtables.c and inet6_hashtables.c)? A listener bound to a
+/// device (SO_BINDTODEVICE) takes only what arrives on that device. A listener bound to
+/// the wildcard address takes every address of its family, and an IPv6 wildcard listener
+/// takes IPv4 too unless it is IPv6-only (`v6only`; dual stack is the Linux default).
+/// VRF is left out: a listener bound to a VRF's member device, which the kernel matches
+/// through the lookup's second device index, is not seen to match here.
+fn listener_accepts(listener: &bpf_sock, v6only: bool, destination: &Destination) -> bool {
+    if listener.bound_dev_if != 0 && listener.bound_dev_if != destination.ifindex {
+        return false;
+    }
     let ip6 = listener.src_ip6;
     match (listener.family, destination.family) {
         (AF_INET, AF_INET) => listener.src_ip4 == 0 || listener.src_ip4 == destination.ip4,
         (AF_INET6, AF_INET6) => ip6 == [0; 4] || ip6 == destination.ip6,
-        (AF_INET6, AF_INET) => {
+        (AF_INET6, AF_INET) if !v6only => {
             let v4_mapped = [0, 0, 0xffff_u32.to_be(), destination.ip4];
             ip6 == [0; 4] || ip6 == v4_mapped
         }

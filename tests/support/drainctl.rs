@@ -76,6 +76,23 @@ pub fn spawn_drainctl_with(command: &mut Command) -> Drainctl {
     }
 }
 
+/// `drainctl ARGS...`, for [`spawn_drainctl_with`], in the PID and mount namespaces of
+/// the command that `unshare --pid --fork --mount-proc` (the process `wrapper`) runs as
+/// pid 1: it sees that command and its descendants only.
+pub fn drainctl_in_pid_namespace_of<I, S>(wrapper: &ChildGuard, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--target={}", wrapper.first_child()))
+        .args(["--pid", "--mount", "--"])
+        .arg(bin_path("drainctl"))
+        .args(args);
+    command
+}
+
 /// Runs `drainctl ARGS...` to its end (at most `timeout`, then it is killed).
 pub fn run_drainctl<I, S>(args: I, timeout: Duration) -> DrainctlOutput
 where

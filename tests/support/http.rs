@@ -539,6 +539,17 @@ pub fn bind_listener(
     reuseport: bool,
     dual_stack: bool,
 ) -> io::Result<TcpListener> {
+    bind_listener_on(addr, reuseport, dual_stack, None)
+}
+
+/// [`bind_listener`], bound to the network device `device` (SO_BINDTODEVICE) when
+/// given: it then takes only connections that arrive on that device.
+pub fn bind_listener_on(
+    addr: SocketAddr,
+    reuseport: bool,
+    dual_stack: bool,
+    device: Option<&str>,
+) -> io::Result<TcpListener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -550,6 +561,9 @@ pub fn bind_listener(
     }
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!dual_stack)?;
+    }
+    if let Some(device) = device {
+        socket::setsockopt(&fd, sockopt::BindToDevice, &device.into())?;
     }
     use std::os::fd::AsRawFd;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;

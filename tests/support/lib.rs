@@ -42,16 +42,17 @@ pub use daemon::{
     spawn_socket_activated_daemon, SERVING,
 };
 pub use drainctl::{
-    drain_phase, run_drainctl, spawn_drainctl, spawn_drainctl_with, Drainctl, DrainctlOutput,
+    drain_phase, drainctl_in_pid_namespace_of, run_drainctl, spawn_drainctl, spawn_drainctl_with,
+    Drainctl, DrainctlOutput,
 };
 pub use events::{EventReader, EventWriter};
 pub use http::{
-    bind_listener, connect_refused_quickly, serve, serve_all, Closed, ConnectOutcome,
-    KeepAliveClient, Response, Server,
+    bind_listener, bind_listener_on, connect_refused_quickly, serve, serve_all, Closed,
+    ConnectOutcome, KeepAliveClient, Response, Server,
 };
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
-pub use netns::{current_thread_netns_inode, Netns};
+pub use netns::{current_thread_netns_cookie, current_thread_netns_inode, Netns};
 pub use pod::{Pod, PodUser};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,

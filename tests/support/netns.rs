@@ -32,6 +32,14 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use nix::errno::Errno;
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{self, AddressFamily, GetSockOpt as _, SockFlag, SockType};
+use nix::{getsockopt_impl, sockopt_impl};
+
+/// `SO_NETNS_COOKIE` (Linux 5.14+, asm-generic/socket.h): the namespace's cookie, unique
+/// per boot and never reused, unlike its inode.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+sockopt_impl!(NetnsCookie, GetOnly, libc::SOL_SOCKET, SO_NETNS_COOKIE, u64);
 
 /// The calling thread's network namespace handle in procfs.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
@@ -47,6 +55,7 @@ pub struct Netns {
     /// Handle of the new namespace (keeps it alive while the guard lives).
     current: File,
     inode: u64,
+    cookie: u64,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -69,12 +78,14 @@ impl Netns {
                 }
             };
         // The guard exists now: its Drop moves the thread back on any later error.
-        let ns = Netns {
+        let mut ns = Netns {
             previous,
             current,
             inode,
+            cookie: 0,
             _not_send: PhantomData,
         };
+        ns.cookie = current_thread_netns_cookie().context("getsockopt(SO_NETNS_COOKIE)")?;
         ns.run_ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -123,6 +134,17 @@ impl Netns {
         self.inode
     }
 
+    /// The namespace's cookie (`SO_NETNS_COOKIE`), never reused within a boot.
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// The name drain-daemon gives the namespace's directory in its pin and record
+    /// trees: `netns-<inode>-<cookie>`.
+    pub fn dir_name(&self) -> String {
+        format!("netns-{}-{}", self.inode, self.cookie)
+    }
+
     /// A handle of the new namespace, e.g. to `setns` another thread into it.
     pub fn ns_file(&self) -> &File {
         &self.current
@@ -161,6 +183,18 @@ impl Drop for Netns {
 /// The inode of the namespace the calling thread is in now.
 pub fn current_thread_netns_inode() -> io::Result<u64> {
     Ok(std::fs::metadata(THREAD_NETNS)?.ino())
+}
+
+/// The cookie of the namespace the calling thread is in now (a socket belongs to the
+/// namespace of the thread that made it).
+pub fn current_thread_netns_cookie() -> io::Result<u64> {
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    Ok(NetnsCookie.get(&probe)?)
 }
 
 fn is_eperm(e: &anyhow::Error) -> bool {

@@ -53,6 +53,19 @@ impl ChildGuard {
         self.0.id()
     }
 
+    /// The pid of the child's first child: for `unshare --pid --fork ...`, the command it
+    /// runs as pid 1 of the new PID namespace. Panics if it has none.
+    pub fn first_child(&self) -> u32 {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_else(|e| panic!("children of {pid}: {e}"));
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|child| child.parse().ok())
+            .unwrap_or_else(|| panic!("{pid} has no child"))
+    }
+
     /// Sends `sig` to the child.
     pub fn signal(&self, sig: Signal) -> nix::Result<()> {
         let pid = i32::try_from(self.0.id()).map_err(|_| nix::errno::Errno::ESRCH)?;

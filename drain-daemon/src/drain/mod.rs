@@ -311,9 +311,9 @@ pub async fn drain_scoped(
         "new connections are refused; draining"
     );
 
-    let mut announcer = netns::current_inode().ok().map(|inode| {
+    let mut announcer = netns::Identity::current().ok().map(|netns| {
         let listeners = draining.iter().map(|l| l.socket.inode).collect();
-        Announcer::new(inode, port, listeners, plan.timeout)
+        Announcer::new(netns, port, listeners, plan.timeout)
     });
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
@@ -483,7 +483,17 @@ pub async fn drain_scoped(
             false
         }
         // The refusal lasts beyond this process only when pinned.
-        _ => pinned_at.is_some() && steering.open_listeners() > 0,
+        _ if pinned_at.is_none() => false,
+        _ if steering.open_listeners() > 0 => true,
+        _ => {
+            // Every draining listener is gone (the server exited, or its namespace is
+            // going): the pins refuse nothing any more, and in a deleted namespace
+            // nothing would ever reuse them. Removed now rather than at the next sweep.
+            if let Err(err) = steering.release() {
+                warn!("could not remove the pins of a drain whose listeners are gone: {err}");
+            }
+            false
+        }
     };
     let mut report = tally.report(
         port,

@@ -9,7 +9,7 @@
 //! service started later on the same port gets its connections again.
 //!
 //! The program, its maps and its link are pinned in bpffs under
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/` ([`pins`]), so the refusal
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/` ([`pins`]), so the refusal
 //! lasts after `drainctl` exits (between the end of `ExecStop=` and the service's exit,
 //! new clients are refused rather than accepted and then cut). A drain holds the port's
 //! pin directory locked for its whole run: a second drain of the port is refused
@@ -30,15 +30,16 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuArray, SockHash},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, SockHash},
     programs::{links::FdLink, ProgramError, SkLookup},
     EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use drain_common::{
     COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL,
-    PROGRAM_NAME, SUCCESSORS_MAP,
+    PROGRAM_NAME, SUCCESSORS_MAP, V6ONLY_MAP,
 };
+use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 use tracing::{info, warn};
 
 pub use self::pins::PinError;
@@ -69,6 +70,8 @@ pub enum SteerError {
     },
     #[error("adding a listener to a steering map (BPF_MAP_UPDATE_ELEM): {0}")]
     AddListener(#[source] MapError),
+    #[error("reading whether a listener is IPv6-only (getsockopt IPV6_V6ONLY): {0}")]
+    V6Only(#[source] io::Error),
     #[error("port {port} has more than {MAX_LISTENERS_PER_PORT} listeners to drain")]
     TooManyListeners { port: u16 },
     #[error("pinning under {path}: {message}")]
@@ -118,6 +121,8 @@ pub enum Lasting {
 pub struct Steering {
     port: u16,
     listeners: SockHash<MapData, u32>,
+    /// Whether the listener in the same slot of `listeners` is IPv6-only.
+    v6only: Array<MapData, u32>,
     successors: SockHash<MapData, u32>,
     counts: PerCpuArray<MapData, u64>,
     persistence: Persistence,
@@ -148,11 +153,11 @@ impl Steering {
         // Only stalls are injected here (a slow load under CPU contention).
         let _ = crate::failpoint::hit(crate::failpoint::Point::Attach, port);
         let netns = Netns::current().map_err(SteerError::Netns)?;
-        let netns_inode = netns.inode();
+        let identity = netns.identity();
         let pins = match PinRoot::open_or_create() {
             Ok(root) => {
                 root.sweep_stale();
-                root.lock_port(netns_inode, port, true)?
+                root.lock_port(&identity, port, true)?
             }
             Err(err) if err.is_unavailable() => {
                 warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
@@ -250,14 +255,17 @@ impl Steering {
     }
 
     fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        replace_sockets(&mut self.listeners, listeners, self.port)
+        replace_sockets(&mut self.listeners, &mut self.v6only, listeners, self.port)
     }
 }
 
-/// Puts `sockets` into free slots of `map` first and only then removes the previous
-/// entries, so a listener steered before stays steered throughout.
-fn replace_sockets<T: BorrowMut<MapData>>(
+/// Puts the draining listeners `sockets` into free slots of `map` first and only then
+/// removes the previous entries, so a listener steered before stays steered throughout.
+/// Each slot's IPv6-only flag is written to `v6only` before its socket goes in, so the
+/// program never sees a listener with another one's flag.
+fn replace_sockets<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     map: &mut SockHash<T, u32>,
+    v6only: &mut Array<U, u32>,
     sockets: &[BorrowedFd<'_>],
     port: u16,
 ) -> Result<(), SteerError> {
@@ -265,6 +273,9 @@ fn replace_sockets<T: BorrowMut<MapData>>(
     let mut free = (0..MAX_LISTENERS_PER_PORT).filter(|slot| !previous.contains(slot));
     for socket in sockets {
         let slot = free.next().ok_or(SteerError::TooManyListeners { port })?;
+        v6only
+            .set(slot, u32::from(is_v6only(socket)?), 0)
+            .map_err(SteerError::AddListener)?;
         map.insert(slot, socket.as_raw_fd(), 0)
             .map_err(SteerError::AddListener)?;
     }
@@ -275,14 +286,24 @@ fn replace_sockets<T: BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Whether `socket` is an IPv6 socket that takes no IPv4 connections (`IPV6_V6ONLY`).
+/// An IPv4 socket has no such option (the kernel answers EOPNOTSUPP or ENOPROTOOPT).
+fn is_v6only(socket: &BorrowedFd<'_>) -> Result<bool, SteerError> {
+    match getsockopt(socket, Ipv6V6Only) {
+        Ok(v6only) => Ok(v6only),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOPROTOOPT) => Ok(false),
+        Err(errno) => Err(SteerError::V6Only(errno.into())),
+    }
+}
+
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
 /// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
 pub fn release(port: u16) -> Result<bool, SteerError> {
-    let netns_inode = netns::current_inode().map_err(SteerError::Netns)?;
+    let identity = netns::Identity::current().map_err(SteerError::Netns)?;
     let Some(root) = PinRoot::open_existing()? else {
         return Ok(false);
     };
-    let Some(pins) = root.lock_port(netns_inode, port, false)? else {
+    let Some(pins) = root.lock_port(&identity, port, false)? else {
         return Ok(false);
     };
     let pinned = pins.has_link();
@@ -303,13 +324,13 @@ pub fn sweep_stale() {
 /// Whether new connections to `port` are refused in this network namespace by a pinned
 /// drain (one whose listeners are still open).
 pub fn is_refusing(port: u16) -> bool {
-    let Ok(inode) = netns::current_inode() else {
+    let Ok(identity) = netns::Identity::current() else {
         return false;
     };
     PinRoot::open_existing()
         .ok()
         .flatten()
-        .and_then(|root| root.find_port(inode, port).ok())
+        .and_then(|root| root.find_port(&identity, port).ok())
         .is_some_and(|dir| pins::listeners_open(&dir))
 }
 
@@ -324,17 +345,21 @@ fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
         let successors = SockHash::try_from(Map::SockHash(successors)).ok()?;
         let counts = pins.open_map(pins::COUNTS).ok()?;
         let counts = PerCpuArray::try_from(Map::PerCpuArray(counts)).ok()?;
+        // Missing in a drain pinned by an older version: that one is set up anew.
+        let v6only = pins.open_map(pins::V6ONLY).ok()?;
+        let v6only = Array::try_from(Map::Array(v6only)).ok()?;
         let link = FdLink::from(pins.open_link().ok()?);
         let logger = link
             .info()
             .ok()
             .and_then(|info| EbpfLogger::init_from_id(info.program_id()).ok());
-        Some((listeners, successors, counts, logger))
+        Some((listeners, v6only, successors, counts, logger))
     })();
     match opened {
-        Some((listeners, successors, counts, logger)) => Ok(Ok(Steering {
+        Some((listeners, v6only, successors, counts, logger)) => Ok(Ok(Steering {
             port: pins.port(),
             listeners,
+            v6only,
             successors,
             counts,
             persistence: Persistence::Pinned(pins.path().to_path_buf()),
@@ -389,6 +414,7 @@ fn load_and_attach(
         })
     };
     let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
+    let mut v6only_map = take(&mut ebpf, V6ONLY_MAP)?;
     let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
     let counts_map = take(&mut ebpf, COUNTS_MAP)?;
     let mut borrowed =
@@ -398,7 +424,13 @@ fn load_and_attach(
                 source,
             }
         })?;
-    replace_sockets(&mut borrowed, listeners, port)?;
+    let mut v6only = Array::<&mut MapData, u32>::try_from(&mut v6only_map).map_err(|source| {
+        SteerError::Map {
+            name: V6ONLY_MAP,
+            source,
+        }
+    })?;
+    replace_sockets(&mut borrowed, &mut v6only, listeners, port)?;
 
     let program: &mut SkLookup = ebpf
         .program_mut(PROGRAM_NAME)
@@ -411,6 +443,7 @@ fn load_and_attach(
 
     let maps = [
         (pins::LISTENERS, &listeners_map),
+        (pins::V6ONLY, &v6only_map),
         (pins::SUCCESSORS, &successors_map),
         (pins::COUNTS, &counts_map),
     ];
@@ -439,6 +472,10 @@ fn load_and_attach(
         name: LISTENERS_MAP,
         source,
     })?;
+    let v6only = Array::try_from(v6only_map).map_err(|source| SteerError::Map {
+        name: V6ONLY_MAP,
+        source,
+    })?;
     let successors = SockHash::try_from(successors_map).map_err(|source| SteerError::Map {
         name: SUCCESSORS_MAP,
         source,
@@ -451,6 +488,7 @@ fn load_and_attach(
     Ok(Steering {
         port,
         listeners,
+        v6only,
         successors,
         counts,
         persistence,

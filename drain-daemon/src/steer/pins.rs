@@ -1,5 +1,7 @@
 //! The pin tree, where a drain's steering outlives the process that set it up:
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>/port-<port>/{link,listeners,successors,counts}`.
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/{link,listeners,successors,counts,v6only}`.
+//! A namespace is named by its [`Identity`], cookie included, so a namespace that gets a
+//! deleted one's inode never takes that one's leftover pins for its own.
 //!
 //! It runs as root in a directory tree other users could reach, so:
 //! - bpffs is mounted `mode=0700,nosuid,nodev,noexec` when this program mounts it, and
@@ -22,7 +24,10 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-use crate::safe_dir::{DirError, SafeDir};
+use crate::{
+    netns::{self, Identity},
+    safe_dir::{DirError, SafeDir},
+};
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 const ROOT_NAME: &str = "drain-daemon";
@@ -33,9 +38,10 @@ pub const LINK: &str = "link";
 pub const LISTENERS: &str = "listeners";
 pub const SUCCESSORS: &str = "successors";
 pub const COUNTS: &str = "counts";
+pub const V6ONLY: &str = "v6only";
 /// Every name a port directory may hold, the link first: unpinning it detaches the
 /// program at once, before its maps go.
-const PINS: [&str; 4] = [LINK, LISTENERS, SUCCESSORS, COUNTS];
+const PINS: [&str; 5] = [LINK, LISTENERS, SUCCESSORS, COUNTS, V6ONLY];
 /// Appended to a pin's name while it is being pinned (bpffs refuses names with a dot).
 const STAGING: &str = "-staging";
 
@@ -128,15 +134,15 @@ impl PinRoot {
         })
     }
 
-    /// Locks the directory of `port` in the namespace `netns_inode`, creating it (and
-    /// the namespace's) when `create`. Ok(None): it does not exist and `create` is false.
+    /// Locks the directory of `port` in the namespace `netns`, creating it (and the
+    /// namespace's) when `create`. Ok(None): it does not exist and `create` is false.
     pub fn lock_port(
         &self,
-        netns_inode: u64,
+        netns: &Identity,
         port: u16,
         create: bool,
     ) -> Result<Option<PortDir>, PinError> {
-        let netns_name = format!("netns-{netns_inode}");
+        let netns_name = netns.dir_name();
         let port_name = format!("port-{port}");
         for _ in 0..LOCK_ATTEMPTS {
             let opened = self
@@ -167,10 +173,10 @@ impl PinRoot {
         Err(PinError::Contended { port })
     }
 
-    /// Opens the directory of `port` in `netns_inode` to read it, without the lock.
-    pub fn find_port(&self, netns_inode: u64, port: u16) -> Result<SafeDir, DirError> {
+    /// Opens the directory of `port` in `netns` to read it, without the lock.
+    pub fn find_port(&self, netns: &Identity, port: u16) -> Result<SafeDir, DirError> {
         self.dir
-            .child(&format!("netns-{netns_inode}"), false)?
+            .child(&netns.dir_name(), false)?
             .child(&format!("port-{port}"), false)
     }
 
@@ -183,7 +189,9 @@ impl PinRoot {
             Err(err) => return warn!("cannot sweep stale pinned drains: {err}"),
         };
         for netns_name in namespaces {
-            if parse_number(&netns_name, "netns-").is_none() {
+            // Directories of namespaces that are gone go too: their sockets, the
+            // draining listeners among them, went with the namespace.
+            if Identity::from_dir_name(&netns_name).is_none() {
                 debug!(
                     name = netns_name,
                     "leaving alone an entry drain-daemon did not make"
@@ -198,9 +206,7 @@ impl PinRoot {
                 }
             };
             for port_name in netns.names().unwrap_or_default() {
-                let Some(port) =
-                    parse_number(&port_name, "port-").and_then(|p| u16::try_from(p).ok())
-                else {
+                let Some(port) = port_of(&port_name) else {
                     debug!(
                         name = port_name,
                         "leaving alone an entry drain-daemon did not make"
@@ -369,13 +375,10 @@ fn flock_holder(locks: &str, major: u32, minor: u32, inode: u64) -> Option<u32> 
     })
 }
 
-fn parse_number(name: &str, prefix: &str) -> Option<u64> {
-    let digits = name.strip_prefix(prefix)?;
-    // Only the canonical spelling this program writes (no sign, no leading zero).
-    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+/// The port a directory named `port-<port>` is for (canonical spelling only).
+fn port_of(name: &str) -> Option<u16> {
+    let digits = name.strip_prefix("port-")?;
+    netns::parse_canonical(digits).and_then(|port| u16::try_from(port).ok())
 }
 
 fn is_bpffs(fs: rustix::fs::StatFs) -> bool {
@@ -453,17 +456,17 @@ mod tests {
 
     #[test]
     fn only_names_this_program_makes_are_recognised() {
-        assert_eq!(parse_number("netns-4026531840", "netns-"), Some(4026531840));
-        assert_eq!(parse_number("port-8080", "port-"), Some(8080));
+        assert_eq!(port_of("port-8080"), Some(8080));
         for name in [
             "port-",
             "port-08080",
             "port-+1",
             "port-80x",
+            "port-65536",
             "link",
             "netns-1/..",
         ] {
-            assert_eq!(parse_number(name, "port-"), None, "{name}");
+            assert_eq!(port_of(name), None, "{name}");
         }
     }
 

@@ -2,7 +2,9 @@
 //! separate process like a real server (drain-daemon acts on *another* process's sockets
 //! via pidfd_getfd and sk_lookup, so the server must not live inside the test process).
 //!
-//! Usage: `drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack]`
+//! Usage: `drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack]
+//! [--bind-device NAME]` (`--dual-stack`: IPv6 listeners take IPv4 too, otherwise they are
+//! IPv6-only; `--bind-device`: every listener takes only connections arriving on NAME)
 //!
 //! Prints the events of [`drain_tests::http::serve`] on stdout, one per line, starting with
 //! one `listening <addr>` per listener (port 0 prints the port chosen). Runs until SIGTERM or
@@ -27,7 +29,7 @@ use std::process::ExitCode;
 use nix::sys::signal::{SigSet, Signal};
 
 const USAGE: &str =
-    "usage: drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack]
+    "usage: drain-demo-server --listen ADDR [--listen ADDR ...] [--reuseport] [--dual-stack] [--bind-device NAME]
        drain-demo-server --supervise --listen ADDR
        drain-demo-server --listen-fd N";
 
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut reuseport = false;
     let mut dual_stack = false;
+    let mut device: Option<String> = None;
     let mut supervise = false;
     let mut inherited: Option<i32> = None;
     let mut args = std::env::args().skip(1);
@@ -47,6 +50,10 @@ fn main() -> ExitCode {
             },
             "--reuseport" => reuseport = true,
             "--dual-stack" => dual_stack = true,
+            "--bind-device" => match args.next() {
+                Some(name) => device = Some(name),
+                None => return usage("--bind-device needs a device name"),
+            },
             "--supervise" => supervise = true,
             "--listen-fd" => match args.next().map(|v| v.parse::<i32>()) {
                 Some(Ok(fd)) if fd > 2 => inherited = Some(fd),
@@ -89,7 +96,7 @@ fn main() -> ExitCode {
         listeners.push(supervisor::inherited_listener(fd));
     }
     for addr in &addrs {
-        match drain_tests::bind_listener(*addr, reuseport, dual_stack) {
+        match drain_tests::bind_listener_on(*addr, reuseport, dual_stack, device.as_deref()) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 eprintln!("drain-demo-server: bind {addr}: {e}");
