@@ -311,3 +311,80 @@ fn accept_grace_keeps_accepting_before_refusing() {
         ConnectOutcome::Refused(_)
     ));
 }
+
+/// Where ptrace is denied (Yama `ptrace_scope` 3, an LSM policy), drainctl cannot even
+/// take a reference to the listener: it stops before refusing anything, exit 3, and says
+/// what graceful draining needs. The denial is real at the system-call boundary: strace
+/// makes the kernel's `pidfd_getfd` fail with EPERM for drainctl alone (ptrace policy is
+/// host-wide, so it cannot be changed for one test).
+#[test]
+fn denied_ptrace_stops_the_drain_before_it_starts_and_says_what_it_needs() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let Some(strace) = drain_tests::systemd::require_tool("strace") else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut client = idle_client(addr);
+    let output = drain_tests::spawn_drainctl_with(
+        std::process::Command::new(strace)
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=pidfd_getfd"])
+            .args(["-e", "inject=pidfd_getfd:error=EPERM"])
+            .arg(drain_tests::bin_path("drainctl"))
+            .args(["drain", "--port", "8080", "--quiet-period", "0s"]),
+    )
+    .wait(30 * SECOND);
+    let log = output.stderr_text();
+    assert_eq!(output.code, Some(3), "log:\n{log}");
+    assert!(
+        log.contains("cannot take a reference to the listener on port 8080")
+            && log.contains("ptrace_scope")
+            && log.contains("CAP_SYS_PTRACE"),
+        "the error names the way out: {log}"
+    );
+    assert_eq!(client.wait_closed(SECOND), Closed::StillOpen);
+    assert_eq!(
+        connect_refused_quickly(addr),
+        ConnectOutcome::Connected,
+        "nothing refused"
+    );
+}
+
+/// Where ptrace is denied for some servers only (an LSM policy for one process), each
+/// of their connections is reset instead of closed gracefully, and drainctl says so
+/// once, at warning level, with what graceful closes need. `pidfd_getfd` of the
+/// connections fails with EPERM through a failpoint (`borrow`, debug builds only): the
+/// listener of the same process must stay borrowable, which no host-wide setting gives.
+#[test]
+fn ptrace_denied_for_connections_resets_them_and_says_so_once() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut clients: Vec<KeepAliveClient> = (0..3).map(|_| idle_client(addr)).collect();
+    let output = drain_tests::spawn_drainctl_with(
+        std::process::Command::new(drain_tests::bin_path("drainctl"))
+            .env("DRAIN_FAILPOINTS", "borrow:8080=eperm")
+            .args(["drain", "--port", "8080", "--quiet-period", "0s", "--json"]),
+    )
+    .wait(30 * SECOND);
+    let log = output.stderr_text();
+    assert_eq!(output.code, Some(0), "log:\n{log}");
+    let report = output.json();
+    assert_eq!(report["closed_abortively"], 3, "log:\n{log}");
+    assert_eq!(report["closed_gracefully"], 0, "log:\n{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("cannot borrow"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, log:\n{log}");
+    assert!(
+        warnings[0].contains("ptrace_scope") && warnings[0].contains("CAP_SYS_PTRACE"),
+        "the warning names the way out: {}",
+        warnings[0]
+    );
+    for client in &mut clients {
+        assert_eq!(client.wait_closed(5 * SECOND), Closed::Reset);
+    }
+}

@@ -14,15 +14,19 @@
 //! closed only if it still may be ([`When`]): idle, or still early enough in its client's
 //! pause ([`Rhythm`]); a request that arrived since the scan is served.
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    time::Duration,
+};
 
 use rustix::net::{shutdown, Shutdown};
 use tracing::{debug, warn};
 
 use crate::{
+    failpoint::{self, Fault, Point},
     inventory::{
         sock_diag::{SockDiagError, SocketId, TcpSocket},
-        Activity, Busy, Connection, Inventory, InventoryError, Rhythm,
+        Activity, Busy, Connection, Inventory, InventoryError, Rhythm, SocketOwner,
     },
     pidfd::{self, PidfdError},
 };
@@ -102,7 +106,7 @@ pub fn close_when(
         Some(_) => {}
     }
     let graceful = match &connection.owner {
-        Some(owner) => match pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
+        Some(owner) => match borrow(owner, connection) {
             Ok(socket) => {
                 shutdown(socket.as_fd(), Shutdown::Read).map_err(CloseError::Shutdown)?;
                 return Ok(CloseOutcome::Closed(CloseMethod::Graceful));
@@ -133,7 +137,7 @@ pub fn send_fin(inventory: &mut Inventory, connection: &Connection) -> Result<bo
     let Some(owner) = &connection.owner else {
         return Ok(false);
     };
-    match pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
+    match borrow(owner, connection) {
         Ok(socket) => {
             shutdown(socket.as_fd(), Shutdown::Write).map_err(CloseError::Shutdown)?;
             Ok(true)
@@ -150,7 +154,7 @@ pub fn force(
     connection: &Connection,
 ) -> Result<CloseMethod, CloseError> {
     if let Some(owner) = &connection.owner {
-        if let Ok(socket) = pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket) {
+        if let Ok(socket) = borrow(owner, connection) {
             shutdown(socket.as_fd(), Shutdown::Both).map_err(CloseError::Shutdown)?;
             return Ok(CloseMethod::Graceful);
         }
@@ -171,6 +175,21 @@ pub fn reset(inventory: &mut Inventory, id: &SocketId) -> Result<bool, CloseErro
     }
 }
 
+/// The server's own descriptor of `connection`, borrowed from `owner` (`pidfd_getfd`,
+/// identity checked).
+fn borrow(owner: &SocketOwner, connection: &Connection) -> Result<OwnedFd, PidfdError> {
+    if failpoint::hit(Point::Borrow, connection.socket.id.local.port())
+        == Some(Fault::PermissionDenied)
+    {
+        return Err(PidfdError::GetFd {
+            pid: owner.pid,
+            fd: owner.fd,
+            source: rustix::io::Errno::PERM,
+        });
+    }
+    pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket)
+}
+
 fn describe(err: &PidfdError) -> String {
     if err.is_permission() {
         warn_once_about_ptrace(err);
@@ -188,9 +207,8 @@ fn warn_once_about_ptrace(err: &PidfdError) {
     if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         warn!(
             "cannot borrow the server's sockets ({err}): connections are reset (RST) instead of \
-             closed gracefully. pidfd_getfd needs ptrace rights over the server: CAP_SYS_PTRACE, \
-             and kernel.yama.ptrace_scope at most 2 (3 forbids it to everyone), and no LSM \
-             policy denying ptrace"
+             closed gracefully. {}",
+            pidfd::PTRACE_RIGHTS
         );
     }
 }

@@ -1,14 +1,16 @@
 //! Faults injected on purpose, so the tests can show what a drain does when the kernel
 //! misbehaves: a sock_diag dump failing with ENOBUFS, timing out, or answering a
 //! malformed message, and a system call that stalls for seconds (a /proc read of a stuck
-//! process, a slow attach). Such faults cannot be caused from outside on demand.
+//! process, a slow attach), `pidfd_getfd` denied for a connection's server (an LSM
+//! policy for one process, not the host's ptrace rules). Such faults cannot be caused from outside on demand.
 //!
 //! Debug builds only: in a release build (the package, `cargo xtask bench`) [`hit`] is a
 //! constant `None` and the environment is never read, so nobody can switch a fault on in
 //! a deployed daemon. In a debug build, `DRAIN_FAILPOINTS` is read once, at the first
 //! [`hit`]: `;`-separated entries `POINT:PORT=FAULT [from=N] [times=M]`, where `POINT` is
-//! `scan` (a sock_diag dump of the port) or `attach` (setting up the port's steering;
-//! stalls only), `FAULT` is `enobufs`, `timeout`, `malformed` or `stall-MS` (sleep MS
+//! `scan` (a sock_diag dump of the port), `attach` (setting up the port's steering;
+//! stalls only) or `borrow` (`pidfd_getfd` of one of the port's connections, to close
+//! it), `FAULT` is `enobufs`, `timeout`, `malformed`, `eperm` or `stall-MS` (sleep MS
 //! milliseconds, then go on), `from=N` starts at the Nth time the point is reached for that port
 //! (1-based, default 1) and `times=M` stops after M faults (default: never). For example
 //! `scan:8080=enobufs from=2 times=1` fails the first scan of a drain's passes once (its
@@ -24,6 +26,8 @@ pub enum Fault {
     Timeout,
     /// The answer arrives, but malformed.
     Malformed,
+    /// The call fails with `EPERM`, as `pidfd_getfd` does where ptrace is denied.
+    PermissionDenied,
 }
 
 /// Where a fault can be injected.
@@ -33,6 +37,8 @@ pub enum Point {
     Scan,
     /// Loading and attaching the port's steering.
     Attach,
+    /// Borrowing a connection's socket from its server (`pidfd_getfd`), to close it.
+    Borrow,
 }
 
 /// Called where a fault can be injected: the fault to inject this time, if any. A stall
@@ -119,7 +125,8 @@ mod armed {
                 let point = match point {
                     "scan" => Point::Scan,
                     "attach" => Point::Attach,
-                    _ => return Err(bad("the point is scan or attach")),
+                    "borrow" => Point::Borrow,
+                    _ => return Err(bad("the point is scan, attach or borrow")),
                 };
                 let port = port.parse().map_err(|_| bad("bad port"))?;
                 let mut words = rest.split_whitespace();
@@ -127,13 +134,23 @@ mod armed {
                     "enobufs" => Action::Fail(Fault::Enobufs),
                     "timeout" => Action::Fail(Fault::Timeout),
                     "malformed" => Action::Fail(Fault::Malformed),
+                    "eperm" => Action::Fail(Fault::PermissionDenied),
                     other => match other.strip_prefix("stall-").map(str::parse) {
                         Some(Ok(ms)) => Action::Stall(Duration::from_millis(ms)),
                         _ => return Err(bad("unknown fault")),
                     },
                 };
-                if point == Point::Attach && matches!(action, Action::Fail(_)) {
-                    return Err(bad("attach takes stall-MS only"));
+                match (point, action) {
+                    (Point::Attach, Action::Fail(_)) => {
+                        return Err(bad("attach takes stall-MS only"))
+                    }
+                    (Point::Scan, Action::Fail(Fault::PermissionDenied)) => {
+                        return Err(bad("scan takes enobufs, timeout, malformed or stall-MS"))
+                    }
+                    (Point::Borrow, Action::Fail(fault)) if fault != Fault::PermissionDenied => {
+                        return Err(bad("borrow takes eperm or stall-MS"))
+                    }
+                    _ => {}
                 }
                 let mut entry = Entry {
                     point,
@@ -176,6 +193,10 @@ mod armed {
                 entries[1].action,
                 Action::Stall(Duration::from_millis(3000))
             );
+            assert_eq!(
+                parse("borrow:8080=eperm").unwrap()[0].action,
+                Action::Fail(Fault::PermissionDenied)
+            );
             assert!(parse("").unwrap().is_empty());
             for bad in [
                 "scan=enobufs",
@@ -184,6 +205,8 @@ mod armed {
                 "scan:1=slow",
                 "scan:1=timeout when=2",
                 "attach:1=enobufs",
+                "scan:1=eperm",
+                "borrow:1=enobufs",
             ] {
                 assert!(parse(bad).is_err(), "{bad}");
             }

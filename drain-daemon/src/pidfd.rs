@@ -84,7 +84,22 @@ pub enum Mismatch {
     Cookie { found: u64, expected: u64 },
 }
 
+/// What graceful closes need, said wherever a lack of ptrace rights is reported.
+pub const PTRACE_RIGHTS: &str = "pidfd_getfd needs ptrace rights over the server: \
+    CAP_SYS_PTRACE, and kernel.yama.ptrace_scope at most 2 (3 forbids it to everyone), and \
+    no LSM policy denying ptrace";
+
 impl PidfdError {
+    /// `"; "` and [`PTRACE_RIGHTS`] after a failure about rights, else nothing: the way
+    /// out, for an error message.
+    pub fn hint(&self) -> String {
+        if self.is_permission() {
+            format!("; {PTRACE_RIGHTS}")
+        } else {
+            String::new()
+        }
+    }
+
     /// True when the failure is about rights (ptrace policy, capabilities), not about
     /// the socket or the process having gone.
     pub fn is_permission(&self) -> bool {

@@ -130,7 +130,7 @@ pub enum DrainError {
     NoListenerInScope { port: u16 },
     #[error("the listener on port {port} is held by no visible process: run drainctl in the server's PID namespace")]
     ListenerOwnerUnknown { port: u16 },
-    #[error("cannot take a reference to the listener on port {port}: {source}")]
+    #[error("cannot take a reference to the listener on port {port}: {source}{}", source.hint())]
     BorrowListener {
         port: u16,
         #[source]

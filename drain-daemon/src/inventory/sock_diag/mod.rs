@@ -450,7 +450,8 @@ impl SockDiag {
                     source: Errno::EAGAIN,
                 })
             }
-            Some(Fault::Malformed) | None => {}
+            // A borrow's fault is refused for scans when the failpoints are parsed.
+            Some(Fault::Malformed | Fault::PermissionDenied) | None => {}
         }
         let fd = self.fd.as_raw_fd();
         let size = loop {
