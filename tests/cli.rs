@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use drain_tests::{bin_path, idle_client, start_server, Closed, Netns};
+use drain_tests::{
+    bin_path, daemon_socket_path, idle_client, spawn_daemon, start_server, Closed, Netns,
+};
 
 /// Runs drainctl with `args`; stdout goes to `stdout`.
 fn drainctl(args: &[&str], stdout: Stdio) -> Output {
@@ -249,4 +251,129 @@ fn a_closed_stderr_changes_no_exit_code() {
             .unwrap_or_else(|e| panic!("run drainctl {args:?}: {e}"));
         assert_eq!(output.code(), Some(code), "drainctl {args:?}");
     }
+}
+
+/// Asserts `--json` made a failed run print exactly one error object on stdout, with
+/// the kind and exit code of its class, besides the usual one line on stderr.
+fn assert_json_error(args: &[&str], output: &Output, code: i32, kind: &str, names: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "drainctl {args:?}: stderr {stderr:?}"
+    );
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("drainctl: ") && line.contains(names),
+        "drainctl {args:?}: no error line naming {names} on stderr: {stderr:?}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "drainctl {args:?}: not one line on stdout: {stdout:?}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("drainctl {args:?}: the error on stdout is not JSON ({e}): {stdout:?}")
+    });
+    let error = &json["error"];
+    assert_eq!(error["kind"], kind, "drainctl {args:?}: {json}");
+    assert_eq!(error["exit_code"], code, "drainctl {args:?}: {json}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        format!("drainctl: {message}"),
+        line,
+        "drainctl {args:?}: the JSON message is not the stderr line"
+    );
+    assert_eq!(
+        json.as_object().map(|o| o.len()),
+        Some(1),
+        "drainctl {args:?}: {json}"
+    );
+}
+
+#[test]
+fn every_class_of_error_is_json_on_stdout_under_json() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    // Usage (exit 2): clap's refusals and the values drainctl checks itself.
+    for (args, names) in [
+        (&["drain", "--port", "0", "--json"][..], "--port"),
+        (&["drain", "--json", "--port", "1", "--bogus"], "--bogus"),
+        (
+            &["status", "--json", "--quiet-period", "-1s"],
+            "--quiet-period",
+        ),
+        (&["release", "--json"], "--port"),
+        (&["drain", "--port", "1", "--pid", "0", "--json"], "--pid"),
+    ] {
+        let output = drainctl(args, Stdio::piped());
+        assert_json_error(args, &output, 2, "usage", names);
+    }
+    // Without --json, stdout stays empty (the existing one-line contract).
+    let output = drainctl(&["drain", "--port", "0"], Stdio::piped());
+    assert!(output.stdout.is_empty(), "{output:?}");
+
+    // Environment (exit 3): the drain's own error, standalone.
+    let args = ["--standalone", "drain", "--port", "1", "--json"];
+    let output = drainctl(&args, Stdio::piped());
+    assert_json_error(
+        &args,
+        &output,
+        3,
+        "environment",
+        "no TCP listener on port 1",
+    );
+    // Environment: a daemon that cannot be reached, for each command that uses one.
+    for command in ["drain", "release"] {
+        let args = [
+            "--daemon-socket",
+            "/nonexistent/drain-daemon.sock",
+            command,
+            "--port",
+            "1",
+            "--json",
+        ];
+        let output = drainctl(&args, Stdio::piped());
+        assert_json_error(&args, &output, 3, "environment", "/nonexistent");
+    }
+    // Environment, relayed: the real daemon's error reply becomes drainctl's.
+    let socket = daemon_socket_path("json-errors");
+    let (_daemon, _log) = spawn_daemon(&socket);
+    let socket = socket.to_str().expect("a UTF-8 socket path");
+    let args = ["--daemon-socket", socket, "drain", "--port", "1", "--json"];
+    let output = drainctl(&args, Stdio::piped());
+    assert_json_error(
+        &args,
+        &output,
+        3,
+        "environment",
+        "no TCP listener on port 1",
+    );
+
+    // Failure (exit 4): a daemon that answers something that is not a reply.
+    let fake = std::env::temp_dir().join(format!("drain-test-{}-fake.sock", std::process::id()));
+    let _ = std::fs::remove_file(&fake);
+    let listener = std::os::unix::net::UnixListener::bind(&fake).expect("bind a fake daemon");
+    let fake_daemon = std::thread::spawn(move || {
+        use std::io::{BufRead as _, Write as _};
+        let (stream, _) = listener.accept().expect("accept drainctl");
+        let mut request = String::new();
+        let _ = std::io::BufReader::new(&stream).read_line(&mut request);
+        let _ = (&stream).write_all(b"this is not a reply\n");
+    });
+    let fake_path = fake.to_str().expect("a UTF-8 socket path");
+    let args = [
+        "--daemon-socket",
+        fake_path,
+        "release",
+        "--port",
+        "1",
+        "--json",
+    ];
+    let output = drainctl(&args, Stdio::piped());
+    fake_daemon.join().expect("the fake daemon answered");
+    let _ = std::fs::remove_file(&fake);
+    assert_json_error(&args, &output, 4, "failure", "invalid reply");
 }

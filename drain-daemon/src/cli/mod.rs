@@ -46,6 +46,19 @@ pub enum Exit {
 /// Set when SIGTERM (not SIGINT) ended a drain early: the exit code tells them apart.
 static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+impl Exit {
+    /// The class of a failed command as `--json` names it (`error.kind`, README "Exit
+    /// codes"); `None` for the codes that are a drain's outcome, not an error.
+    pub fn error_kind(self) -> Option<&'static str> {
+        match self {
+            Exit::Usage => Some("usage"),
+            Exit::Environment => Some("environment"),
+            Exit::Failure => Some("failure"),
+            Exit::Drained | Exit::Remaining | Exit::Interrupted | Exit::Terminated => None,
+        }
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
         ExitCode::from(exit as u8)
@@ -94,6 +107,17 @@ pub enum Command {
     Release(ReleaseArgs),
     /// Show each port's listeners, connections (idle / in flight) and drain.
     Status(StatusArgs),
+}
+
+impl Command {
+    /// Whether the command prints JSON (`--json`): its errors are then JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Drain(args) => args.json,
+            Command::Release(args) => args.json,
+            Command::Status(args) => args.json,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -281,6 +305,15 @@ fn usage_error_line(err: &clap::Error) -> String {
     line
 }
 
+/// Whether a command line that clap refused asked for JSON: its usage error is then
+/// JSON too. Options end at `--`; a `--json` after it is an operand.
+fn wants_json(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
 /// Entry point of the `drainctl` binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -292,13 +325,14 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 _ => {
-                    view::error_line(&usage_error_line(&err));
-                    Exit::Usage.into()
+                    let json = wants_json(std::env::args_os());
+                    Failure::usage(usage_error_line(&err)).show(json)
                 }
             };
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    let json = cli.command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -306,28 +340,26 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            view::error_line(&format!("cannot start the async runtime: {err}"));
-            return Exit::Failure.into();
+            let message = format!("cannot start the async runtime: {err}");
+            return Failure::new(Exit::Failure, message).show(json);
         }
     };
-    let exit = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli));
     // A scan left stuck past the drain's deadline (a blocking thread) must not hold the
     // exit: the report is out.
     runtime.shutdown_background();
-    exit.into()
+    match result {
+        Ok(exit) => exit.into(),
+        Err(failure) => failure.show(json),
+    }
 }
 
-async fn run(cli: Cli) -> Exit {
+/// Runs the command; a failure is shown by the caller, once, as `--json` asks.
+async fn run(cli: Cli) -> Result<Exit, Failure> {
     let route = || Route::choose(cli.daemon_socket.as_deref(), cli.standalone);
     match cli.command {
-        Command::Drain(args) => match route().await {
-            Ok(route) => run_drain(args, route).await,
-            Err(exit) => exit,
-        },
-        Command::Release(args) => match route().await {
-            Ok(route) => run_release(args, route).await,
-            Err(exit) => exit,
-        },
+        Command::Drain(args) => run_drain(args, route().await?).await,
+        Command::Release(args) => run_release(args, route().await?).await,
         // Status only reads the kernel's tables: no daemon involved.
         Command::Status(args) => run_status(args),
     }
@@ -340,7 +372,7 @@ enum Route {
 }
 
 impl Route {
-    async fn choose(daemon_socket: Option<&Path>, standalone: bool) -> Result<Route, Exit> {
+    async fn choose(daemon_socket: Option<&Path>, standalone: bool) -> Result<Route, Failure> {
         if standalone {
             return Ok(Route::Standalone);
         }
@@ -350,12 +382,10 @@ impl Route {
                 debug!(socket = %path.display(), "using drain-daemon");
                 Ok(Route::Daemon(client))
             }
-            Err(err) if daemon_socket.is_some() => {
-                view::error_line(&format!(
-                    "{err}: is drain-daemon running? (--standalone drains without it)"
-                ));
-                Err(Exit::Environment)
-            }
+            Err(err) if daemon_socket.is_some() => Err(Failure::new(
+                Exit::Environment,
+                format!("{err}: is drain-daemon running? (--standalone drains without it)"),
+            )),
             Err(_) => {
                 debug!(socket = %path.display(), "no drain-daemon answers; draining standalone");
                 Ok(Route::Standalone)
@@ -371,6 +401,21 @@ struct Failure {
 }
 
 impl Failure {
+    fn new(exit: Exit, message: String) -> Self {
+        Failure { exit, message }
+    }
+
+    fn usage(message: String) -> Self {
+        Failure::new(Exit::Usage, message)
+    }
+
+    /// Says what failed (stderr, and stdout as JSON when `json`) and gives the exit code.
+    fn show(&self, json: bool) -> ExitCode {
+        let kind = self.exit.error_kind().unwrap_or("failure");
+        view::error(&self.message, kind, self.exit as u8, json);
+        self.exit.into()
+    }
+
     fn from_kind(kind: ErrorKind, message: String) -> Self {
         let exit = match kind {
             ErrorKind::Environment => Exit::Environment,
@@ -387,7 +432,7 @@ impl Failure {
     }
 }
 
-async fn run_drain(args: DrainArgs, route: Route) -> Exit {
+async fn run_drain(args: DrainArgs, route: Route) -> Result<Exit, Failure> {
     let plan = args.plan();
     let mut progress = view::ProgressView::new(plan.port, view::live_progress_wanted());
     let started = std::time::Instant::now();
@@ -418,13 +463,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
         Err(failure) => Err(failure),
     };
     progress.finish();
-    let report = match result {
-        Ok(report) => report,
-        Err(failure) => {
-            view::error_line(&failure.message);
-            return failure.exit;
-        }
-    };
+    let report = result?;
     // The exit code is the drain's outcome whatever happens to the report: a service
     // manager acts on it, and the drain is done either way.
     let printed = view::to_stdout(|out| {
@@ -437,14 +476,14 @@ async fn run_drain(args: DrainArgs, route: Route) -> Exit {
     if let Err(err) = printed {
         view::error_line(&format!("cannot print the report on stdout: {err}"));
     }
-    match report.outcome {
+    Ok(match report.outcome {
         Outcome::Drained => Exit::Drained,
         Outcome::DeadlineReached => Exit::Remaining,
         Outcome::Cancelled if TERMINATED.load(std::sync::atomic::Ordering::Relaxed) => {
             Exit::Terminated
         }
         Outcome::Cancelled => Exit::Interrupted,
-    }
+    })
 }
 
 /// How a drain through the daemon ended.
@@ -515,7 +554,7 @@ async fn drain_via_daemon(
     }
 }
 
-async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
+async fn run_release(args: ReleaseArgs, route: Route) -> Result<Exit, Failure> {
     let released = match route {
         Route::Daemon(mut client) => release_via_daemon(&mut client, args.port).await,
         Route::Standalone => Ok(None),
@@ -536,13 +575,7 @@ async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
         }),
         Err(failure) => Err(failure),
     };
-    let released = match released {
-        Ok(released) => released,
-        Err(failure) => {
-            view::error_line(&failure.message);
-            return failure.exit;
-        }
-    };
+    let released = released?;
     let port = args.port;
     let printed = view::to_stdout(|out| match (args.json, released) {
         (true, _) => writeln!(out, r#"{{"port":{port},"released":{released}}}"#),
@@ -555,7 +588,7 @@ async fn run_release(args: ReleaseArgs, route: Route) -> Exit {
     if let Err(err) = printed {
         view::error_line(&format!("cannot print the result on stdout: {err}"));
     }
-    Exit::Drained
+    Ok(Exit::Drained)
 }
 
 /// `Ok(None)`: the daemon serves another network namespace.
@@ -582,17 +615,11 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
     }
 }
 
-fn run_status(args: StatusArgs) -> Exit {
+fn run_status(args: StatusArgs) -> Result<Exit, Failure> {
     let status = Inventory::with_source(args.quiet_period, args.inventory_source.map(Into::into))
         .map(|inventory| inventory.with_connection_owners(false))
         .and_then(|mut inventory| status::status(&mut inventory, args.port, args.address));
-    let status = match status {
-        Ok(status) => status,
-        Err(err) => {
-            view::error_line(&err.to_string());
-            return Exit::Failure;
-        }
-    };
+    let status = status.map_err(|err| Failure::new(Exit::Failure, err.to_string()))?;
     // A reader that stopped early (`| head -1`) got what it wanted: exit 0, quietly.
     let printed = view::to_stdout(|out| {
         if args.json {
@@ -602,13 +629,14 @@ fn run_status(args: StatusArgs) -> Exit {
         }
     });
     if let Err(err) = printed {
+        // Not a JSON error: the status went to that stdout already, in part or not at all.
         view::error_line(&format!("cannot print the status on stdout: {err}"));
-        return Exit::Failure;
+        return Ok(Exit::Failure);
     }
     if !nix::unistd::geteuid().is_root() {
         warn!("not root: owners in other users' processes are not shown");
     }
-    Exit::Drained
+    Ok(Exit::Drained)
 }
 
 /// Resolves when the drain should stop early: SIGINT (a person aborting: stop refusing)
@@ -765,6 +793,22 @@ mod tests {
             parse(&["drain"]).unwrap_err().kind(),
             clap::error::ErrorKind::MissingRequiredArgument
         );
+    }
+
+    #[test]
+    fn json_is_wanted_from_a_refused_command_line_only_before_the_operands() {
+        let wants = |args: &[&str]| {
+            wants_json(
+                std::iter::once("drainctl")
+                    .chain(args.iter().copied())
+                    .map(Into::into),
+            )
+        };
+        assert!(wants(&["drain", "--port", "0", "--json"]));
+        assert!(wants(&["status", "--json", "--bogus"]));
+        assert!(!wants(&["drain", "--port", "0"]));
+        assert!(!wants(&["drain", "--", "--json"]));
+        assert!(!wants(&["--jsonx"]));
     }
 
     #[test]

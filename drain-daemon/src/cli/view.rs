@@ -92,6 +92,40 @@ pub fn error_line(message: &str) {
     let _ = writeln!(io::stderr().lock(), "drainctl: {message}");
 }
 
+/// The JSON object a failed command prints on stdout under `--json` (besides its line
+/// on stderr), so a script reading stdout gets an object either way:
+/// `{"error":{"kind":"environment","exit_code":3,"message":"..."}}`. The kinds are the
+/// exit codes' classes; the message is the stderr line without its `drainctl: ` prefix.
+#[derive(Debug, serde::Serialize)]
+struct ErrorObject<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ErrorBody<'a> {
+    kind: &'static str,
+    exit_code: u8,
+    message: &'a str,
+}
+
+/// Writes a failed command's error: one line on stderr always, and with `json` one
+/// object on stdout too (see [`ErrorObject`]). `kind` names the exit code's class.
+pub fn error(message: &str, kind: &'static str, exit_code: u8, json: bool) {
+    error_line(message);
+    if !json {
+        return;
+    }
+    let object = ErrorObject {
+        error: ErrorBody {
+            kind,
+            exit_code,
+            message,
+        },
+    };
+    // Nobody to tell if stdout is gone too: the line on stderr and the exit code stay.
+    let _ = to_stdout(|out| writeln!(out, "{}", serde_json::to_string(&object)?));
+}
+
 /// Writes what a command prints on stdout. A reader that went away (`drainctl status |
 /// head -1`) is no error: it read what it wanted, and `println!` would panic on the
 /// EPIPE. Other write errors are returned for the command to report.
