@@ -564,3 +564,55 @@ fn a_peer_in_the_daemons_namespaces_is_refused_on_the_pod_socket() {
     );
     assert_eq!(idle.request("GET", "/", b"").unwrap().status, 200);
 }
+
+/// `--successor-port` from a pod: the new connections go only to a listener the pod's
+/// own processes hold. One held from outside its PID namespace is refused (exit 3,
+/// nothing steered); the pod's own successor takes the new connections.
+#[test]
+fn a_pod_hands_its_new_connections_only_to_a_successor_of_its_own() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("successor");
+    let pod = Pod::enter();
+    let (_pod_server, _pod_events, pod_addr) = start_pod_server(&pod);
+    // In the pod's network namespace, in the test's PID namespace.
+    let (_other_server, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:8081"]);
+    let mut other_client = idle_client(other_addr);
+    let drain_to = |port: &str| {
+        let mut args = POD_DRAIN.to_vec();
+        args.extend(["--successor-port", port]);
+        drain_in_pod(&pod, PodUser::Nobody, &pod_socket, &args)
+    };
+
+    let output = drain_to("8081");
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("successor port 8081 is held by a process of the caller's PID namespace"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_untouched(&mut other_client, other_addr);
+    let mut client = drain_tests::KeepAliveClient::connect(pod_addr).expect("nothing steered");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    drop(client);
+
+    let wrapper = pod.wrapper(PodUser::Nobody, true);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (_successor, successor_events, _) =
+        start_server_via(&wrapper, ["--listen", "127.0.0.1:8082"]);
+    let output = drain_to("8082");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["successors"], 1, "{}", output.stdout);
+    let mut client =
+        drain_tests::KeepAliveClient::connect(pod_addr).expect("taken by the pod's successor");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    successor_events
+        .wait_for(&format!("accepted {}", client.local_addr()), 5 * SECOND)
+        .expect("the pod's successor on 8082 accepted it");
+}

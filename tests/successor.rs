@@ -393,3 +393,140 @@ fn new_connections_are_spread_over_the_successors_reuseport_group() {
     assert_eq!(first + second, 60);
     assert!(first >= 12 && second >= 12, "spread {first} / {second}");
 }
+
+/// `--successor-port`: the new instance listens on another port (it cannot share the
+/// old one's). New connections to the drained port are answered by it, the old server's
+/// keep-alive connections are closed gracefully, and the drain ends with exit 0.
+#[test]
+fn a_successor_on_another_port_answers_the_drained_ports_new_connections() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle: Vec<KeepAliveClient> = (0..5).map(|_| idle_client(addr)).collect();
+    let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8081"]);
+    let old_before = accepted(&old_events);
+
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--successor-port",
+        "8081",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
+        .expect("the listener on 8081 is the successor");
+    // Kept open through the drain: they are the successor's, on the drained port's
+    // address, and must neither hold the drain up nor be closed by it.
+    let mut steered = Vec::new();
+    for _ in 0..10 {
+        let mut client = KeepAliveClient::connect(addr).expect("a new connection is accepted");
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+        assert!(
+            accepted_by(&new_events, &old_events, client.local_addr()),
+            "a new connection to 8080 was not answered by the server on 8081"
+        );
+        steered.push(client);
+    }
+    for client in &mut idle {
+        assert_eq!(client.wait_closed(10 * SECOND), Closed::Eof);
+    }
+    let output = drainctl.wait(20 * SECOND);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["closed_gracefully"], 5, "{report}");
+    assert!(
+        report["steered_connections"].as_u64().unwrap() >= 10,
+        "{report}"
+    );
+    assert_eq!(report["refused_connections"], 0, "{report}");
+    assert_eq!(report["successors"], 1, "{report}");
+    // The connections handed to the successor are known as its own, not as held by
+    // nobody visible.
+    assert_eq!(report["unknown_owner"], 0, "{report}");
+    assert_eq!(
+        accepted(&old_events),
+        old_before,
+        "the old server took a new one"
+    );
+    for client in &mut steered {
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    }
+    let mut after = KeepAliveClient::connect(addr).expect("the successor takes it after the drain");
+    assert_eq!(after.request("GET", "/", b"").unwrap().status, 200);
+}
+
+#[test]
+fn a_successor_port_is_checked_before_anything_is_steered() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let drain = |successor: &str| {
+        run_drainctl(
+            [
+                "drain",
+                "--port",
+                "8080",
+                "--successor-port",
+                successor,
+                "--timeout",
+                "5s",
+            ],
+            20 * SECOND,
+        )
+    };
+    let same = drain("8080");
+    assert_eq!(same.code, Some(2), "{same:?}");
+    assert!(
+        same.stderr_text()
+            .contains("--successor-port: 8080 is the drained port"),
+        "{same:?}"
+    );
+    for bad in ["0", "65536", "x"] {
+        let output = drain(bad);
+        assert_eq!(output.code, Some(2), "{bad}: {output:?}");
+        assert!(
+            output.stderr_text().contains("--successor-port"),
+            "{output:?}"
+        );
+    }
+    let nobody = drain("8081");
+    assert_eq!(nobody.code, Some(3), "{nobody:?}");
+    assert!(
+        nobody
+            .stderr_text()
+            .contains("no TCP listener on the successor port 8081"),
+        "{nobody:?}"
+    );
+    // One process on both ports: what it is handed would count as the drain's.
+    let (_both, _both_events, _) =
+        start_server(["--listen", "127.0.0.1:9090", "--listen", "127.0.0.1:9091"]);
+    let output = run_drainctl(
+        [
+            "drain",
+            "--port",
+            "9090",
+            "--successor-port",
+            "9091",
+            "--timeout",
+            "5s",
+        ],
+        20 * SECOND,
+    );
+    assert_eq!(output.code, Some(3), "{output:?}");
+    assert!(
+        output
+            .stderr_text()
+            .contains("which also holds the drained listener"),
+        "{output:?}"
+    );
+    // Nothing was steered: the drained port still takes new connections.
+    let mut client = KeepAliveClient::connect(addr).expect("8080 still accepts");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}

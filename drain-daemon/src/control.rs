@@ -723,6 +723,7 @@ mod tests {
                 force: true,
                 accept_grace: Duration::ZERO,
                 pid: None,
+                successor_port: None,
             },
             netns_inode: 4026531840,
         };
@@ -747,6 +748,7 @@ mod tests {
             force: false,
             accept_grace: Duration::from_secs(5),
             pid: None,
+            successor_port: None,
         }
     }
 

@@ -128,6 +128,10 @@ pub enum PlanError {
     Percent(u8),
     #[error("--pid: {0} is not a process id")]
     Pid(i32),
+    #[error("--successor-port: {0} is the drained port itself: name the port of the listener that takes over (or leave the option out to hand over on the same port)")]
+    SuccessorIsDrainedPort(u16),
+    #[error("--successor-port: 0 is not a port (1-65535)")]
+    SuccessorPortZero,
 }
 
 /// Checks every setting of `plan` against the limits the command line applies.
@@ -146,6 +150,13 @@ pub fn check_plan(plan: &DrainPlan) -> Result<(), PlanError> {
     }
     if let Some(pid) = plan.pid.filter(|pid| *pid <= 0) {
         return Err(PlanError::Pid(pid));
+    }
+    match plan.successor_port {
+        Some(0) => return Err(PlanError::SuccessorPortZero),
+        Some(successor) if successor == plan.port => {
+            return Err(PlanError::SuccessorIsDrainedPort(successor))
+        }
+        _ => {}
     }
     check(TIMEOUT, plan.timeout)?;
     check(POLL_INTERVAL, plan.poll_interval)?;
@@ -232,6 +243,7 @@ mod tests {
             force: false,
             accept_grace: Duration::ZERO,
             pid: None,
+            successor_port: None,
         }
     }
 
@@ -250,6 +262,14 @@ mod tests {
             DrainPlan { port: 0, ..plan() },
             DrainPlan {
                 pid: Some(0),
+                ..plan()
+            },
+            DrainPlan {
+                successor_port: Some(0),
+                ..plan()
+            },
+            DrainPlan {
+                successor_port: Some(8080),
                 ..plan()
             },
             DrainPlan {

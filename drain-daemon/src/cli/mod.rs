@@ -210,6 +210,12 @@ pub struct DrainArgs {
     /// appear later get the new connections.
     #[arg(long, allow_hyphen_values = true, value_parser = parse_pid)]
     pub pid: Option<i32>,
+    /// Hand new connections to the listener on this other port of the same host (and
+    /// network namespace) instead of refusing them: a new instance that cannot share the
+    /// drained port. It must be listening when the drain starts.
+    #[arg(long, value_name = "P", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub successor_port: Option<u16>,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -240,6 +246,7 @@ impl DrainArgs {
             force: self.force,
             accept_grace: self.accept_grace,
             pid: self.pid,
+            successor_port: self.successor_port,
         }
     }
 }
@@ -358,7 +365,12 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<Exit, Failure> {
     let route = || Route::choose(cli.daemon_socket.as_deref(), cli.standalone);
     match cli.command {
-        Command::Drain(args) => run_drain(args, route().await?).await,
+        Command::Drain(args) => {
+            // What clap cannot check alone (--successor-port against --port), before
+            // anything is set up; the daemon checks the same.
+            duration::check_plan(&args.plan()).map_err(|err| Failure::usage(err.to_string()))?;
+            run_drain(args, route().await?).await
+        }
         Command::Release(args) => run_release(args, route().await?).await,
         // Status only reads the kernel's tables: no daemon involved.
         Command::Status(args) => run_status(args),

@@ -84,6 +84,11 @@ pub struct DrainPlan {
     /// drains, and listeners that appear later are successors.
     #[serde(default)]
     pub pid: Option<i32>,
+    /// Hand new connections to the listeners on this other port of the same network
+    /// namespace instead of the drained port's other listeners (or a refusal). `None`:
+    /// the successors are the drained port's other listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor_port: Option<u16>,
 }
 
 impl DrainPlan {
@@ -130,6 +135,16 @@ pub enum DrainError {
     NoListenerInScope { port: u16 },
     #[error("the listener on port {port} is held by no visible process: run drainctl in the server's PID namespace")]
     ListenerOwnerUnknown { port: u16 },
+    #[error("no TCP listener on the successor port {successor_port} in this network namespace: start the new instance first (ss -tlnp 'sport = :{successor_port}')")]
+    NoSuccessorListener { successor_port: u16 },
+    #[error("no TCP listener on the successor port {successor_port} is held by a process of the caller's PID namespace: a pod hands its new connections only to its own listeners")]
+    SuccessorNotInScope { successor_port: u16 },
+    #[error("the listener on the successor port {successor_port} is held by process {pid}, which also holds the drained listener on port {port}: the connections handed to it would count as the drain's; start the successor as another process")]
+    SuccessorIsDrained {
+        port: u16,
+        successor_port: u16,
+        pid: i32,
+    },
     #[error("cannot take a reference to the listener on port {port}: {source}{}", source.hint())]
     BorrowListener {
         port: u16,
@@ -160,6 +175,9 @@ impl DrainError {
             | DrainError::NoListenerOfPid { .. }
             | DrainError::NoListenerInScope { .. }
             | DrainError::ListenerOwnerUnknown { .. }
+            | DrainError::NoSuccessorListener { .. }
+            | DrainError::SuccessorIsDrained { .. }
+            | DrainError::SuccessorNotInScope { .. }
             | DrainError::BorrowListener { .. } => true,
             DrainError::Steer(err) => err.is_environment(),
             DrainError::Inventory(_) | DrainError::ScanFailed { .. } => false,
@@ -242,6 +260,9 @@ pub async fn drain_scoped(
         if blocking::run(|| inventory.scan(port))?.listeners.is_empty() {
             return Err(DrainError::NoListener { port });
         }
+        if let Some(successor_port) = plan.successor_port {
+            blocking::run(|| successor_listeners(&mut inventory, successor_port))?;
+        }
         info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
         tokio::select! {
             () = tokio::time::sleep(plan.accept_grace) => {}
@@ -270,7 +291,31 @@ pub async fn drain_scoped(
     if draining.is_empty() && scope.is_some() {
         return Err(DrainError::NoListenerInScope { port });
     }
-    let ownership = Ownership::new(&before, draining, scope);
+    let mut ownership = Ownership::new(&before, draining, scope);
+    if let Some(successor_port) = plan.successor_port {
+        let (successors, found) = blocking::run(|| {
+            let mut successors = Inventory::new(plan.quiet_period)?.with_connection_owners(false);
+            let found = successor_listeners(&mut successors, successor_port)?;
+            if !found.iter().any(|listener| held_in(scope, listener)) {
+                return Err(DrainError::SuccessorNotInScope { successor_port });
+            }
+            Ok((successors, found))
+        })?;
+        for listener in found {
+            if let Some(owner) = listener
+                .owners
+                .iter()
+                .find(|o| ownership.owns_process(o.pid))
+            {
+                return Err(DrainError::SuccessorIsDrained {
+                    port,
+                    successor_port,
+                    pid: owner.pid,
+                });
+            }
+        }
+        ownership = ownership.with_successor_port(successor_port, successors);
+    }
     let draining: Vec<Listener> = before
         .listeners
         .into_iter()
@@ -387,7 +432,7 @@ pub async fn drain_scoped(
                 &mut steering,
                 port,
                 &scan.listeners,
-                probe.ownership.listeners(),
+                SuccessorsAre::from_plan(plan, probe.ownership.listeners(), scope),
                 &mut successors,
             )
         });
@@ -699,18 +744,73 @@ fn draining_listeners(
     }
 }
 
-/// Hands new connections to the port's other listeners (successors) when the set of
-/// them changed since the last pass: one started after the drain, or one closed.
+/// The listeners of the successor port (`--successor-port`); there must be one.
+fn successor_listeners(
+    inventory: &mut Inventory,
+    successor_port: u16,
+) -> Result<Vec<Listener>, DrainError> {
+    let listeners = inventory.scan(successor_port)?.listeners;
+    if listeners.is_empty() {
+        return Err(DrainError::NoSuccessorListener { successor_port });
+    }
+    Ok(listeners)
+}
+
+/// Whether a process of `scope` holds `listener` (a pod's drain hands its new connections
+/// only to a listener of its own); always without a scope.
+fn held_in(scope: Option<PidNamespace>, listener: &Listener) -> bool {
+    scope.is_none_or(|scope| listener.owners.iter().any(|o| scope.contains(o.pid)))
+}
+
+/// Which of a scan's listeners take the new connections.
+#[derive(Clone, Copy)]
+enum SuccessorsAre<'a> {
+    /// The drained port's listeners that are not draining.
+    OtherListeners { draining: &'a HashSet<u64> },
+    /// Those on this other port (`--successor-port`), held by a process of the scope
+    /// when there is one.
+    OnPort {
+        port: u16,
+        scope: Option<PidNamespace>,
+    },
+}
+
+impl<'a> SuccessorsAre<'a> {
+    fn from_plan(
+        plan: &DrainPlan,
+        draining: &'a HashSet<u64>,
+        scope: Option<PidNamespace>,
+    ) -> Self {
+        match plan.successor_port {
+            Some(port) => SuccessorsAre::OnPort { port, scope },
+            None => SuccessorsAre::OtherListeners { draining },
+        }
+    }
+
+    fn include(self, listener: &Listener) -> bool {
+        match self {
+            SuccessorsAre::OtherListeners { draining } => {
+                !draining.contains(&listener.socket.inode)
+            }
+            SuccessorsAre::OnPort { port, scope } => {
+                listener.socket.id.local.port() == port && held_in(scope, listener)
+            }
+        }
+    }
+}
+
+/// Hands new connections to the successors when the set of them changed since the last
+/// pass: one started after the drain, or one closed.
 fn update_successors(
     steering: &mut Steering,
     port: u16,
     listeners: &[Listener],
-    draining: &HashSet<u64>,
+    successors_are: SuccessorsAre<'_>,
     current: &mut HashSet<u64>,
 ) {
     let found: Vec<&Listener> = listeners
         .iter()
-        .filter(|listener| !draining.contains(&listener.socket.inode))
+        .filter(|listener| successors_are.include(listener))
         .collect();
     let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
     if inodes == *current {
@@ -808,6 +908,7 @@ mod tests {
             force: false,
             accept_grace: Duration::from_secs(5),
             pid: None,
+            successor_port: None,
         };
         let later = plan.after(Duration::from_secs(3));
         assert_eq!(later.accept_grace, Duration::from_secs(2));

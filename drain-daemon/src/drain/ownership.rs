@@ -23,6 +23,12 @@
 //! left alone; those of other visible processes (successors) are not the drain's at all.
 //! A pod's drain has a scope, its PID namespace: a holder outside it never becomes an
 //! owner, so its connections are never closed, even on a draining listener it shares.
+//!
+//! A successor on another port ([`Ownership::with_successor_port`]) holds the
+//! connections handed to it under the drained port's address (the kernel gives an
+//! accepted socket the packet's destination), so they show up in the drained port's
+//! scan: its owners are not the drain's, and its accept queue counts as another
+//! listener's queue.
 
 use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
@@ -58,7 +64,6 @@ pub(super) fn keepers(draining: &[Listener], tree: Option<&HashSet<i32>>) -> Vec
 }
 
 /// What the drain owns on its port, kept across scans.
-#[derive(Debug)]
 pub(super) struct Ownership {
     port: u16,
     /// Socket inodes of the draining listeners.
@@ -72,12 +77,16 @@ pub(super) struct Ownership {
     /// A pod's drain: only processes of this namespace become owners, whatever else
     /// holds a draining listener.
     scope: Option<PidNamespace>,
+    /// The successor port and the inventory reading its listeners (its own, so the
+    /// drained port's owner search keeps what it learned between scans).
+    successor_port: Option<(u16, Inventory)>,
 }
 
 /// One scan of the port, split.
 #[derive(Debug)]
 pub(super) struct Scan {
-    /// Every listener on the port, the drain's and the successors'.
+    /// Every listener on the port, the drain's and the successors', then those on the
+    /// successor port.
     pub(super) listeners: Vec<Listener>,
     /// The drain's listeners, connections and queued sockets.
     pub(super) ours: PortInventory,
@@ -98,14 +107,27 @@ impl Ownership {
             queued_before: HashSet::new(),
             unknown_owner: HashSet::new(),
             scope,
+            successor_port: None,
         };
         ownership.learn_owners(scan);
         ownership
     }
 
+    /// Also reads the listeners of `port` (the successor port) at every scan, with
+    /// `inventory`.
+    pub(super) fn with_successor_port(mut self, port: u16, inventory: Inventory) -> Self {
+        self.successor_port = Some((port, inventory));
+        self
+    }
+
     /// Socket inodes of the draining listeners.
     pub(super) fn listeners(&self) -> &HashSet<u64> {
         &self.listeners
+    }
+
+    /// Whether `pid` is a known owner of a draining listener.
+    pub(super) fn owns_process(&self, pid: i32) -> bool {
+        self.owners.contains_key(&pid)
     }
 
     /// How many distinct connections on the port had no visible holder, and were left
@@ -116,16 +138,29 @@ impl Ownership {
 
     /// Scans the port, the owners' connections included after their listeners closed.
     pub(super) fn scan(&mut self, inventory: &mut Inventory) -> Result<Scan, InventoryError> {
-        inventory.track_processes(self.owners.keys().copied());
+        // The successor port first: a socket queued at two scans of the drained port in a
+        // row was queued while this read its queue lengths, so it is not taken for ours.
+        let elsewhere = match &mut self.successor_port {
+            Some((port, successors)) => successors.scan(*port)?.listeners,
+            None => Vec::new(),
+        };
+        // The successor's processes are read too: the connections handed to it are then
+        // known as its own, not counted as held by no visible process.
+        let successors = elsewhere
+            .iter()
+            .flat_map(|l| l.owners.iter().map(|o| o.pid));
+        inventory.track_processes(self.owners.keys().copied().chain(successors));
         let everything = inventory.scan(self.port)?;
+        let mut listeners = everything.listeners.clone();
+        listeners.extend(elsewhere.iter().cloned());
         Ok(Scan {
-            listeners: everything.listeners.clone(),
-            ours: self.claim(everything),
+            listeners,
+            ours: self.claim(everything, &elsewhere),
         })
     }
 
-    /// The drain's part of `scan`.
-    fn claim(&mut self, mut scan: PortInventory) -> PortInventory {
+    /// The drain's part of `scan`; `elsewhere` are the successor port's listeners.
+    fn claim(&mut self, mut scan: PortInventory, elsewhere: &[Listener]) -> PortInventory {
         // After the scan, so a pid reused before or during it is caught.
         self.owners
             .retain(|&pid, &mut started| owners::start_time(pid) == Some(started));
@@ -139,7 +174,10 @@ impl Ownership {
         let queued_now = scan.queued.iter().map(|s| s.id).collect();
         let queued_before = std::mem::replace(&mut self.queued_before, queued_now);
         scan.queued.retain(|s| queued_before.contains(&s.id));
-        let only_ours_queue = others.iter().all(|l| l.accept_queue() == 0);
+        let only_ours_queue = others
+            .iter()
+            .chain(elsewhere)
+            .all(|l| l.accept_queue() == 0);
         if !only_ours_queue || scan.queued.len() > scan.accept_queue() as usize {
             scan.queued.clear();
         }
