@@ -39,6 +39,14 @@ pub const COUNT_REFUSED: u32 = 0;
 /// [`COUNTS_MAP`] index: new connections handed to a successor.
 pub const COUNT_STEERED: u32 = 1;
 
-/// How many listening sockets one port can have under drain, and how many successors:
-/// an IPv4 and an IPv6 listener, or every member of a SO_REUSEPORT group.
-pub const MAX_LISTENERS_PER_PORT: u32 = 64;
+/// How many listening sockets one drain can hold, and how many successors: an IPv4 and
+/// an IPv6 listener, or every member of a SO_REUSEPORT group (one per worker, per
+/// family: 128 covers 64 workers on both families). The program's cost does not grow
+/// with it where it matters: a connection to a draining listener stops at the first
+/// matching slot, and the successors are read up to the first empty one.
+pub const MAX_LISTENERS_PER_PORT: u32 = 128;
+
+/// The slots of [`LISTENERS_MAP`]: room for two full sets of listeners, so a drain that
+/// takes over an earlier drain's pinned map puts its set in beside the old one before
+/// it removes the old one (the listeners in both stay refused throughout).
+pub const LISTENER_SLOTS: u32 = 2 * MAX_LISTENERS_PER_PORT;

@@ -16,7 +16,7 @@ use aya_ebpf::{
     Global,
 };
 use aya_log_ebpf::debug;
-use drain_common::{COUNT_REFUSED, COUNT_STEERED, MAX_LISTENERS_PER_PORT};
+use drain_common::{COUNT_REFUSED, COUNT_STEERED, LISTENER_SLOTS, MAX_LISTENERS_PER_PORT};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -34,7 +34,7 @@ static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 /// `drain_common::V6ONLY_MAP`: 1 where the draining listener in the same slot is an
 /// IPv6-only socket (`bpf_sock` does not carry `IPV6_V6ONLY`).
 #[map(name = "DRAIN_V6ONLY")]
-static DRAIN_V6ONLY: Array<u32> = Array::with_max_entries(MAX_LISTENERS_PER_PORT, 0);
+static DRAIN_V6ONLY: Array<u32> = Array::with_max_entries(LISTENER_SLOTS, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
@@ -46,12 +46,12 @@ struct ListenerSockets(UnsafeCell<bpf_map_def>);
 unsafe impl Sync for ListenerSockets {}
 
 impl ListenerSockets {
-    const fn new() -> Self {
+    const fn new(max_entries: u32) -> Self {
         Self(UnsafeCell::new(bpf_map_def {
             type_: BPF_MAP_TYPE_SOCKHASH,
             key_size: size_of::<u32>() as u32,
             value_size: size_of::<u32>() as u32,
-            max_entries: MAX_LISTENERS_PER_PORT,
+            max_entries,
             map_flags: 0,
             id: 0,
             pinning: 0,
@@ -74,11 +74,11 @@ fn release(sk: *mut bpf_sock) {
 
 #[unsafe(link_section = "maps")]
 #[unsafe(export_name = "DRAIN_LISTENERS")]
-static DRAIN_LISTENERS: ListenerSockets = ListenerSockets::new();
+static DRAIN_LISTENERS: ListenerSockets = ListenerSockets::new(LISTENER_SLOTS);
 
 #[unsafe(link_section = "maps")]
 #[unsafe(export_name = "SUCCESSORS")]
-static SUCCESSORS: ListenerSockets = ListenerSockets::new();
+static SUCCESSORS: ListenerSockets = ListenerSockets::new(MAX_LISTENERS_PER_PORT);
 
 #[sk_lookup]
 pub fn drain_steer(ctx: SkLookupContext) -> u32 {
@@ -94,7 +94,8 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
         ip6: lookup.local_ip6,
         ifindex: lookup.ingress_ifindex,
     };
-    if !(0..MAX_LISTENERS_PER_PORT).any(|slot| draining_listener_matches(slot, &destination)) {
+    // Every slot: the loader's slots are not dense (a closed listener leaves a hole).
+    if !(0..LISTENER_SLOTS).any(|slot| draining_listener_matches(slot, &destination)) {
         return SK_PASS;
     }
     // NO_REUSEPORT keeps the kernel from picking the draining listener out of a shared

@@ -49,7 +49,7 @@ use crate::{
     netns,
     pidfd::{self, PidfdError},
     pidns::PidNamespace,
-    steer::{Lasting, Persistence, SteerError, Steering},
+    steer::{self, Lasting, Persistence, SteerError, Steering},
 };
 
 /// What to drain and how. Serialized (durations in milliseconds) as the body of the
@@ -808,10 +808,30 @@ fn update_successors(
     successors_are: SuccessorsAre<'_>,
     current: &mut HashSet<u64>,
 ) {
-    let found: Vec<&Listener> = listeners
+    let mut found: Vec<&Listener> = listeners
         .iter()
         .filter(|listener| successors_are.include(listener))
         .collect();
+    let room = steer::successor_room();
+    if found.len() > room {
+        // Part of the group rather than a refusal of every new connection: the same
+        // part at every pass (by inode), so the set does not churn.
+        found.sort_unstable_by_key(|listener| listener.socket.inode);
+        if found
+            .iter()
+            .take(room)
+            .map(|l| l.socket.inode)
+            .collect::<HashSet<_>>()
+            != *current
+        {
+            warn!(
+                port,
+                "{} successor listeners, more than the {room} the steering holds: new connections go to {room} of them",
+                found.len()
+            );
+        }
+        found.truncate(room);
+    }
     let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
     if inodes == *current {
         return;

@@ -36,8 +36,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use drain_common::{
-    COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, MAX_LISTENERS_PER_PORT, PORT_GLOBAL,
-    PROGRAM_NAME, SUCCESSORS_MAP, V6ONLY_MAP,
+    COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, LISTENER_SLOTS,
+    MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, SUCCESSORS_MAP, V6ONLY_MAP,
 };
 use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 use tracing::{info, warn};
@@ -72,8 +72,12 @@ pub enum SteerError {
     AddListener(#[source] MapError),
     #[error("reading whether a listener is IPv6-only (getsockopt IPV6_V6ONLY): {0}")]
     V6Only(#[source] io::Error),
-    #[error("port {port} has more than {MAX_LISTENERS_PER_PORT} listeners to drain")]
-    TooManyListeners { port: u16 },
+    #[error("port {port} has {count} listeners to drain; one drain holds at most {MAX_LISTENERS_PER_PORT}: drain part of them (--pid names one process tree)")]
+    TooManyListeners { port: u16, count: usize },
+    #[error("{count} successor listeners for port {port}; the steering map holds at most {MAX_LISTENERS_PER_PORT}")]
+    TooManySuccessors { port: u16, count: usize },
+    #[error("the pinned steering map of port {port} has no free slot left (a map pinned by an older drainctl with fewer slots?): drainctl release --port {port}, then drain again")]
+    NoFreeSlot { port: u16 },
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
     #[error(transparent)]
@@ -86,7 +90,9 @@ impl SteerError {
         match self {
             SteerError::PermissionDenied(_)
             | SteerError::Unsupported(_)
-            | SteerError::TooManyListeners { .. } => true,
+            | SteerError::TooManyListeners { .. }
+            | SteerError::TooManySuccessors { .. }
+            | SteerError::NoFreeSlot { .. } => true,
             SteerError::Pins(err) => err.is_environment(),
             _ => false,
         }
@@ -148,7 +154,10 @@ impl Steering {
         lasting: Lasting,
     ) -> Result<Self, SteerError> {
         if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
-            return Err(SteerError::TooManyListeners { port });
+            return Err(SteerError::TooManyListeners {
+                port,
+                count: listeners.len(),
+            });
         }
         // Only stalls are injected here (a slow load under CPU contention).
         let _ = crate::failpoint::hit(crate::failpoint::Point::Attach, port);
@@ -220,10 +229,14 @@ impl Steering {
     }
 
     /// Hands new connections to these listeners (descriptors duplicated into this
-    /// process) instead of refusing them; an empty set refuses again.
+    /// process) instead of refusing them; an empty set refuses again. At most
+    /// [`MAX_LISTENERS_PER_PORT`]: the caller chooses which (see [`successor_room`]).
     pub fn set_successors(&mut self, successors: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        if successors.len() > MAX_LISTENERS_PER_PORT as usize {
-            return Err(SteerError::TooManyListeners { port: self.port });
+        if successors.len() > successor_room() {
+            return Err(SteerError::TooManySuccessors {
+                port: self.port,
+                count: successors.len(),
+            });
         }
         // The program spreads new connections over slots 0..n (drain-ebpf, program.rs):
         // fill them in place (an update replaces a slot at once), then empty the rest.
@@ -259,10 +272,17 @@ impl Steering {
     }
 }
 
+/// How many successors [`Steering::set_successors`] takes.
+pub fn successor_room() -> usize {
+    MAX_LISTENERS_PER_PORT as usize
+}
+
 /// Puts the draining listeners `sockets` into free slots of `map` first and only then
 /// removes the previous entries, so a listener steered before stays steered throughout.
 /// Each slot's IPv6-only flag is written to `v6only` before its socket goes in, so the
-/// program never sees a listener with another one's flag.
+/// program never sees a listener with another one's flag. The map has room for two full
+/// sets ([`LISTENER_SLOTS`]), so this never runs out while both are within
+/// [`MAX_LISTENERS_PER_PORT`].
 fn replace_sockets<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     map: &mut SockHash<T, u32>,
     v6only: &mut Array<U, u32>,
@@ -270,14 +290,23 @@ fn replace_sockets<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     port: u16,
 ) -> Result<(), SteerError> {
     let previous: BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
-    let mut free = (0..MAX_LISTENERS_PER_PORT).filter(|slot| !previous.contains(slot));
+    let mut free = (0..LISTENER_SLOTS).filter(|slot| !previous.contains(slot));
     for socket in sockets {
-        let slot = free.next().ok_or(SteerError::TooManyListeners { port })?;
+        let slot = free.next().ok_or(SteerError::NoFreeSlot { port })?;
+        // Maps pinned with fewer slots than this build's (by an older drainctl) are full
+        // or out of bounds sooner.
+        let slot_error = |err: MapError| match &err {
+            MapError::OutOfBounds { .. } => SteerError::NoFreeSlot { port },
+            MapError::SyscallError(call) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                SteerError::NoFreeSlot { port }
+            }
+            _ => SteerError::AddListener(err),
+        };
         v6only
             .set(slot, u32::from(is_v6only(socket)?), 0)
-            .map_err(SteerError::AddListener)?;
+            .map_err(slot_error)?;
         map.insert(slot, socket.as_raw_fd(), 0)
-            .map_err(SteerError::AddListener)?;
+            .map_err(slot_error)?;
     }
     for slot in previous {
         // Gone already if that listener closed meanwhile: nothing to undo.

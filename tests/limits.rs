@@ -1,0 +1,144 @@
+//! How many listeners one drain can hold: the steering maps have a fixed size
+//! (`drain_common::MAX_LISTENERS_PER_PORT`), so a port with more listeners than that (a
+//! large SO_REUSEPORT group: one listener per worker, per address family) must either
+//! work or fail with a message naming the limit, never steer part of them silently.
+
+use std::time::Duration;
+
+use drain_tests::{
+    connect_refused_quickly, idle_client, run_drainctl, spawn_drainctl, start_server, Closed,
+    ConnectOutcome, KeepAliveClient, Netns,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The limit as the README and the error messages state it.
+const LIMIT: usize = 128;
+
+/// A demo server with `count` SO_REUSEPORT listeners on 127.0.0.1:8080.
+fn reuseport_group(count: usize) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    for _ in 0..count {
+        args.extend(["--listen".into(), "127.0.0.1:8080".into()]);
+    }
+    args.push("--reuseport".into());
+    args
+}
+
+/// A group larger than the old limit of 64 drains; a second drain of the port, which
+/// takes over the first one's pinned steering (its 100 listeners still in the map),
+/// drains too: replacing the set needs no room for old and new side by side.
+#[test]
+fn a_reuseport_group_of_100_drains_twice_in_a_row() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(reuseport_group(100));
+    let mut idle = idle_client(addr);
+    let drain = || {
+        run_drainctl(
+            ["drain", "--port", "8080", "--timeout", "20s", "--json"],
+            30 * SECOND,
+        )
+    };
+    let first = drain();
+    assert_eq!(first.code, Some(0), "{}", first.stderr_text());
+    assert_eq!(first.json()["closed_gracefully"], 1);
+    assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    assert!(matches!(
+        connect_refused_quickly(addr),
+        ConnectOutcome::Refused(_)
+    ));
+
+    let second = drain();
+    assert_eq!(second.code, Some(0), "{}", second.stderr_text());
+    assert!(
+        second
+            .stderr_text()
+            .contains("reusing the pinned steering of an earlier drain"),
+        "the second drain did not take over the pin: {}",
+        second.stderr_text()
+    );
+    assert_eq!(second.json()["still_refusing"], true);
+    assert!(matches!(
+        connect_refused_quickly(addr),
+        ConnectOutcome::Refused(_)
+    ));
+}
+
+/// One listener more than a drain can hold: exit 3 with a message naming the limit,
+/// and nothing refused (no part of the group is steered).
+#[test]
+fn more_listeners_than_the_limit_fail_naming_it() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_server, _events, addr) = start_server(reuseport_group(LIMIT + 1));
+    let output = run_drainctl(["drain", "--port", "8080", "--timeout", "5s"], 30 * SECOND);
+    assert_eq!(output.code, Some(3), "{}", output.stderr_text());
+    let message = output.stderr_text();
+    assert!(
+        message.contains(&format!("{} listeners", LIMIT + 1))
+            && message.contains(&format!("at most {LIMIT}")),
+        "the error does not say how many and what the limit is: {message}"
+    );
+    let mut client = KeepAliveClient::connect(addr).expect("nothing is refused");
+    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+}
+
+/// A successor group larger than the limit still takes every new connection (through
+/// the first LIMIT of its listeners, said in a warning) instead of their being refused.
+#[test]
+fn a_successor_group_beyond_the_limit_still_takes_new_connections() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let mut idle = idle_client(addr);
+    let (_new, new_events, _) = start_server(reuseport_group(LIMIT + 2));
+    let drainctl = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old.pid().to_string(),
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |l| l.contains("go to the successor listeners"))
+        .expect("successors set");
+    let accepted_before = |events: &drain_tests::EventReader| {
+        events
+            .all_lines()
+            .iter()
+            .filter(|l| l.starts_with("accepted "))
+            .count()
+    };
+    let old_accepted = accepted_before(&old_events);
+    for _ in 0..20 {
+        let mut client = KeepAliveClient::connect(addr).expect("a new connection is accepted");
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    }
+    assert_eq!(idle.wait_closed(10 * SECOND), Closed::Eof);
+    let output = drainctl.wait(30 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["refused_connections"], 0, "{report}");
+    assert!(
+        report["steered_connections"].as_u64().unwrap() >= 20,
+        "{report}"
+    );
+    assert_eq!(report["successors"], LIMIT, "{report}");
+    assert!(
+        output
+            .stderr_text()
+            .contains(&format!("{} successor listeners", LIMIT + 2)),
+        "no warning names the successors left out: {}",
+        output.stderr_text()
+    );
+    assert_eq!(accepted_before(&old_events), old_accepted);
+    assert!(accepted_before(&new_events) >= 20);
+}
