@@ -210,22 +210,23 @@ pub fn process_tree(pid: i32) -> HashSet<i32> {
 fn parent_map() -> HashMap<i32, i32> {
     all_pids()
         .into_iter()
-        .filter_map(|pid| Some((pid, stat_field(pid, 4)?)))
+        .filter_map(|pid| Some((pid, stat(pid)?.ppid)))
         .collect()
 }
 
 /// When `pid` started (clock ticks after boot), `None` once it is gone. A pid with
 /// another start time is another process that reuses the number.
 pub fn start_time(pid: i32) -> Option<u64> {
-    stat_field(pid, 22)
+    stat(pid).map(|stat| stat.starttime)
 }
 
-/// Field `n` (1-based, as proc(5) numbers them) of `/proc/<pid>/stat`.
-fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; state is field 3.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(n - 3)?.parse().ok()
+/// `/proc/<pid>/stat`, parsed by the procfs crate (a command name may hold spaces and
+/// parentheses). Measured here against a hand-written parse of the two fields used, on
+/// 160 processes: 1.0x to 1.2x the time (about 11 µs a process), a small price on these
+/// paths (the parent map is read when the listeners' family is searched, start times
+/// once per owner and scan).
+fn stat(pid: i32) -> Option<procfs::process::Stat> {
+    procfs::process::Process::new(pid).ok()?.stat().ok()
 }
 
 /// The descriptor numbers probed first for listeners.
@@ -241,6 +242,13 @@ enum Reading {
 
 /// Maps each of `inodes` to the descriptors of `pids` that hold it. Processes that
 /// vanish or cannot be read are skipped.
+///
+/// Hand-written rather than procfs's `Process::fd` / `fd_from_fd`, because it is
+/// measurably faster where a drain spends its time (median of 21 interleaved runs on this
+/// project's 2-core machine, release build, load about 6): a table of 10,000 sockets in
+/// 40 ms against 57 ms (procfs 1.4x), and descriptors 0..64 of 160 processes probed by
+/// number in 21 ms against 34 ms (procfs 1.6x). One descriptor of `/proc/<pid>/fd`
+/// serves every `readlinkat`, and the link buffer is reused.
 fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: &Reading) -> Owners {
     let mut owners = Owners::new();
     if inodes.is_empty() {
