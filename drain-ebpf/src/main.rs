@@ -16,6 +16,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod close_http;
+#[cfg(target_arch = "bpf")]
 mod program;
 
 /// On the host there is no program to run: `cargo build --workspace` builds this stub, and

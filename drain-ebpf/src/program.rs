@@ -29,7 +29,7 @@ const NO_REUSEPORT: u64 = 2;
 static DRAIN_PORT: Global<u16> = Global::new(0);
 
 #[map(name = "COUNTS")]
-static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
@@ -193,7 +193,7 @@ fn listener_accepts(listener: &bpf_sock, destination: &Destination) -> bool {
     }
 }
 
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(count) = COUNTS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot: no other CPU writes it, and the program is not
         // preempted on this one while it runs.

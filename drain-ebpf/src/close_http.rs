@@ -1,0 +1,166 @@
+//! The sk_msg program that asks HTTP/1.x clients to close: it writes
+//! `Connection: close` into the head of the next response the server sends on a
+//! connection being drained, the way nginx ends keep-alive connections itself on a
+//! graceful stop. The client closes after reading that response and sends its next
+//! request elsewhere, so even a client that sends back to back (no pause in which a
+//! close from outside would be safe) loses nothing.
+//!
+//! The program runs on every `sendmsg` of a socket in [`CLOSE_SOCKETS`] (the loader
+//! puts the drain's connections there) and changes a message only when it is certainly
+//! the start of a final HTTP/1.x response: it begins with `HTTP/1.0 ` or `HTTP/1.1 `, a
+//! three-digit status of 200 to 599, and its status line ends within the message. The
+//! header goes right after the status line, once per connection ([`CLOSE_DONE`]);
+//! everything else (interim 1xx responses, bodies, TLS, HTTP/2, any other protocol, a
+//! status line split over two writes) passes untouched.
+
+use aya_ebpf::{
+    bindings::{sk_action::SK_PASS, sk_msg_md},
+    helpers::{bpf_msg_pop_data, bpf_msg_pull_data},
+    macros::{map, sk_msg},
+    maps::{HashMap, SockHash},
+    programs::SkMsgContext,
+};
+use drain_common::{FlowKey, CONNECTION_CLOSE, COUNT_CLOSE_INJECTED, MAX_CLOSE_SOCKETS};
+
+use crate::program::count;
+
+const AF_INET: u32 = 2;
+
+/// `HTTP/1.x NNN` and the byte after it: the shortest status line is 14 bytes with its
+/// CRLF.
+const STATUS_END: usize = 12;
+
+/// How far into a message the status line's CRLF is looked for. A reason phrase longer
+/// than this is left alone (none of the common servers writes one).
+const HEAD_WINDOW: u32 = 256;
+
+#[map(name = "CLOSE_SOCKETS")]
+static CLOSE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_CLOSE_SOCKETS, 0);
+
+#[map(name = "CLOSE_DONE")]
+static CLOSE_DONE: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_CLOSE_SOCKETS, 0);
+
+#[sk_msg]
+pub fn close_http(ctx: SkMsgContext) -> u32 {
+    // Whatever happens, the message is sent: the program only ever adds a header.
+    let _ = rewrite(&ctx);
+    SK_PASS
+}
+
+fn rewrite(ctx: &SkMsgContext) -> Option<()> {
+    // SAFETY: the kernel passes a valid sk_msg_md for the duration of the call.
+    let md = unsafe { &*ctx.msg };
+    let key = flow_key(md);
+    // SAFETY: a lookup by a key on the stack; the value is not kept.
+    if unsafe { CLOSE_DONE.get(&key) }.is_some() {
+        return None;
+    }
+    let window = ctx.size().min(HEAD_WINDOW);
+    if (window as usize) < STATUS_END + 2 {
+        return None;
+    }
+    pull(ctx.msg, 0, window)?;
+    let insert_at = status_line_end(ctx)?;
+    ctx.push_data(insert_at, CONNECTION_CLOSE.len() as u32, 0)
+        .ok()?;
+    // The pushed bytes are fresh, uninitialized memory: written here, or taken out again.
+    if write_header(ctx, insert_at).is_none() {
+        // SAFETY: removes exactly the range pushed above.
+        unsafe { bpf_msg_pop_data(ctx.msg, insert_at, CONNECTION_CLOSE.len() as u32, 0) };
+        return None;
+    }
+    let _ = CLOSE_DONE.insert(&key, &1, 0);
+    count(COUNT_CLOSE_INJECTED);
+    Some(())
+}
+
+/// Makes bytes `start..end` of the message readable at `data`.
+fn pull(msg: *mut sk_msg_md, start: u32, end: u32) -> Option<()> {
+    // SAFETY: `msg` is this program's context.
+    (unsafe { bpf_msg_pull_data(msg, start, end, 0) } == 0).then_some(())
+}
+
+/// Where the status line of a final HTTP/1.0 or 1.1 response ends (after its CRLF), if
+/// the message starts with one and holds it whole.
+fn status_line_end(ctx: &SkMsgContext) -> Option<u32> {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    if data + STATUS_END + 2 > data_end {
+        return None;
+    }
+    // SAFETY: the 14 bytes at `data` are within the message (checked above).
+    let head = unsafe { &*(data as *const [u8; STATUS_END + 2]) };
+    let final_status = head.starts_with(b"HTTP/1.")
+        && (head[7] == b'0' || head[7] == b'1')
+        && head[8] == b' '
+        && (b'2'..=b'5').contains(&head[9])
+        && head[10].is_ascii_digit()
+        && head[11].is_ascii_digit()
+        && (head[12] == b' ' || head[12] == b'\r');
+    if !final_status {
+        return None;
+    }
+    let mut at = STATUS_END;
+    while at < HEAD_WINDOW as usize - 1 {
+        if data + at + 2 > data_end {
+            return None;
+        }
+        // SAFETY: bytes `at` and `at + 1` are within the message (checked above).
+        let pair = unsafe { *((data + at) as *const [u8; 2]) };
+        if pair == *b"\r\n" {
+            return Some(at as u32 + 2);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Writes the header into the space pushed at `at`.
+fn write_header(ctx: &SkMsgContext, at: u32) -> Option<()> {
+    let len = CONNECTION_CLOSE.len();
+    pull(ctx.msg, at, at + len as u32)?;
+    let data = ctx.data();
+    if data + len > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the `len` bytes at `data` are within the message (checked above).
+    unsafe { *(data as *mut [u8; 19]) = *CONNECTION_CLOSE };
+    Some(())
+}
+
+fn flow_key(md: &sk_msg_md) -> FlowKey {
+    // The verifier accepts only context reads at constant offsets: every field is read
+    // on its own, then chosen (a pointer chosen by family would be a modified context
+    // pointer).
+    let read = |field: &u32| {
+        // SAFETY: a field of the context, read at its own constant offset.
+        unsafe { core::ptr::read_volatile(field) }
+    };
+    let family = read(&md.family);
+    let remote_ip4 = read(&md.remote_ip4);
+    let local_ip4 = read(&md.local_ip4);
+    let remote_ip6 = [
+        read(&md.remote_ip6[0]),
+        read(&md.remote_ip6[1]),
+        read(&md.remote_ip6[2]),
+        read(&md.remote_ip6[3]),
+    ];
+    let local_ip6 = [
+        read(&md.local_ip6[0]),
+        read(&md.local_ip6[1]),
+        read(&md.local_ip6[2]),
+        read(&md.local_ip6[3]),
+    ];
+    let (remote_ip, local_ip) = if family == AF_INET {
+        ([remote_ip4, 0, 0, 0], [local_ip4, 0, 0, 0])
+    } else {
+        (remote_ip6, local_ip6)
+    };
+    FlowKey {
+        family,
+        remote_port: read(&md.remote_port),
+        local_port: read(&md.local_port),
+        remote_ip,
+        local_ip,
+    }
+}
