@@ -19,6 +19,7 @@ pub mod announce;
 pub mod capabilities;
 pub mod cli;
 pub mod close;
+pub mod close_http;
 pub mod control;
 pub mod daemon;
 pub mod drain;

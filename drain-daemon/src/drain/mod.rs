@@ -43,6 +43,7 @@ use crate::{
     announce::Announcer,
     capabilities,
     close::{self, close_when, send_fin, CloseMethod, CloseOutcome, When},
+    close_http::CloseHttp,
     inventory::{owners, Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
     pidfd::{self, PidfdError},
@@ -288,6 +289,7 @@ pub async fn drain(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
+    let mut close_http = load_close_http();
     let mut failed_scans = 0;
 
     // A spread's closes are paced within each pass too, over the time to the next one,
@@ -346,6 +348,9 @@ pub async fn drain(
         let snapshot = scan.ours;
         tally.observe(&snapshot);
         rhythms.observe(&snapshot, scanned_at);
+        if let Some(close_http) = &mut close_http {
+            ask_http_clients_to_close(close_http, &snapshot);
+        }
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             break (Outcome::Drained, snapshot, None);
         }
@@ -406,6 +411,7 @@ pub async fn drain(
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
     tally.unknown_owner = ownership.unknown_owner();
+    tally.connection_close_sent = close_http.as_ref().map_or(0, CloseHttp::rewritten);
     tally.client_pauses = last
         .connections
         .iter()
@@ -439,6 +445,36 @@ pub async fn drain(
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
     report.successors = successors.len().try_into().unwrap_or(u32::MAX);
     Ok(report)
+}
+
+/// The `Connection: close` rewriting, or `None` (said once) where the kernel refuses
+/// sk_msg programs: the drain then closes busy connections at their boundaries only.
+fn load_close_http() -> Option<CloseHttp> {
+    CloseHttp::load()
+        .inspect_err(|err| {
+            warn!("cannot ask HTTP/1.x clients to close (`Connection: close`): {err}; back-to-back clients are left to the deadline")
+        })
+        .ok()
+}
+
+/// Adds the busy connections not seen before to the rewriting, and takes out those
+/// whose response was rewritten. Idle ones are closed gracefully anyway; a connection
+/// that cannot be added (a kTLS socket, its owner gone) is left to the boundaries.
+fn ask_http_clients_to_close(close_http: &mut CloseHttp, snapshot: &PortInventory) {
+    let open: HashSet<u64> = snapshot
+        .connections
+        .iter()
+        .map(|c| c.socket.id.cookie)
+        .collect();
+    close_http.retire(|cookie| open.contains(&cookie));
+    for connection in snapshot.in_flight() {
+        if close_http.is_armed(connection) {
+            continue;
+        }
+        if let Err(err) = close_http.arm(connection) {
+            debug!(peer = %connection.socket.id.remote, "not asking for Connection: close: {err}");
+        }
+    }
 }
 
 /// Passes in a row whose scan may fail before the drain gives up (with the default poll

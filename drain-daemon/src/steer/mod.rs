@@ -46,7 +46,8 @@ use self::pins::{PinRoot, PortDir};
 use crate::netns;
 
 /// The sk_lookup program, built by this crate's build script.
-static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
+pub(crate) static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
 
 /// Why steering could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
