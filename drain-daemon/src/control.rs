@@ -593,13 +593,14 @@ mod tests {
                 force: true,
                 accept_grace: Duration::ZERO,
                 pid: None,
+                no_connection_close: false,
             },
             netns_inode: 4026531840,
         };
         let line = serde_json::to_string(&request).unwrap();
         assert_eq!(
             line,
-            r#"{"request":"drain","plan":{"port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{"batches":{"percent":25,"interval_ms":500}},"force":true,"accept_grace_ms":0,"pid":null},"netns_inode":4026531840}"#
+            r#"{"request":"drain","plan":{"port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{"batches":{"percent":25,"interval_ms":500}},"force":true,"accept_grace_ms":0,"pid":null,"no_connection_close":false},"netns_inode":4026531840}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();
@@ -617,6 +618,7 @@ mod tests {
             force: false,
             accept_grace: Duration::from_secs(5),
             pid: None,
+            no_connection_close: false,
         }
     }
 

@@ -232,6 +232,7 @@ mod tests {
             force: false,
             accept_grace: Duration::ZERO,
             pid: None,
+            no_connection_close: false,
         }
     }
 

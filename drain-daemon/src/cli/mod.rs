@@ -186,6 +186,10 @@ pub struct DrainArgs {
     /// appear later get the new connections.
     #[arg(long, allow_hyphen_values = true, value_parser = parse_pid)]
     pub pid: Option<i32>,
+    /// Never write `Connection: close` into the HTTP/1.x responses of busy connections
+    /// (close them only between requests, as for other protocols).
+    #[arg(long)]
+    pub no_connection_close: bool,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -216,6 +220,7 @@ impl DrainArgs {
             force: self.force,
             accept_grace: self.accept_grace,
             pid: self.pid,
+            no_connection_close: self.no_connection_close,
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct DrainPlan {
     /// drains, and listeners that appear later are successors.
     #[serde(default)]
     pub pid: Option<i32>,
+    /// Never write `Connection: close` into HTTP/1.x responses ([`crate::close_http`]):
+    /// busy connections are then closed at their boundaries only.
+    #[serde(default)]
+    pub no_connection_close: bool,
 }
 
 impl DrainPlan {
@@ -289,7 +293,11 @@ pub async fn drain(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
-    let mut close_http = load_close_http();
+    let mut close_http = if plan.no_connection_close {
+        None
+    } else {
+        load_close_http()
+    };
     let mut failed_scans = 0;
 
     // A spread's closes are paced within each pass too, over the time to the next one,
@@ -775,6 +783,7 @@ mod tests {
             force: false,
             accept_grace: Duration::from_secs(5),
             pid: None,
+            no_connection_close: false,
         };
         let later = plan.after(Duration::from_secs(3));
         assert_eq!(later.accept_grace, Duration::from_secs(2));
