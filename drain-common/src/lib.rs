@@ -1,4 +1,5 @@
-//! The contract between the sk_lookup program and its userspace loader.
+//! The contract between the eBPF programs (sk_lookup steering, sk_msg `Connection: close`)
+//! and their userspace loaders.
 //!
 //! Both sides name the same maps and globals; keeping the names and sizes in one
 //! `no_std` crate means a change is seen by both sides instead of failing in the kernel.
