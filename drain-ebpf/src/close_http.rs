@@ -14,7 +14,7 @@
 //! status line split over two writes) passes untouched.
 
 use aya_ebpf::{
-    bindings::{sk_action::SK_PASS, sk_msg_md},
+    bindings::{sk_action::SK_PASS, sk_msg_md, BPF_F_NO_PREALLOC},
     helpers::{bpf_msg_pop_data, bpf_msg_pull_data},
     macros::{map, sk_msg},
     maps::{HashMap, SockHash},
@@ -37,8 +37,11 @@ const HEAD_WINDOW: u32 = 256;
 #[map(name = "CLOSE_SOCKETS")]
 static CLOSE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_CLOSE_SOCKETS, 0);
 
+/// Allocated per entry (`BPF_F_NO_PREALLOC`): a drain marks a few connections at a time,
+/// and a preallocated map would take several MiB of kernel memory per drain.
 #[map(name = "CLOSE_DONE")]
-static CLOSE_DONE: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_CLOSE_SOCKETS, 0);
+static CLOSE_DONE: HashMap<FlowKey, u32> =
+    HashMap::with_max_entries(MAX_CLOSE_SOCKETS, BPF_F_NO_PREALLOC);
 
 #[sk_msg]
 pub fn close_http(ctx: SkMsgContext) -> u32 {
