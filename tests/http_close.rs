@@ -18,6 +18,8 @@ use drain_tests::{bind_listener, spawn_drainctl, Netns};
 
 const SECOND: Duration = Duration::from_secs(1);
 const HEADER: &[u8] = b"Connection: close\r\n";
+/// A websocket close frame from a server: status 1001, going away.
+const WEBSOCKET_GOING_AWAY: &[u8] = b"\x88\x02\x03\xe9";
 
 /// What the server writes on one connection, one `write` (sendmsg) per piece, and what
 /// the client must read.
@@ -93,6 +95,14 @@ fn cases() -> Vec<Case> {
             rewritten: true,
         },
         Case {
+            // A server's websocket message (two whole frames) gets a close frame (1001)
+            // after it; its next message is untouched.
+            name: "websocket frames",
+            writes: vec![b"\x81\x04pong\x8a\x00", b"\x81\x04pong"],
+            expected: concat(&[b"\x81\x04pong\x8a\x00", WEBSOCKET_GOING_AWAY, b"\x81\x04pong"]),
+            rewritten: false,
+        },
+        Case {
             // A binary protocol, and text that is not an HTTP/1.x status line.
             name: "binary and other protocols",
             writes: vec![
@@ -100,12 +110,17 @@ fn cases() -> Vec<Case> {
                 b"HTTP/2 200\r\n\r\n",
                 b"HTTP/1.1 099 Odd\r\n\r\n",
                 b"\x16\x03\x01\x00\x05hello",
+                // Frame-like, but masked (as clients send), or its size does not add up.
+                b"\x81\x84abcdpong",
+                b"\x81\x05pong",
             ],
             expected: concat(&[
                 b"\x00\x01\x02\xffHTTP/1.1 200 OK\r\n\r\n",
                 b"HTTP/2 200\r\n\r\n",
                 b"HTTP/1.1 099 Odd\r\n\r\n",
                 b"\x16\x03\x01\x00\x05hello",
+                b"\x81\x84abcdpong",
+                b"\x81\x05pong",
             ]),
             rewritten: false,
         },
@@ -195,6 +210,12 @@ fn connection_close_is_written_byte_exactly_into_http1_response_heads_only() {
     assert_eq!(
         output.json()["connection_close_sent"],
         rewritten,
+        "{}",
+        output.stdout
+    );
+    assert_eq!(
+        output.json()["websocket_close_sent"],
+        1,
         "{}",
         output.stdout
     );

@@ -58,6 +58,13 @@ pub const MAX_CLOSE_SOCKETS: u32 = 65536;
 /// [`COUNTS_MAP`] index: responses that `Connection: close` was written into.
 pub const COUNT_CLOSE_INJECTED: u32 = 2;
 
+/// [`COUNTS_MAP`] index: websocket connections sent a close frame (1001, going away).
+pub const COUNT_WEBSOCKET_CLOSED: u32 = 3;
+
+/// The close frame the sk_msg program appends to a server's websocket message: final,
+/// opcode close, unmasked, 2 bytes of payload, status 1001 ("going away").
+pub const WEBSOCKET_GOING_AWAY: &[u8; 4] = &[0x88, 0x02, 0x03, 0xe9];
+
 /// The header the sk_msg program inserts right after a response's status line.
 pub const CONNECTION_CLOSE: &[u8; 19] = b"Connection: close\r\n";
 

@@ -9,7 +9,8 @@
 //! and puts it in a SOCKHASH with the sk_msg program of drain-ebpf (`close_http.rs`),
 //! which inserts the header after the status line of the next final HTTP/1.x response,
 //! once, and lets everything else through untouched (TLS, HTTP/2, other protocols,
-//! bodies). The connection then ends on its own when the client closes it.
+//! bodies). The connection then ends on its own when the client closes it. A plaintext
+//! websocket's next server message gets a close frame (1001, going away) instead.
 //!
 //! The map is never pinned: when the drain ends (or dies), the map goes and the kernel
 //! gives every socket in it back its normal send path.
@@ -27,7 +28,7 @@ use aya::{
 };
 use drain_common::{
     FlowKey, CLOSE_DONE_MAP, CLOSE_PROGRAM_NAME, CLOSE_SOCKETS_MAP, COUNTS_MAP,
-    COUNT_CLOSE_INJECTED,
+    COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED,
 };
 use rustix::net::{getpeername, getsockname};
 use tracing::debug;
@@ -175,8 +176,17 @@ impl CloseHttp {
 
     /// Responses that `Connection: close` was written into so far, summed over CPUs.
     pub fn rewritten(&self) -> u64 {
+        self.count(COUNT_CLOSE_INJECTED)
+    }
+
+    /// Websocket connections sent a close frame (1001, going away) so far.
+    pub fn websockets_closed(&self) -> u64 {
+        self.count(COUNT_WEBSOCKET_CLOSED)
+    }
+
+    fn count(&self, index: u32) -> u64 {
         self.counts
-            .get(&COUNT_CLOSE_INJECTED, 0)
+            .get(&index, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }

@@ -12,6 +12,10 @@
 //! header goes right after the status line, once per connection ([`CLOSE_DONE`]);
 //! everything else (interim 1xx responses, bodies, TLS, HTTP/2, any other protocol, a
 //! status line split over two writes) passes untouched.
+//!
+//! A plaintext websocket (after its HTTP Upgrade) is asked the same way: a server
+//! message that is exactly one or more whole server frames gets a close frame (1001,
+//! going away) appended, once per connection ([`whole_websocket_frames`]).
 
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, sk_msg_md, BPF_F_NO_PREALLOC},
@@ -20,7 +24,10 @@ use aya_ebpf::{
     maps::{HashMap, SockHash},
     programs::SkMsgContext,
 };
-use drain_common::{FlowKey, CONNECTION_CLOSE, COUNT_CLOSE_INJECTED, MAX_CLOSE_SOCKETS};
+use drain_common::{
+    FlowKey, CONNECTION_CLOSE, COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED, MAX_CLOSE_SOCKETS,
+    WEBSOCKET_GOING_AWAY,
+};
 
 use crate::program::count;
 
@@ -33,6 +40,9 @@ const STATUS_END: usize = 12;
 /// How far into a message the status line's CRLF is looked for. A reason phrase longer
 /// than this is left alone (none of the common servers writes one).
 const HEAD_WINDOW: u32 = 256;
+
+/// How many websocket frames one message may hold to be recognised (a bounded loop).
+const MAX_WEBSOCKET_FRAMES: u32 = 16;
 
 #[map(name = "CLOSE_SOCKETS")]
 static CLOSE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_CLOSE_SOCKETS, 0);
@@ -59,22 +69,77 @@ fn rewrite(ctx: &SkMsgContext) -> Option<()> {
         return None;
     }
     let window = ctx.size().min(HEAD_WINDOW);
-    if (window as usize) < STATUS_END + 2 {
+    if window == 0 {
         return None;
     }
     pull(ctx.msg, 0, window)?;
-    let insert_at = status_line_end(ctx)?;
-    ctx.push_data(insert_at, CONNECTION_CLOSE.len() as u32, 0)
-        .ok()?;
-    // The pushed bytes are fresh, uninitialized memory: written here, or taken out again.
-    if write_header(ctx, insert_at).is_none() {
-        // SAFETY: removes exactly the range pushed above.
-        unsafe { bpf_msg_pop_data(ctx.msg, insert_at, CONNECTION_CLOSE.len() as u32, 0) };
+    if let Some(insert_at) = status_line_end(ctx) {
+        insert(ctx, insert_at, CONNECTION_CLOSE)?;
+        count(COUNT_CLOSE_INJECTED);
+    } else if whole_websocket_frames(ctx, window) {
+        // After the server's own frames, so an answer it was sending still arrives first.
+        insert(ctx, window, WEBSOCKET_GOING_AWAY)?;
+        count(COUNT_WEBSOCKET_CLOSED);
+    } else {
         return None;
     }
     let _ = CLOSE_DONE.insert(&key, &1, 0);
-    count(COUNT_CLOSE_INJECTED);
     Some(())
+}
+
+/// Inserts `bytes` at `at`. The pushed space is fresh, uninitialized memory: it is
+/// written, or taken out again.
+fn insert<const N: usize>(ctx: &SkMsgContext, at: u32, bytes: &[u8; N]) -> Option<()> {
+    ctx.push_data(at, N as u32, 0).ok()?;
+    if write_bytes(ctx, at, bytes).is_none() {
+        // SAFETY: removes exactly the range pushed above.
+        unsafe { bpf_msg_pop_data(ctx.msg, at, N as u32, 0) };
+        return None;
+    }
+    Some(())
+}
+
+/// Whether the message (whole within `window`, already pulled) is one or more complete
+/// websocket frames as a server sends them: final (FIN), unmasked, no reserved bits but
+/// RSV1 (compression) on data frames, a data or ping/pong opcode, at most 125 bytes of
+/// payload, the last frame ending exactly at the end of the message. HTTP/1.x, TLS
+/// records and HTTP/2 frames never look like this (their first byte lacks FIN or a
+/// websocket opcode, or their sizes do not add up).
+fn whole_websocket_frames(ctx: &SkMsgContext, window: u32) -> bool {
+    if ctx.size() != window {
+        return false;
+    }
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    let size = window as usize;
+    let mut at = 0usize;
+    let mut frames = 0;
+    while frames < MAX_WEBSOCKET_FRAMES {
+        if at == size {
+            return frames > 0;
+        }
+        if at > size || data + at + 2 > data_end {
+            return false;
+        }
+        // SAFETY: bytes `at` and `at + 1` are within the message (checked above).
+        let [first, second] = unsafe { *((data + at) as *const [u8; 2]) };
+        let opcode = first & 0x0f;
+        let length = (second & 0x7f) as usize;
+        let control = opcode == 0x9 || opcode == 0xa;
+        // A 16- or 64-bit length (126, 127) means a frame longer than the window.
+        if first & 0x80 == 0
+            || first & 0x30 != 0
+            || second & 0x80 != 0
+            || !(opcode == 0x1 || opcode == 0x2 || control)
+            || (control && first & 0x40 != 0)
+            || length > 125
+        {
+            return false;
+        }
+        at += 2 + length;
+        frames += 1;
+    }
+    false
 }
 
 /// Makes bytes `start..end` of the message readable at `data`.
@@ -118,16 +183,15 @@ fn status_line_end(ctx: &SkMsgContext) -> Option<u32> {
     None
 }
 
-/// Writes the header into the space pushed at `at`.
-fn write_header(ctx: &SkMsgContext, at: u32) -> Option<()> {
-    let len = CONNECTION_CLOSE.len();
-    pull(ctx.msg, at, at + len as u32)?;
+/// Writes `bytes` into the space pushed at `at`.
+fn write_bytes<const N: usize>(ctx: &SkMsgContext, at: u32, bytes: &[u8; N]) -> Option<()> {
+    pull(ctx.msg, at, at + N as u32)?;
     let data = ctx.data();
-    if data + len > ctx.data_end() {
+    if data + N > ctx.data_end() {
         return None;
     }
-    // SAFETY: the `len` bytes at `data` are within the message (checked above).
-    unsafe { *(data as *mut [u8; 19]) = *CONNECTION_CLOSE };
+    // SAFETY: the `N` bytes at `data` are within the message (checked above).
+    unsafe { *(data as *mut [u8; N]) = *bytes };
     Some(())
 }
 

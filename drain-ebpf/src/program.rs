@@ -29,7 +29,7 @@ const NO_REUSEPORT: u64 = 2;
 static DRAIN_PORT: Global<u16> = Global::new(0);
 
 #[map(name = "COUNTS")]
-static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare

@@ -186,8 +186,9 @@ pub struct DrainArgs {
     /// appear later get the new connections.
     #[arg(long, allow_hyphen_values = true, value_parser = parse_pid)]
     pub pid: Option<i32>,
-    /// Never write `Connection: close` into the HTTP/1.x responses of busy connections
-    /// (close them only between requests, as for other protocols).
+    /// Never write `Connection: close` into the HTTP/1.x responses of busy connections,
+    /// nor websocket close frames (close them only between requests, as for other
+    /// protocols).
     #[arg(long)]
     pub no_connection_close: bool,
     /// Print the final report as one JSON object on stdout.

@@ -150,6 +150,13 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
             report.connection_close_sent
         )?;
     }
+    if report.websocket_close_sent > 0 {
+        writeln!(
+            out,
+            "  websockets: {} client(s) got a close frame (1001, going away) and left (counted in finished on their own)",
+            report.websocket_close_sent
+        )?;
+    }
     if report.unknown_owner > 0 {
         writeln!(
             out,

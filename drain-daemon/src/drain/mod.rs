@@ -420,6 +420,7 @@ pub async fn drain(
     tally.steered = steering.steered_connections();
     tally.unknown_owner = ownership.unknown_owner();
     tally.connection_close_sent = close_http.as_ref().map_or(0, CloseHttp::rewritten);
+    tally.websocket_close_sent = close_http.as_ref().map_or(0, CloseHttp::websockets_closed);
     tally.client_pauses = last
         .connections
         .iter()
