@@ -36,7 +36,7 @@ use tracing::debug;
 use crate::{
     inventory::Connection,
     pidfd::{self, PidfdError},
-    steer::PROGRAM_OBJECT,
+    steer::{counter, take_map, PROGRAM_OBJECT},
 };
 
 /// Why the rewriting could not be set up, or a connection not added to it.
@@ -79,12 +79,7 @@ impl CloseHttp {
     pub fn load() -> Result<Self, CloseHttpError> {
         let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT)?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(CloseHttpError::Map {
-                name,
-                source: MapError::InvalidName {
-                    name: name.to_string(),
-                },
-            })
+            take_map(ebpf, name).map_err(|source| CloseHttpError::Map { name, source })
         };
         let map_error = |name| move |source| CloseHttpError::Map { name, source };
         let sockets = SockHash::<MapData, u64>::try_from(take(&mut ebpf, CLOSE_SOCKETS_MAP)?)
@@ -176,19 +171,12 @@ impl CloseHttp {
 
     /// Responses that `Connection: close` was written into so far, summed over CPUs.
     pub fn rewritten(&self) -> u64 {
-        self.count(COUNT_CLOSE_INJECTED)
+        counter(&self.counts, COUNT_CLOSE_INJECTED)
     }
 
     /// Websocket connections sent a close frame (1001, going away) so far.
     pub fn websockets_closed(&self) -> u64 {
-        self.count(COUNT_WEBSOCKET_CLOSED)
-    }
-
-    fn count(&self, index: u32) -> u64 {
-        self.counts
-            .get(&index, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        counter(&self.counts, COUNT_WEBSOCKET_CLOSED)
     }
 }
 

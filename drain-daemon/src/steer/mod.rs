@@ -206,10 +206,7 @@ impl Steering {
     }
 
     fn count(&self, index: u32) -> u64 {
-        self.counts
-            .get(&index, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        counter(&self.counts, index)
     }
 
     /// Hands new connections to these listeners (descriptors duplicated into this
@@ -271,6 +268,23 @@ fn replace_sockets<T: BorrowMut<MapData>>(
         let _ = map.remove(&slot);
     }
     Ok(())
+}
+
+/// Takes map `name` out of a loaded object (each of the object's programs' loaders owns
+/// the maps it uses).
+pub(crate) fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> Result<Map, MapError> {
+    ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
+        name: name.to_string(),
+    })
+}
+
+/// Counter `index` of a program's `COUNTS` array, summed over CPUs (0 if unreadable:
+/// counts are for reports, never worth failing a drain).
+pub(crate) fn counter(counts: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counts
+        .get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
@@ -379,12 +393,7 @@ fn load_and_attach(
         }
     };
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-        ebpf.take_map(name).ok_or(SteerError::Map {
-            name,
-            source: MapError::InvalidName {
-                name: name.to_string(),
-            },
-        })
+        take_map(ebpf, name).map_err(|source| SteerError::Map { name, source })
     };
     let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
     let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
