@@ -62,14 +62,26 @@ pub enum CloseHttpError {
     Add(#[source] MapError),
 }
 
+/// Where a connection the drain tried to add stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Armed {
+    /// Could not be added (its socket not borrowed, or refused by the map).
+    Refused,
+    /// In the map, waiting for its next response; the key of its mark.
+    InMap([u32; 11]),
+    /// Taken out of the map after the program rewrote a response. Its mark stays until
+    /// it closes: a `sendmsg` that was already in the program when it was taken out
+    /// must still find it.
+    Released([u32; 11]),
+}
+
 /// The drain's connections whose next HTTP/1.x response gets `Connection: close`.
 pub struct CloseHttp {
     sockets: SockHash<MapData, u64>,
     done: HashMap<MapData, [u32; 11], u32>,
     counts: PerCpuArray<MapData, u64>,
-    /// Cookie -> key of the connections in `sockets`, and those taken out since the
-    /// program rewrote their response (value `None`), until they close.
-    armed: StdHashMap<u64, Option<[u32; 11]>>,
+    /// Every connection tried, by cookie, until it closes.
+    armed: StdHashMap<u64, Armed>,
     /// Holds the program, attached to `sockets`: dropping it detaches it.
     _ebpf: Ebpf,
 }
@@ -119,7 +131,8 @@ impl CloseHttp {
         let Some(owner) = &connection.owner else {
             return Ok(());
         };
-        self.armed.insert(connection.socket.id.cookie, None);
+        self.armed
+            .insert(connection.socket.id.cookie, Armed::Refused);
         let socket = pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket)
             .map_err(CloseHttpError::Borrow)?;
         let key = flow_key(&socket)?.to_words();
@@ -130,7 +143,7 @@ impl CloseHttp {
         self.sockets
             .insert(cookie, socket.as_fd(), 0)
             .map_err(CloseHttpError::Add)?;
-        self.armed.insert(cookie, Some(key));
+        self.armed.insert(cookie, Armed::InMap(key));
         Ok(())
     }
 
@@ -139,23 +152,20 @@ impl CloseHttp {
     /// (the kernel removes a closed socket from the map itself).
     pub fn retire(&mut self, open: impl Fn(u64) -> bool) {
         let mut released = 0;
-        for (cookie, key) in &mut self.armed {
-            let Some(words) = key else { continue };
-            if self.done.get(words, 0).is_ok() {
-                // Gone already when the socket closed meanwhile.
+        for (cookie, armed) in &mut self.armed {
+            let Armed::InMap(key) = *armed else { continue };
+            if self.done.get(&key, 0).is_ok() {
+                // Gone already if the socket closed meanwhile.
                 let _ = self.sockets.remove(cookie);
-                let _ = self.done.remove(words);
-                *key = None;
+                *armed = Armed::Released(key);
                 released += 1;
             }
         }
         let before = self.armed.len();
-        self.armed.retain(|cookie, key| {
+        self.armed.retain(|cookie, armed| {
             let keep = open(*cookie);
-            if !keep {
-                if let Some(words) = key {
-                    let _ = self.done.remove(words);
-                }
+            if let (false, Armed::InMap(key) | Armed::Released(key)) = (keep, armed) {
+                let _ = self.done.remove(key);
             }
             keep
         });
@@ -163,7 +173,11 @@ impl CloseHttp {
             debug!(
                 released,
                 closed = before - self.armed.len(),
-                armed = self.armed.values().filter(|k| k.is_some()).count(),
+                in_map = self
+                    .armed
+                    .values()
+                    .filter(|a| matches!(a, Armed::InMap(_)))
+                    .count(),
                 "Connection: close written"
             );
         }
