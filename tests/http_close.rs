@@ -216,4 +216,13 @@ fn connection_close_is_written_byte_exactly_into_http1_response_heads_only() {
         "{}",
         output.stdout
     );
+    // Every rewritten connection was found by its mark and taken out of the map: the
+    // drain computes the program's key (struct sk_msg_md's byte orders) the same way.
+    let log = output.stderr_text();
+    let released: usize = log
+        .lines()
+        .filter_map(|line| line.split("released=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(released, rewritten + 1, "log:\n{log}");
 }
