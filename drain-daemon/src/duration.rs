@@ -244,6 +244,7 @@ mod tests {
             accept_grace: Duration::ZERO,
             pid: None,
             successor_port: None,
+            no_connection_close: false,
         }
     }
 

@@ -4,7 +4,9 @@
 //! draining listener (eBPF sk_lookup), [`inventory`] lists and classifies what the
 //! listener still holds (sock_diag with TCP_INFO, procfs for owners), [`close`] closes
 //! idle connections gracefully from outside the owning process (borrowing its socket
-//! through [`pidfd`]), and [`drain`] is the state machine that runs them to a result.
+//! through [`pidfd`]), [`close_http`] asks busy HTTP/1.x clients to close (eBPF sk_msg
+//! writing `Connection: close`), and [`drain`] is the state machine that runs them to a
+//! result.
 //! [`status`] reports what ports hold and which drains run. [`cli`] is `drainctl`'s
 //! command line; [`daemon`] is `drain-daemon`, serving
 //! `drainctl` through the [`control`] API, and pods with no capability through its pod
@@ -20,6 +22,7 @@ pub mod announce;
 pub mod capabilities;
 pub mod cli;
 pub mod close;
+pub mod close_http;
 pub mod control;
 pub mod daemon;
 pub mod drain;

@@ -1,4 +1,6 @@
-//! The sk_lookup program that takes new connections away from a draining listener.
+//! The sk_lookup program that takes new connections away from a draining listener
+//! (`program.rs`), and the sk_msg program that asks HTTP/1.x clients of a draining
+//! server to close (`close_http.rs`). The rest of this paragraph is the sk_lookup one.
 //!
 //! sk_lookup runs when the kernel looks for the listening socket of an incoming SYN
 //! (Linux 5.9+). For the port under drain, if one of the draining listeners would match
@@ -16,6 +18,8 @@
 //! when the draining listener closes, whatever happened to the process that set it up.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod close_http;
 #[cfg(target_arch = "bpf")]
 mod program;
 

@@ -29,7 +29,7 @@ const NO_REUSEPORT: u64 = 2;
 static DRAIN_PORT: Global<u16> = Global::new(0);
 
 #[map(name = "COUNTS")]
-static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 /// `drain_common::V6ONLY_MAP`: 1 where the draining listener in the same slot is an
 /// IPv6-only socket (`bpf_sock` does not carry `IPV6_V6ONLY`).
@@ -213,7 +213,7 @@ fn listener_accepts(listener: &bpf_sock, v6only: bool, destination: &Destination
     }
 }
 
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(count) = COUNTS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot: no other CPU writes it, and the program is not
         // preempted on this one while it runs.

@@ -216,6 +216,11 @@ pub struct DrainArgs {
     #[arg(long, value_name = "P", allow_hyphen_values = true,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub successor_port: Option<u16>,
+    /// Never write `Connection: close` into the HTTP/1.x responses of busy connections,
+    /// nor websocket close frames (close them only between requests, as for other
+    /// protocols).
+    #[arg(long)]
+    pub no_connection_close: bool,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -247,6 +252,7 @@ impl DrainArgs {
             accept_grace: self.accept_grace,
             pid: self.pid,
             successor_port: self.successor_port,
+            no_connection_close: self.no_connection_close,
         }
     }
 }

@@ -177,6 +177,20 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
         report.refused_connections,
         report.steered_connections
     )?;
+    if report.connection_close_sent > 0 {
+        writeln!(
+            out,
+            "  asked to close: {} HTTP/1.x client(s) got `Connection: close` on a response and left (counted in finished on their own)",
+            report.connection_close_sent
+        )?;
+    }
+    if report.websocket_close_sent > 0 {
+        writeln!(
+            out,
+            "  websockets: {} client(s) got a close frame (1001, going away) and left (counted in finished on their own)",
+            report.websocket_close_sent
+        )?;
+    }
     if report.unknown_owner > 0 {
         writeln!(
             out,

@@ -45,6 +45,7 @@ use crate::{
     announce::Announcer,
     capabilities,
     close::{self, close_when, send_fin, CloseMethod, CloseOutcome, When},
+    close_http::CloseHttp,
     inventory::{owners, Connection, Inventory, InventoryError, Listener, PortInventory, Rhythm},
     netns,
     pidfd::{self, PidfdError},
@@ -89,6 +90,10 @@ pub struct DrainPlan {
     /// the successors are the drained port's other listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor_port: Option<u16>,
+    /// Never write `Connection: close` into HTTP/1.x responses ([`crate::close_http`]):
+    /// busy connections are then closed at their boundaries only.
+    #[serde(default)]
+    pub no_connection_close: bool,
 }
 
 impl DrainPlan {
@@ -363,6 +368,11 @@ pub async fn drain_scoped(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
+    let mut close_http = if plan.no_connection_close {
+        None
+    } else {
+        blocking::run(load_close_http)
+    };
     let mut failed_scans = 0;
     let mut scanner = Some(Box::new(Scanner {
         inventory,
@@ -440,6 +450,9 @@ pub async fn drain_scoped(
         let snapshot = scan.ours;
         tally.observe(&snapshot);
         rhythms.observe(&snapshot, scanned_at);
+        if let Some(close_http) = &mut close_http {
+            blocking::run(|| ask_http_clients_to_close(close_http, &snapshot));
+        }
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             last = snapshot;
             break (Outcome::Drained, None);
@@ -508,6 +521,8 @@ pub async fn drain_scoped(
     }
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
+    tally.connection_close_sent = close_http.as_ref().map_or(0, CloseHttp::rewritten);
+    tally.websocket_close_sent = close_http.as_ref().map_or(0, CloseHttp::websockets_closed);
     tally.client_pauses = last
         .connections
         .iter()
@@ -551,6 +566,36 @@ pub async fn drain_scoped(
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
     report.successors = successors.len().try_into().unwrap_or(u32::MAX);
     Ok(report)
+}
+
+/// The `Connection: close` rewriting, or `None` (said once) where the kernel refuses
+/// sk_msg programs: the drain then closes busy connections at their boundaries only.
+fn load_close_http() -> Option<CloseHttp> {
+    CloseHttp::load()
+        .inspect_err(|err| {
+            warn!("cannot ask HTTP/1.x clients to close (`Connection: close`): {err}; back-to-back clients are left to the deadline")
+        })
+        .ok()
+}
+
+/// Adds the busy connections not seen before to the rewriting, and takes out those
+/// whose response was rewritten. Idle ones are closed gracefully anyway; a connection
+/// that cannot be added (a kTLS socket, its owner gone) is left to the boundaries.
+fn ask_http_clients_to_close(close_http: &mut CloseHttp, snapshot: &PortInventory) {
+    let open: HashSet<u64> = snapshot
+        .connections
+        .iter()
+        .map(|c| c.socket.id.cookie)
+        .collect();
+    close_http.retire(|cookie| open.contains(&cookie));
+    for connection in snapshot.in_flight() {
+        if close_http.is_armed(connection) {
+            continue;
+        }
+        if let Err(err) = close_http.arm(connection) {
+            debug!(peer = %connection.socket.id.remote, "not asking for Connection: close: {err}");
+        }
+    }
 }
 
 /// Passes in a row whose scan may fail before the drain gives up (with the default poll
@@ -929,6 +974,7 @@ mod tests {
             accept_grace: Duration::from_secs(5),
             pid: None,
             successor_port: None,
+            no_connection_close: false,
         };
         let later = plan.after(Duration::from_secs(3));
         assert_eq!(later.accept_grace, Duration::from_secs(2));

@@ -59,6 +59,14 @@ pub struct DrainReport {
     /// Connections that closed without the drain closing them (finished requests,
     /// clients leaving).
     pub finished_on_their_own: u64,
+    /// Responses (one per connection) into which the drain wrote `Connection: close`,
+    /// so their HTTP/1.x clients closed after reading them ([`crate::close_http`]).
+    #[serde(default)]
+    pub connection_close_sent: u64,
+    /// Plaintext websocket connections sent a close frame (1001, going away) after a
+    /// message of their server, so their clients closed them.
+    #[serde(default)]
+    pub websocket_close_sent: u64,
     /// With `--force`: connections still open at the deadline that were shut down (FIN).
     pub forced_gracefully: u64,
     /// With `--force`: connections (and queued ones) reset after the force grace.
@@ -121,6 +129,8 @@ pub(super) struct Tally {
     pub(super) forced_abortively: u64,
     pub(super) steered: u64,
     pub(super) unknown_owner: u64,
+    pub(super) connection_close_sent: u64,
+    pub(super) websocket_close_sent: u64,
     /// What the drain learned of its connections' clients, for the report's remaining.
     pub(super) client_pauses: HashMap<u64, Duration>,
 }
@@ -210,6 +220,8 @@ impl Tally {
             closed_at_boundary: self.closed_at_boundary,
             closed_at_boundary_abortively: self.closed_at_boundary_abortively,
             finished_on_their_own,
+            connection_close_sent: self.connection_close_sent,
+            websocket_close_sent: self.websocket_close_sent,
             forced_gracefully: self.forced_gracefully,
             forced_abortively: self.forced_abortively,
             refused_connections,

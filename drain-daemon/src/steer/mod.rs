@@ -47,7 +47,8 @@ use self::pins::{PinRoot, PortDir};
 use crate::netns::{self, Netns};
 
 /// The sk_lookup program, built by this crate's build script.
-static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
+pub(crate) static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drain-ebpf"));
 
 /// Why steering could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
@@ -222,10 +223,7 @@ impl Steering {
     }
 
     fn count(&self, index: u32) -> u64 {
-        self.counts
-            .get(&index, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        counter(&self.counts, index)
     }
 
     /// Hands new connections to these listeners (descriptors duplicated into this
@@ -323,6 +321,23 @@ fn is_v6only(socket: &BorrowedFd<'_>) -> Result<bool, SteerError> {
         Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOPROTOOPT) => Ok(false),
         Err(errno) => Err(SteerError::V6Only(errno.into())),
     }
+}
+
+/// Takes map `name` out of a loaded object (each of the object's programs' loaders owns
+/// the maps it uses).
+pub(crate) fn take_map(ebpf: &mut aya::Ebpf, name: &str) -> Result<Map, MapError> {
+    ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
+        name: name.to_string(),
+    })
+}
+
+/// Counter `index` of a program's `COUNTS` array, summed over CPUs (0 if unreadable:
+/// counts are for reports, never worth failing a drain).
+pub(crate) fn counter(counts: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counts
+        .get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
@@ -435,12 +450,7 @@ fn load_and_attach(
         }
     };
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-        ebpf.take_map(name).ok_or(SteerError::Map {
-            name,
-            source: MapError::InvalidName {
-                name: name.to_string(),
-            },
-        })
+        take_map(ebpf, name).map_err(|source| SteerError::Map { name, source })
     };
     let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
     let mut v6only_map = take(&mut ebpf, V6ONLY_MAP)?;

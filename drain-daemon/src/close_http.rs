@@ -1,0 +1,244 @@
+//! Asking HTTP/1.x clients to close: `Connection: close` written into the next response.
+//!
+//! A client that sends its next request the instant it reads an answer leaves no moment
+//! in which a close from outside is safe ([`crate::drain`]'s boundaries need a pause).
+//! nginx ends such connections itself on a graceful stop by answering the last request
+//! with `Connection: close`: the client reads the whole response, closes, and sends its
+//! next request on a new connection (to the successor). The drain does the same from
+//! outside: it borrows the server's socket ([`crate::pidfd`], identity checked by cookie)
+//! and puts it in a SOCKHASH with the sk_msg program of drain-ebpf (`close_http.rs`),
+//! which inserts the header after the status line of the next final HTTP/1.x response,
+//! once, and lets everything else through untouched (TLS, HTTP/2, other protocols,
+//! bodies). The connection then ends on its own when the client closes it. A plaintext
+//! websocket's next server message gets a close frame (1001, going away) instead.
+//!
+//! The map is never pinned: when the drain ends (or dies), the map goes and the kernel
+//! gives every socket in it back its normal send path.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, OwnedFd},
+};
+
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    programs::{ProgramError, SkMsg},
+    Ebpf, EbpfLoader,
+};
+use drain_common::{
+    FlowKey, CLOSE_DONE_MAP, CLOSE_PROGRAM_NAME, CLOSE_SOCKETS_MAP, COUNTS_MAP,
+    COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED,
+};
+use rustix::net::{getpeername, getsockname};
+use tracing::debug;
+
+use crate::{
+    inventory::Connection,
+    pidfd::{self, PidfdError},
+    steer::{counter, take_map, PROGRAM_OBJECT},
+};
+
+/// Why the rewriting could not be set up, or a connection not added to it.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseHttpError {
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("sk_msg program (BPF_PROG_LOAD / BPF_PROG_ATTACH; needs CONFIG_NET_SOCK_MSG): {0}")]
+    Program(#[source] ProgramError),
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("borrowing the connection's socket: {0}")]
+    Borrow(#[source] PidfdError),
+    #[error("reading the borrowed socket's addresses (getsockname/getpeername): {0}")]
+    Addresses(#[source] rustix::io::Errno),
+    #[error(
+        "adding the socket to the sk_msg map (BPF_MAP_UPDATE_ELEM; a kTLS socket is refused): {0}"
+    )]
+    Add(#[source] MapError),
+}
+
+/// Where a connection the drain tried to add stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Armed {
+    /// Could not be added (its socket not borrowed, or refused by the map).
+    Refused,
+    /// In the map, waiting for its next response; the key of its mark.
+    InMap([u32; 11]),
+    /// Taken out of the map after the program rewrote a response. Its mark stays until
+    /// it closes: a `sendmsg` that was already in the program when it was taken out
+    /// must still find it.
+    Released([u32; 11]),
+}
+
+/// The drain's connections whose next HTTP/1.x response gets `Connection: close`.
+pub struct CloseHttp {
+    sockets: SockHash<MapData, u64>,
+    done: HashMap<MapData, [u32; 11], u32>,
+    counts: PerCpuArray<MapData, u64>,
+    /// Every connection tried, by cookie, until it closes.
+    armed: StdHashMap<u64, Armed>,
+    /// Holds the program, attached to `sockets`: dropping it detaches it.
+    _ebpf: Ebpf,
+}
+
+impl CloseHttp {
+    /// Loads the sk_msg program and attaches it to a fresh, empty map.
+    pub fn load() -> Result<Self, CloseHttpError> {
+        let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT)?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            take_map(ebpf, name).map_err(|source| CloseHttpError::Map { name, source })
+        };
+        let map_error = |name| move |source| CloseHttpError::Map { name, source };
+        let sockets = SockHash::<MapData, u64>::try_from(take(&mut ebpf, CLOSE_SOCKETS_MAP)?)
+            .map_err(map_error(CLOSE_SOCKETS_MAP))?;
+        let done = HashMap::try_from(take(&mut ebpf, CLOSE_DONE_MAP)?)
+            .map_err(map_error(CLOSE_DONE_MAP))?;
+        let counts =
+            PerCpuArray::try_from(take(&mut ebpf, COUNTS_MAP)?).map_err(map_error(COUNTS_MAP))?;
+        let program: &mut SkMsg = ebpf
+            .program_mut(CLOSE_PROGRAM_NAME)
+            .ok_or(CloseHttpError::Program(ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(CloseHttpError::Program)?;
+        program.load().map_err(CloseHttpError::Program)?;
+        program
+            .attach(sockets.fd())
+            .map_err(CloseHttpError::Program)?;
+        Ok(Self {
+            sockets,
+            done,
+            counts,
+            armed: StdHashMap::new(),
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Whether `connection` was tried already (added, or refused) and is still open.
+    pub fn is_armed(&self, connection: &Connection) -> bool {
+        self.armed.contains_key(&connection.socket.id.cookie)
+    }
+
+    /// Adds `connection` so its next HTTP/1.x response says `Connection: close`. Its
+    /// socket is borrowed from its owner and checked to be that very connection first.
+    /// Tried once per connection: one that fails (a kTLS socket the map refuses) is not
+    /// borrowed again every pass.
+    pub fn arm(&mut self, connection: &Connection) -> Result<(), CloseHttpError> {
+        let Some(owner) = &connection.owner else {
+            return Ok(());
+        };
+        self.armed
+            .insert(connection.socket.id.cookie, Armed::Refused);
+        let socket = pidfd::duplicate_socket(owner.pid, owner.fd, &connection.socket)
+            .map_err(CloseHttpError::Borrow)?;
+        let key = flow_key(&socket)?.to_words();
+        let cookie = connection.socket.id.cookie;
+        // A key left by an earlier connection with the same addresses must not stop
+        // this one's rewrite.
+        let _ = self.done.remove(&key);
+        self.sockets
+            .insert(cookie, socket.as_fd(), 0)
+            .map_err(CloseHttpError::Add)?;
+        self.armed.insert(cookie, Armed::InMap(key));
+        Ok(())
+    }
+
+    /// Takes the connections whose response was rewritten out of the map, so nothing
+    /// they send later goes through the program, and forgets those no longer `open`
+    /// (the kernel removes a closed socket from the map itself).
+    pub fn retire(&mut self, open: impl Fn(u64) -> bool) {
+        let mut released = 0;
+        for (cookie, armed) in &mut self.armed {
+            let Armed::InMap(key) = *armed else { continue };
+            if self.done.get(&key, 0).is_ok() {
+                // Gone already if the socket closed meanwhile.
+                let _ = self.sockets.remove(cookie);
+                *armed = Armed::Released(key);
+                released += 1;
+            }
+        }
+        let before = self.armed.len();
+        self.armed.retain(|cookie, armed| {
+            let keep = open(*cookie);
+            if let (false, Armed::InMap(key) | Armed::Released(key)) = (keep, armed) {
+                let _ = self.done.remove(key);
+            }
+            keep
+        });
+        if released > 0 || before != self.armed.len() {
+            debug!(
+                released,
+                closed = before - self.armed.len(),
+                in_map = self
+                    .armed
+                    .values()
+                    .filter(|a| matches!(a, Armed::InMap(_)))
+                    .count(),
+                "Connection: close written"
+            );
+        }
+    }
+
+    /// Responses that `Connection: close` was written into so far, summed over CPUs.
+    pub fn rewritten(&self) -> u64 {
+        counter(&self.counts, COUNT_CLOSE_INJECTED)
+    }
+
+    /// Websocket connections sent a close frame (1001, going away) so far.
+    pub fn websockets_closed(&self) -> u64 {
+        counter(&self.counts, COUNT_WEBSOCKET_CLOSED)
+    }
+}
+
+/// The connection as the sk_msg program sees it (`struct sk_msg_md`), read from the
+/// borrowed socket itself so a dual-stack socket's v4-mapped addresses come out as the
+/// kernel has them.
+fn flow_key(socket: &OwnedFd) -> Result<FlowKey, CloseHttpError> {
+    let local = SocketAddr::try_from(getsockname(socket).map_err(CloseHttpError::Addresses)?)
+        .map_err(|_| CloseHttpError::Addresses(rustix::io::Errno::AFNOSUPPORT))?;
+    let remote = getpeername(socket)
+        .map_err(CloseHttpError::Addresses)?
+        .and_then(|addr| SocketAddr::try_from(addr).ok())
+        .ok_or(CloseHttpError::Addresses(rustix::io::Errno::NOTCONN))?;
+    Ok(key_of(local, remote))
+}
+
+/// `sk_msg_md`'s encoding: addresses in network byte order, the remote port in network
+/// byte order shifted into the upper half (little-endian hosts), the local port in host
+/// byte order.
+fn key_of(local: SocketAddr, remote: SocketAddr) -> FlowKey {
+    let words = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        }
+    };
+    let family = match local {
+        SocketAddr::V4(_) => 2,
+        SocketAddr::V6(_) => 10,
+    };
+    FlowKey {
+        family,
+        remote_port: remote_port_word(remote.port()),
+        local_port: u32::from(local.port()),
+        remote_ip: words(remote.ip()),
+        local_ip: words(local.ip()),
+    }
+}
+
+#[cfg(target_endian = "little")]
+fn remote_port_word(port: u16) -> u32 {
+    u32::from(port.to_be()) << 16
+}
+
+#[cfg(target_endian = "big")]
+fn remote_port_word(port: u16) -> u32 {
+    u32::from(port)
+}
