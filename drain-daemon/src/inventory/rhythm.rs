@@ -26,6 +26,14 @@
 //!   0.5 s, answered in microseconds) show up this way only: their requests are never
 //!   caught being served.
 //!
+//! A response written in pieces (a stream, a page flushed as it is rendered) looks
+//! answered between two pieces. A scan that finds more of it sent, with no new request,
+//! after an earlier scan had found it answered marks it **streamed**: the connection is
+//! not at a boundary again before its next request. The close re-checks the same on its
+//! fresh read (`crate::close`): data sent since the scan without a request is a response
+//! still being written. Only the first piece's gap, before any scan saw more follow, is
+//! not told from a complete answer.
+//!
 //! A connection whose requests are all answered and delivered (rules 1 to 4 of
 //! `classify` do not hold) is **at a boundary** when its next request is due, by the
 //! earlier of the two estimates, no sooner than a safety margin from now: a quarter of
@@ -56,6 +64,12 @@ pub struct Rhythm {
     pauses: Samples,
     intervals: Samples,
     last_arrival: Option<Instant>,
+    /// The latest request's arrival and the data segments sent when a scan first found
+    /// it answered.
+    answered_with: Option<(Instant, u32)>,
+    /// The arrival of a request whose answer went on after a scan had found it answered:
+    /// a streamed response, never at a boundary until the next request.
+    streamed: Option<Instant>,
 }
 
 /// The smallest of a set of millisecond samples, and how many there were.
@@ -112,6 +126,23 @@ impl Rhythm {
             }
             _ => self.last_arrival = Some(arrival),
         }
+        if let (Some(arrival), true) = (self.last_arrival, answered(activity)) {
+            match self.answered_with {
+                Some((answered, segs_out)) if answered == arrival => {
+                    if info.data_segs_out > segs_out {
+                        self.streamed = Some(arrival);
+                    }
+                }
+                _ => self.answered_with = Some((arrival, info.data_segs_out)),
+            }
+        }
+    }
+
+    /// Whether the latest request's answer is streamed: the server sent more of it after
+    /// a scan had found it answered (a response written in pieces looks answered
+    /// between two of them).
+    pub fn streaming(&self) -> bool {
+        self.streamed.is_some() && self.streamed == self.last_arrival
     }
 
     /// How long until the connection's next request is due, by the earlier estimate,
@@ -159,8 +190,10 @@ impl Rhythm {
         activity: Activity,
         max_scan_gap: Duration,
     ) -> bool {
-        self.next_request_due(socket, activity, max_scan_gap)
-            .is_some_and(|(due, estimate)| due >= (estimate / 4).max(MIN_MARGIN))
+        !self.streaming()
+            && self
+                .next_request_due(socket, activity, max_scan_gap)
+                .is_some_and(|(due, estimate)| due >= (estimate / 4).max(MIN_MARGIN))
     }
 
     /// The client's shortest request interval, once known (proven or not).
@@ -308,6 +341,32 @@ mod tests {
         assert!(at_boundary(&rhythm, &socket(30, 30, 4, 4)));
         // 430 ms after: 70 ms left, under a quarter of 500.
         assert!(!at_boundary(&rhythm, &socket(430, 430, 4, 4)));
+    }
+
+    #[test]
+    fn a_streamed_response_after_a_learned_rhythm_is_no_boundary_until_the_next_request() {
+        let mut rhythm = Rhythm::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Short answers after 100 ms pauses: learned.
+        observe(&mut rhythm, &socket(30, 130, 2, 1), at(0));
+        observe(&mut rhythm, &socket(10, 110, 3, 2), at(200));
+        // The next request (arrived at 400 ms) gets a stream: the first scan finds it
+        // answered a moment ago, as a short answer would be...
+        observe(&mut rhythm, &socket(20, 10, 4, 4), at(420));
+        assert!(!rhythm.streaming());
+        // ...the next finds more of it sent since, and no new request.
+        let between_chunks = socket(120, 10, 4, 5);
+        observe(&mut rhythm, &between_chunks, at(520));
+        assert!(rhythm.streaming());
+        assert!(!at_boundary(&rhythm, &between_chunks));
+        observe(&mut rhythm, &socket(220, 10, 4, 6), at(620));
+        assert!(rhythm.streaming());
+        // The stream ended; the client's next request (at 900 ms) gets a short answer.
+        let after_next = socket(10, 5, 5, 7);
+        observe(&mut rhythm, &after_next, at(910));
+        assert!(!rhythm.streaming());
+        assert!(at_boundary(&rhythm, &after_next));
     }
 
     #[test]
