@@ -543,16 +543,10 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
     let log = tools.log(&format!("server-{role}"))?;
     let mut command = match cell.server {
         Server::Nginx => {
-            let prefix = nginx_prefix(&tools.work.join(format!("nginx-{role}")))?;
-            let mut command = Command::new("nginx");
-            command
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(prefix.join("nginx.conf"))
-                .arg("-e")
-                .arg(prefix.join("error.log"));
-            command
+            let prefix = tools.work.join(format!("nginx-{role}"));
+            let prefix = drain_tests::nginx::proxy_prefix(&prefix, PORT, BACKEND_PORT)
+                .with_context(|| format!("write the nginx prefix {}", prefix.display()))?;
+            drain_tests::nginx::command(Path::new("nginx"), &prefix)
         }
         Server::Go | Server::HaproxyGo => {
             let mut command = Command::new(&tools.go_server);
@@ -572,26 +566,6 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
         }
     };
     ServerProcess::spawn(&mut command, log)
-}
-
-/// Writes an nginx prefix: one worker, `reuseport` on [`PORT`], keep-alive to the demo
-/// server on [`BACKEND_PORT`], no access log. Returns the prefix.
-fn nginx_prefix(prefix: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(prefix.join("logs"))
-        .with_context(|| format!("create {}", prefix.display()))?;
-    let dir = prefix.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n\
-         \x20 upstream app {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}\n\
-         \x20 server {{\n    listen 127.0.0.1:{PORT} reuseport;\n    keepalive_requests 100000;\n\
-         \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; \
-         proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
-    );
-    let path = prefix.join("nginx.conf");
-    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
-    Ok(prefix.to_path_buf())
 }
 
 /// Waits until `ss` lists at least `n` TCP listeners on `port`.
