@@ -16,7 +16,7 @@
 //! (more of an answer is a stream still being written); a request that arrived since
 //! the scan is served.
 
-use std::{os::fd::AsFd as _, time::Duration};
+use std::os::fd::AsFd as _;
 
 use rustix::net::{shutdown, Shutdown};
 use tracing::{debug, warn};
@@ -69,10 +69,7 @@ pub enum When<'a> {
     Idle,
     /// It is idle, or between a response and its client's next request with enough of
     /// the pause left ([`Rhythm::at_boundary`]).
-    AtBoundary {
-        rhythm: &'a Rhythm,
-        max_scan_gap: Duration,
-    },
+    AtBoundary { rhythm: &'a Rhythm },
 }
 
 impl When<'_> {
@@ -81,12 +78,9 @@ impl When<'_> {
     fn allows_busy(self, scanned: &TcpSocket, socket: &TcpSocket, busy: Busy) -> bool {
         match self {
             When::Idle => false,
-            When::AtBoundary {
-                rhythm,
-                max_scan_gap,
-            } => {
+            When::AtBoundary { rhythm } => {
                 !answer_went_on(scanned, socket)
-                    && rhythm.at_boundary(socket, Activity::InFlight(busy), max_scan_gap)
+                    && rhythm.at_boundary(socket, Activity::InFlight(busy))
             }
         }
     }

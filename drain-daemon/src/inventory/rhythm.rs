@@ -20,9 +20,12 @@
 //! - **Interval**: the arrival time of the latest request (scan time minus
 //!   `last_data_recv`) changes between scans by the client's request interval, provided
 //!   no request came and went unseen between two scans. That holds when the interval is
-//!   longer than the longest gap between scans, and the samples prove it when the
-//!   smallest of them is at least twice that gap: with a shorter interval every change
-//!   seen would be under the gap plus the interval. Heartbeats (a websocket ping every
+//!   longer than the gaps between the scans, and the samples prove it when the smallest
+//!   of them is at least twice the longest gap between the scans it spans: with a
+//!   shorter interval every change seen would be under the gap plus the interval. Each
+//!   sample is judged by its own scans, so one slow pass on a loaded host (measured
+//!   here: 291 ms against the usual 100) does not keep every later sample from proving
+//!   the rhythm, as a drain-wide longest gap did. Heartbeats (a websocket ping every
 //!   0.5 s, answered in microseconds) show up this way only: their requests are never
 //!   caught being served.
 //!
@@ -63,6 +66,11 @@ const SAME_ARRIVAL: Duration = Duration::from_millis(5);
 pub struct Rhythm {
     pauses: Samples,
     intervals: Samples,
+    /// Whether the smallest interval sample was at least twice the longest gap between
+    /// the scans it spans ([module documentation](self)).
+    interval_proven: bool,
+    /// The longest gap between scans since the latest request arrival was first seen.
+    gap_since_arrival: Duration,
     last_arrival: Option<Instant>,
     /// The latest request's arrival and the data segments sent when a scan first found
     /// it answered.
@@ -95,8 +103,16 @@ impl Samples {
 }
 
 impl Rhythm {
-    /// Learns from one scan of the connection, taken at `scanned_at`.
-    pub fn observe(&mut self, socket: &TcpSocket, activity: Activity, scanned_at: Instant) {
+    /// Learns from one scan of the connection, taken at `scanned_at`, `scan_gap` after
+    /// the scan before it.
+    pub fn observe(
+        &mut self,
+        socket: &TcpSocket,
+        activity: Activity,
+        scanned_at: Instant,
+        scan_gap: Duration,
+    ) {
+        self.gap_since_arrival = self.gap_since_arrival.max(scan_gap);
         let Some(info) = socket.info else {
             return;
         };
@@ -119,12 +135,21 @@ impl Rhythm {
         match self.last_arrival {
             Some(last) if arrival <= last + SAME_ARRIVAL && last <= arrival + SAME_ARRIVAL => {}
             Some(last) if arrival > last => {
-                let interval = arrival - last;
-                self.intervals
-                    .add(interval.as_millis().try_into().unwrap_or(u32::MAX));
+                let interval: u32 = (arrival - last).as_millis().try_into().unwrap_or(u32::MAX);
+                let proven = u128::from(interval) >= 2 * self.gap_since_arrival.as_millis();
+                if self.intervals.count == 0 || interval < self.intervals.min_ms {
+                    self.interval_proven = proven;
+                } else if interval == self.intervals.min_ms {
+                    self.interval_proven |= proven;
+                }
+                self.intervals.add(interval);
                 self.last_arrival = Some(arrival);
+                self.gap_since_arrival = Duration::ZERO;
             }
-            _ => self.last_arrival = Some(arrival),
+            _ => {
+                self.last_arrival = Some(arrival);
+                self.gap_since_arrival = Duration::ZERO;
+            }
         }
         if let (Some(arrival), true) = (self.last_arrival, answered(activity)) {
             match self.answered_with {
@@ -147,13 +172,12 @@ impl Rhythm {
 
     /// How long until the connection's next request is due, by the earlier estimate,
     /// and that estimate; `None` unless the connection has answered everything and its
-    /// rhythm is known. `max_scan_gap` is the longest time between two scans so far: the
-    /// interval samples count only when they are at least twice as long.
+    /// rhythm is known. The interval samples count only when the smallest of them is at
+    /// least twice the longest gap between the scans it spans.
     pub fn next_request_due(
         &self,
         socket: &TcpSocket,
         activity: Activity,
-        max_scan_gap: Duration,
     ) -> Option<(Duration, Duration)> {
         if !answered(activity) {
             return None;
@@ -163,10 +187,7 @@ impl Rhythm {
             .pauses
             .estimate()
             .map(|pause| (i64::from(pause) - i64::from(info.last_data_sent_ms), pause));
-        let proven_intervals = self
-            .intervals
-            .estimate()
-            .filter(|&interval| u128::from(interval) >= 2 * max_scan_gap.as_millis());
+        let proven_intervals = self.intervals.estimate().filter(|_| self.interval_proven);
         let after_interval = proven_intervals.map(|interval| {
             (
                 i64::from(interval) - i64::from(info.last_data_recv_ms),
@@ -184,15 +205,10 @@ impl Rhythm {
 
     /// Whether the connection is between a response and its next request with enough
     /// time left to close it ([module documentation](self)).
-    pub fn at_boundary(
-        &self,
-        socket: &TcpSocket,
-        activity: Activity,
-        max_scan_gap: Duration,
-    ) -> bool {
+    pub fn at_boundary(&self, socket: &TcpSocket, activity: Activity) -> bool {
         !self.streaming()
             && self
-                .next_request_due(socket, activity, max_scan_gap)
+                .next_request_due(socket, activity)
                 .is_some_and(|(due, estimate)| due >= (estimate / 4).max(MIN_MARGIN))
     }
 
@@ -256,12 +272,13 @@ mod tests {
         classify::tests::socket(0, 0, Some(info))
     }
 
+    /// A scan `SCAN_GAP` after the one before.
     fn observe(rhythm: &mut Rhythm, socket: &TcpSocket, at: Instant) {
-        rhythm.observe(socket, classify(socket, QUIET), at);
+        rhythm.observe(socket, classify(socket, QUIET), at, SCAN_GAP);
     }
 
     fn at_boundary(rhythm: &Rhythm, socket: &TcpSocket) -> bool {
-        rhythm.at_boundary(socket, classify(socket, QUIET), SCAN_GAP)
+        rhythm.at_boundary(socket, classify(socket, QUIET))
     }
 
     #[test]
@@ -367,6 +384,28 @@ mod tests {
         observe(&mut rhythm, &after_next, at(910));
         assert!(!rhythm.streaming());
         assert!(at_boundary(&rhythm, &after_next));
+    }
+
+    #[test]
+    fn one_slow_scan_does_not_keep_heartbeats_from_being_learned_afterwards() {
+        let mut rhythm = Rhythm::default();
+        let t0 = Instant::now();
+        // A ping every 500 ms; scans every 100 ms but for one 300 ms gap (a slow pass on
+        // a loaded host) early on: the interval it spans proves nothing, the later ones do.
+        let mut now_ms = 30u32;
+        for scan in 0..16u32 {
+            let gap = if scan == 2 { 300 } else { 100 };
+            now_ms += gap;
+            let since_ping = now_ms % 500;
+            let heartbeat = socket(since_ping, since_ping, 1 + now_ms / 500, 1 + now_ms / 500);
+            rhythm.observe(
+                &heartbeat,
+                classify(&heartbeat, QUIET),
+                t0 + Duration::from_millis(now_ms.into()),
+                Duration::from_millis(gap.into()),
+            );
+        }
+        assert!(at_boundary(&rhythm, &socket(30, 30, 9, 9)));
     }
 
     #[test]
