@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use drain_tests::{hey, run_drainctl, start_server, EventReader, HeyRun, Netns};
+use drain_tests::{
+    hey, nginx, run_drainctl, spawn_drainctl, start_server, systemd::require_tool, ChildGuard,
+    Closed, EventReader, HeyRun, KeepAliveClient, Netns,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -182,4 +185,118 @@ fn back_to_back_clients_are_asked_to_close_and_lose_nothing() {
     assert!(run.report["remaining"].as_array().unwrap().is_empty());
     assert_eq!(run.report["closed_abortively"], 0, "{}", run.report);
     assert_answered_all_it_read(&run.old_events);
+}
+
+/// A keep-alive client whose short answers taught the drain its rhythm, then fetches a
+/// streamed response: between two pieces the stream looks answered, and a close there
+/// cuts it where the server watches its client while answering. nginx does (measured:
+/// a read side shut down mid-stream ends its proxied response after 4 of 20 KiB). With
+/// the batch schedule below the drain may close this connection only from about 4 s on,
+/// in the middle of a 4 s stream that its passes have seen going on: the stream must
+/// arrive whole, and the connection be closed after it, between two short requests.
+#[test]
+fn a_streamed_response_after_a_learned_rhythm_is_delivered_whole() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let Some(nginx) = require_tool("nginx") else {
+        return;
+    };
+    let (_backend, _backend_events, backend) = start_server(["--listen", "127.0.0.1:9000"]);
+    let proxy = start_nginx(&nginx, backend.port());
+    // Idle for the quiet period when the drain starts: the first batch (one connection)
+    // is spent on it, and the next comes 4 s later.
+    let mut idle = connect_when_listening("127.0.0.1:8080");
+    thread::sleep(Duration::from_millis(1200));
+    let mut client = connect_when_listening("127.0.0.1:8080");
+    let drain = spawn_drainctl([
+        "drain",
+        "--port",
+        "8080",
+        "--json",
+        "--batch",
+        "50",
+        "--interval",
+        "4s",
+    ]);
+    let started = Instant::now();
+    // Short answers 100 ms apart, then the stream (40 pieces 100 ms apart), then short
+    // answers until the drain closes the connection.
+    let short_until_closed = |client: &mut KeepAliveClient, until: Instant| -> bool {
+        while Instant::now() < until {
+            if client.wait_closed(Duration::from_millis(100)) == Closed::Eof {
+                return true;
+            }
+            let answer = client
+                .request("GET", "/sleep/100", b"")
+                .expect("a short answer");
+            assert_eq!(answer.status, 200, "{answer:?}");
+        }
+        false
+    };
+    assert!(
+        !short_until_closed(&mut client, started + 2 * SECOND),
+        "the drain's first batch was the idle connection"
+    );
+    // The same pause before the stream: a request sent at once would teach the drain
+    // that this client sends back to back, and it would never close the connection.
+    assert_eq!(
+        client.wait_closed(Duration::from_millis(100)),
+        Closed::StillOpen
+    );
+    let stream = client.request("GET", "/stream/40", b"");
+    let closed_after = short_until_closed(&mut client, started + 15 * SECOND);
+    let output = drain.wait(30 * SECOND);
+    let stream = stream.unwrap_or_else(|e| panic!("the stream was cut: {e}"));
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.body.len(), 40 * 1024, "the stream arrived whole");
+    assert!(stream
+        .body
+        .chunks(1024)
+        .enumerate()
+        .all(|(i, piece)| piece.iter().all(|&b| b == b'a' + (i % 26) as u8)));
+    assert!(
+        closed_after,
+        "closed between two short requests after the stream"
+    );
+    assert_eq!(idle.wait_closed(SECOND), Closed::Eof);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    drop(proxy);
+}
+
+/// An nginx master stopped with TERM, so that it stops its worker too (a KILL would
+/// leave the worker running).
+struct Nginx(ChildGuard);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.terminate(5 * SECOND);
+    }
+}
+
+/// nginx on 127.0.0.1:8080 proxying to the demo server on `backend`, as the busy
+/// benchmark runs it.
+fn start_nginx(nginx: &std::path::Path, backend: u16) -> Nginx {
+    let prefix = std::env::temp_dir().join(format!(
+        "drain-busy-nginx-{}-{:?}",
+        std::process::id(),
+        thread::current().id()
+    ));
+    let prefix = nginx::proxy_prefix(&prefix, 8080, backend).unwrap();
+    let child = nginx::command(nginx, &prefix)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    Nginx(ChildGuard(child))
+}
+
+fn connect_when_listening(addr: &str) -> KeepAliveClient {
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        match KeepAliveClient::connect(addr) {
+            Ok(client) => return client,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("nothing listens on {addr}: {e}"),
+        }
+    }
 }

@@ -12,12 +12,11 @@
 //!
 //! Immediately before closing, the connection is re-read by its exact identity and
 //! closed only if it still may be ([`When`]): idle, or still early enough in its client's
-//! pause ([`Rhythm`]); a request that arrived since the scan is served.
+//! pause ([`Rhythm`]) with nothing sent since the scan but in answer to a new request
+//! (more of an answer is a stream still being written); a request that arrived since
+//! the scan is served.
 
-use std::{
-    os::fd::{AsFd as _, OwnedFd},
-    time::Duration,
-};
+use std::os::fd::{AsFd as _, OwnedFd};
 
 use rustix::net::{shutdown, Shutdown};
 use tracing::{debug, warn};
@@ -71,22 +70,33 @@ pub enum When<'a> {
     Idle,
     /// It is idle, or between a response and its client's next request with enough of
     /// the pause left ([`Rhythm::at_boundary`]).
-    AtBoundary {
-        rhythm: &'a Rhythm,
-        max_scan_gap: Duration,
-    },
+    AtBoundary { rhythm: &'a Rhythm },
 }
 
 impl When<'_> {
-    /// Whether a connection that is not idle may be closed all the same.
-    fn allows_busy(self, socket: &TcpSocket, busy: Busy) -> bool {
+    /// Whether a connection that is not idle, `socket` on the fresh read and `scanned`
+    /// when the scan chose it, may be closed all the same.
+    fn allows_busy(self, scanned: &TcpSocket, socket: &TcpSocket, busy: Busy) -> bool {
         match self {
             When::Idle => false,
-            When::AtBoundary {
-                rhythm,
-                max_scan_gap,
-            } => rhythm.at_boundary(socket, Activity::InFlight(busy), max_scan_gap),
+            When::AtBoundary { rhythm } => {
+                !answer_went_on(scanned, socket)
+                    && rhythm.at_boundary(socket, Activity::InFlight(busy))
+            }
         }
+    }
+}
+
+/// Whether the server sent more since the scan (`scanned`) with no new request in
+/// between (`now`): the answer the scan took for complete is still being written (a
+/// stream between two pieces), and a close now would cut it where the server watches
+/// its client while answering.
+fn answer_went_on(scanned: &TcpSocket, now: &TcpSocket) -> bool {
+    match (scanned.info, now.info) {
+        (Some(before), Some(after)) => {
+            after.data_segs_out > before.data_segs_out && after.data_segs_in == before.data_segs_in
+        }
+        _ => true,
     }
 }
 
@@ -100,7 +110,9 @@ pub fn close_when(
     let id = &connection.socket.id;
     match inventory.recheck(id).map_err(CloseError::Recheck)? {
         None => return Ok(CloseOutcome::AlreadyClosed),
-        Some((socket, Activity::InFlight(busy))) if !when.allows_busy(&socket, busy) => {
+        Some((socket, Activity::InFlight(busy)))
+            if !when.allows_busy(&connection.socket, &socket, busy) =>
+        {
             return Ok(CloseOutcome::BecameBusy(busy));
         }
         Some(_) => {}
@@ -210,5 +222,33 @@ fn warn_once_about_ptrace(err: &PidfdError) {
              closed gracefully. {}",
             pidfd::PTRACE_RIGHTS
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{classify, sock_diag::TcpInfo};
+
+    fn socket(data_segs_in: u32, data_segs_out: u32) -> TcpSocket {
+        let info = TcpInfo {
+            data_segs_in,
+            data_segs_out,
+            ..TcpInfo::default()
+        };
+        classify::tests::socket(0, 0, Some(info))
+    }
+
+    #[test]
+    fn more_sent_since_the_scan_without_a_request_is_an_answer_still_written() {
+        // A stream's next piece left between the scan and the close.
+        assert!(answer_went_on(&socket(4, 5), &socket(4, 6)));
+        // Nothing moved, or a new request and its answer: the answer is complete.
+        assert!(!answer_went_on(&socket(4, 5), &socket(4, 5)));
+        assert!(!answer_went_on(&socket(4, 5), &socket(5, 6)));
+        // Without TCP_INFO nothing is known: no boundary.
+        let mut blind = socket(4, 5);
+        blind.info = None;
+        assert!(answer_went_on(&blind, &socket(4, 5)));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`bin_path`], [`ChildGuard`], [`spawn_demo_server`]: running workspace binaries.
 //! - [`EventReader`]: waiting for event lines with a timeout.
 //! - [`hey`]: a real keep-alive load generator, and what it saw.
+//! - [`nginx`]: nginx as a reverse proxy in front of the demo server.
 //!
 //! A privileged end-to-end test looks like:
 //!
@@ -32,6 +33,7 @@ pub mod http;
 pub mod load;
 pub mod mountns;
 pub mod netns;
+pub mod nginx;
 pub mod pod;
 pub mod process;
 pub mod scenario;

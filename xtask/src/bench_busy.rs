@@ -30,13 +30,14 @@ use std::fs::File;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use drain_tests::{ChildGuard, HeyRun, Netns};
 
-use crate::bench::{median, read_to_end_in_thread, run_child, Machine, PORT};
+use crate::bench::{median, ms, read_to_end_in_thread, run_child, ss, Machine, PORT};
 use crate::output_of;
 
 /// The port of the demo server behind nginx.
@@ -53,6 +54,8 @@ const GRACEFUL_AFTER_DRAIN: Duration = Duration::from_millis(300);
 /// drainctl's own deadline, given explicitly for back-to-back clients (the default, 30 s,
 /// would make each of those runs last 30 s: the drain cannot find a pause to close in).
 const BACK_TO_BACK_TIMEOUT: &str = "5s";
+/// The default `--poll-interval` of `drainctl drain`.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The default `--timeout` of `drainctl drain`.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the old server to exit once told to (nginx and Go wait for their
@@ -264,6 +267,12 @@ struct Drain {
     code: Option<i32>,
     /// Connections the report lists as remaining (left open at the deadline).
     remaining: usize,
+    /// drainctl's own CPU time (user + system, from wait4).
+    cpu: Duration,
+    /// Connections the drain closed (gracefully or not, at a boundary or idle).
+    closed: u64,
+    /// The peer's CPU time over the same run: `ss -tin` of the port every poll interval.
+    peer_cpu: Duration,
 }
 
 /// The programs a run starts, found or built once.
@@ -309,7 +318,14 @@ pub fn run(machine: &Machine, options: &Options, target: &Path, release: &Path) 
             match run_once(*cell, &tools) {
                 Ok(result) => {
                     let drain = result.drain.as_ref().map_or(String::new(), |d| {
-                        format!(" (drain exit {:?}, {} left)", d.code, d.remaining)
+                        format!(
+                            " (drain exit {:?}, {} left, {} closed, CPU {:.0} ms, ss -tin polled {:.0} ms)",
+                            d.code,
+                            d.remaining,
+                            d.closed,
+                            ms(d.cpu),
+                            ms(d.peer_cpu)
+                        )
                     });
                     println!(
                         "bench:   failed {} of {}, stop {:.1} s{drain}{}",
@@ -527,16 +543,10 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
     let log = tools.log(&format!("server-{role}"))?;
     let mut command = match cell.server {
         Server::Nginx => {
-            let prefix = nginx_prefix(&tools.work.join(format!("nginx-{role}")))?;
-            let mut command = Command::new("nginx");
-            command
-                .arg("-p")
-                .arg(&prefix)
-                .arg("-c")
-                .arg(prefix.join("nginx.conf"))
-                .arg("-e")
-                .arg(prefix.join("error.log"));
-            command
+            let prefix = tools.work.join(format!("nginx-{role}"));
+            let prefix = drain_tests::nginx::proxy_prefix(&prefix, PORT, BACKEND_PORT)
+                .with_context(|| format!("write the nginx prefix {}", prefix.display()))?;
+            drain_tests::nginx::command(Path::new("nginx"), &prefix)
         }
         Server::Go | Server::HaproxyGo => {
             let mut command = Command::new(&tools.go_server);
@@ -556,26 +566,6 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
         }
     };
     ServerProcess::spawn(&mut command, log)
-}
-
-/// Writes an nginx prefix: one worker, `reuseport` on [`PORT`], keep-alive to the demo
-/// server on [`BACKEND_PORT`], no access log. Returns the prefix.
-fn nginx_prefix(prefix: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(prefix.join("logs"))
-        .with_context(|| format!("create {}", prefix.display()))?;
-    let dir = prefix.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n\
-         \x20 upstream app {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}\n\
-         \x20 server {{\n    listen 127.0.0.1:{PORT} reuseport;\n    keepalive_requests 100000;\n\
-         \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; \
-         proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
-    );
-    let path = prefix.join("nginx.conf");
-    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
-    Ok(prefix.to_path_buf())
 }
 
 /// Waits until `ss` lists at least `n` TCP listeners on `port`.
@@ -647,15 +637,22 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         command.args(["--timeout", timeout]);
     }
     let limit = DEFAULT_DRAIN_TIMEOUT + Duration::from_secs(30);
-    let run = std::thread::scope(|scope| {
+    let port = cell.server.stopped_port();
+    let drain_running = AtomicBool::new(true);
+    let (run, peer_cpu) = std::thread::scope(|scope| {
         if let Some(signal) = graceful {
             scope.spawn(move || {
                 std::thread::sleep(GRACEFUL_AFTER_DRAIN);
                 signal_pid(old, signal);
             });
         }
-        run_child(&mut command, true, limit)
-    })?;
+        let peer = scope.spawn(|| poll_like_a_drain(port, &drain_running));
+        let run = run_child(&mut command, true, limit);
+        drain_running.store(false, Ordering::Relaxed);
+        let peer_cpu = peer.join().map_err(|_| anyhow!("the ss poller panicked"));
+        (run, peer_cpu)
+    });
+    let (run, peer_cpu) = (run?, peer_cpu??);
     let code = run.status.code();
     ensure!(
         matches!(code, Some(0 | 1)),
@@ -665,11 +662,28 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
     );
     let report: serde_json::Value = serde_json::from_slice(&run.stdout)
         .context("drainctl drain --json printed no JSON object")?;
+    let count = |key: &str| report[key].as_u64().unwrap_or(0);
     Ok(Drain {
         wall: run.wall,
         code,
         remaining: report["remaining"].as_array().map_or(0, Vec::len),
+        cpu: run.cpu,
+        closed: count("closed_gracefully") + count("closed_abortively"),
+        peer_cpu,
     })
+}
+
+/// The peer of drainctl's own cost: what a tool polling the port as often as a drain
+/// does spends, `ss -tin` of its established sockets (TCP_INFO, no owners) every
+/// [`DRAIN_POLL_INTERVAL`] while `running`. Returns the CPU time of all those runs.
+fn poll_like_a_drain(port: u16, running: &AtomicBool) -> Result<Duration> {
+    let mut cpu = Duration::ZERO;
+    while running.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        cpu += run_child(&mut ss("-Htin", port), false, START_TIMEOUT)?.cpu;
+        std::thread::sleep(DRAIN_POLL_INTERVAL.saturating_sub(started.elapsed()));
+    }
+    Ok(cpu)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -807,6 +821,7 @@ fn render(
     for (cell, runs) in cells.iter().zip(results) {
         let _ = writeln!(out, "{}", row(*cell, runs));
     }
+    render_cost(&mut out, cells, results);
     if !notes.is_empty() {
         let _ = writeln!(out, "\nNotes:");
         for note in notes {
@@ -851,6 +866,71 @@ fn row(cell: Cell, runs: &[RunResult]) -> String {
         median_u64(&totals),
         seconds(&stops)
     )
+}
+
+/// drainctl's own CPU time per drain and per connection it closed, against `ss -tin`
+/// polled at the drain's interval over the same runs (the ratio is the figure: the
+/// machine is shared and noisy).
+fn render_cost(out: &mut String, cells: &[Cell], results: &[Vec<RunResult>]) {
+    let rows: Vec<String> = cells
+        .iter()
+        .zip(results)
+        .filter_map(|(cell, runs)| cost_row(*cell, runs))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### drainctl's own CPU time\n\nUser + system time of the drainctl process \
+         (wait4), per drain and per connection it closed, against `ss -Htin state \
+         established '( sport = :P )'` run every {} ms (drainctl's poll interval) while \
+         the drain ran; medians over the runs.\n",
+        DRAIN_POLL_INTERVAL.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "| server | clients | stop | drain s | closed | drainctl CPU ms | CPU ms per closed | ss -tin polled CPU ms | drainctl / ss |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(out, "{row}");
+    }
+}
+
+fn cost_row(cell: Cell, runs: &[RunResult]) -> Option<String> {
+    let drains: Vec<&Drain> = runs.iter().filter_map(|r| r.drain.as_ref()).collect();
+    if drains.is_empty() {
+        return None;
+    }
+    let median_of = |f: &dyn Fn(&Drain) -> Duration| {
+        median(&drains.iter().map(|d| f(d)).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    let wall = median_of(&|d| d.wall);
+    let cpu = median_of(&|d| d.cpu);
+    let peer = median_of(&|d| d.peer_cpu);
+    let closed = median_u64(&drains.iter().map(|d| d.closed).collect::<Vec<_>>());
+    let per_closed: Vec<Duration> = drains
+        .iter()
+        .filter(|d| d.closed > 0)
+        .map(|d| d.cpu / u32::try_from(d.closed).unwrap_or(u32::MAX))
+        .collect();
+    let per_closed = median(&per_closed).map_or("—".to_string(), |d| format!("{:.2}", ms(d)));
+    let ratios: Vec<Duration> = drains
+        .iter()
+        .filter(|d| !d.peer_cpu.is_zero())
+        .map(|d| Duration::from_secs_f64(d.cpu.as_secs_f64() / d.peer_cpu.as_secs_f64()))
+        .collect();
+    let ratio = median(&ratios).map_or("—".to_string(), |r| format!("{:.2}", r.as_secs_f64()));
+    Some(format!(
+        "| {} | {} | {} | {:.1} | {closed} | {:.0} | {per_closed} | {:.0} | {ratio} |",
+        cell.server.label(),
+        cell.clients.label(),
+        cell.stop_label(),
+        wall.as_secs_f64(),
+        ms(cpu),
+        ms(peer),
+    ))
 }
 
 /// "median / max" in seconds, one decimal.

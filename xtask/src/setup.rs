@@ -16,12 +16,15 @@ use drain_ebpf_toolchain::{self as toolchain, BPF_LINKER_VERSION, LLVM_MAJOR, NI
 use crate::{output_of, run};
 
 /// Debian packages besides LLVM: iproute2 (`ip`, `ss`) for namespaces and comparisons,
-/// curl and hey as real clients.
+/// curl and hey as real clients, nginx as a real proxy (tests/busy.rs). Installing nginx
+/// also enables Debian's service of that name on the host (the tests and the benchmark run
+/// their own instances, in a private netns).
 const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "iproute2",
     "curl",
     "hey",
+    "nginx",
     "systemd",
     "lintian",
     "python3-venv",
@@ -50,10 +53,11 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
-/// Debian packages of the busy-server benchmark: nginx, haproxy and the Go toolchain (for
-/// its Go net/http server). Installing nginx or haproxy also enables Debian's service of
-/// that name on the host (the benchmark runs its own instances, in a private netns).
-const BENCH_APT_PACKAGES: &[&str] = &["nginx", "haproxy", "golang-go"];
+/// Debian packages of the busy-server benchmark besides setup's (nginx): haproxy and the
+/// Go toolchain (for its Go net/http server). Installing haproxy also enables Debian's
+/// service of that name on the host (the benchmark runs its own instances, in a private
+/// netns).
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "golang-go"];
 
 /// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`] and the Python
 /// `websockets` package (pip, or Debian's python3-websockets where pip may not install).

@@ -24,24 +24,30 @@ use crate::{
 pub(super) struct Rhythms {
     by_cookie: HashMap<u64, Rhythm>,
     last_scan: Option<Instant>,
-    /// The longest time between two scans so far: intervals count only when at least
-    /// twice as long ([`Rhythm::next_request_due`]).
+    /// The longest time between two scans so far (logged).
     max_scan_gap: Duration,
 }
 
 impl Rhythms {
     /// Learns from a scan taken at `scanned_at`; forgets connections no longer open.
     pub(super) fn observe(&mut self, snapshot: &PortInventory, scanned_at: Instant) {
-        if let Some(last) = self.last_scan.replace(scanned_at) {
-            self.max_scan_gap = self
-                .max_scan_gap
-                .max(scanned_at.saturating_duration_since(last));
-        }
+        let scan_gap = self
+            .last_scan
+            .replace(scanned_at)
+            .map_or(Duration::ZERO, |last| {
+                scanned_at.saturating_duration_since(last)
+            });
+        self.max_scan_gap = self.max_scan_gap.max(scan_gap);
         let mut seen = HashMap::with_capacity(snapshot.connections.len());
         for connection in &snapshot.connections {
             let cookie = connection.socket.id.cookie;
             let mut rhythm = self.by_cookie.remove(&cookie).unwrap_or_default();
-            rhythm.observe(&connection.socket, connection.activity, scanned_at);
+            rhythm.observe(
+                &connection.socket,
+                connection.activity,
+                scanned_at,
+                scan_gap,
+            );
             seen.insert(cookie, rhythm);
         }
         self.by_cookie = seen;
@@ -67,11 +73,8 @@ impl Rhythms {
     pub(super) fn at_boundary(&self, connection: &Connection) -> Option<When<'_>> {
         let rhythm = self.by_cookie.get(&connection.socket.id.cookie)?;
         rhythm
-            .at_boundary(&connection.socket, connection.activity, self.max_scan_gap)
-            .then_some(When::AtBoundary {
-                rhythm,
-                max_scan_gap: self.max_scan_gap,
-            })
+            .at_boundary(&connection.socket, connection.activity)
+            .then_some(When::AtBoundary { rhythm })
     }
 
     /// What was learned of `connection`'s client, for the report.

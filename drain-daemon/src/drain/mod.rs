@@ -343,12 +343,10 @@ pub async fn drain_scoped(
         );
         Lasting::WhileHeld
     };
-    let listener_sockets = blocking::run(|| borrow_listeners(port, &draining))?;
-    let fds: Vec<_> = listener_sockets.iter().map(|fd| fd.as_fd()).collect();
-    let mut steering = blocking::run(|| Steering::refuse(port, &fds, lasting))?;
-    // Holding the listeners would keep them open after the server closes them.
-    drop(fds);
-    drop(listener_sockets);
+    // Borrowed only for the attach: holding them would keep them open after the server
+    // closes them.
+    let mut steering =
+        blocking::run(|| Steering::refuse(port, || borrow_listeners(port, &draining), lasting))?;
     let mut successors = HashSet::new();
     // Ends with the drain (on every return): a forwarder left running would hold the
     // log ring buffer's descriptor for good, one per drain in a daemon.

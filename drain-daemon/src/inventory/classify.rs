@@ -121,7 +121,7 @@ pub fn classify(socket: &TcpSocket, quiet_period: Duration) -> Activity {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
@@ -135,11 +135,7 @@ pub(super) mod tests {
     }
 
     /// An established server-side connection with these queues and TCP_INFO.
-    pub(in crate::inventory) fn socket(
-        recv_queue: u32,
-        send_queue: u32,
-        info: Option<TcpInfo>,
-    ) -> TcpSocket {
+    pub(crate) fn socket(recv_queue: u32, send_queue: u32, info: Option<TcpInfo>) -> TcpSocket {
         let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         TcpSocket {

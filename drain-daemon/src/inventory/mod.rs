@@ -17,6 +17,7 @@
 //! accept queue; they are counted by the listener's queue length.
 
 pub mod classify;
+pub mod known_owners;
 pub mod owners;
 pub mod procfs;
 pub mod rhythm;

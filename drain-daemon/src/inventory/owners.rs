@@ -20,6 +20,10 @@
 //!    listeners are wanted (`drainctl status`), the family is probed at the descriptor
 //!    numbers the first owners used (fork keeps them) and the low ones.
 //!
+//! 3. Between the scans of a drain, owners found are remembered and each is checked with
+//!    one `readlink` ([`super::known_owners`]); the family is walked again (and its
+//!    membership re-read) only for a socket no known owner holds.
+//!
 //! Sockets held by unrelated processes (other ports, other services) are never read, so
 //! the cost does not grow with them. A connection handed to a process outside that
 //! family has no known owner, and a drain leaves it alone: nothing proves it is the
@@ -35,6 +39,8 @@ use std::{
 
 use rustix::fs::{openat, readlinkat, statat, AtFlags, Dir, Mode, OFlags, CWD};
 
+use super::known_owners::KnownOwners;
+
 /// One process's descriptor for a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketOwner {
@@ -47,7 +53,8 @@ pub struct SocketOwner {
 /// Socket inode -> the descriptors holding it.
 pub type Owners = HashMap<u64, Vec<SocketOwner>>;
 
-/// Finds socket owners, remembering the listener owners' family between scans.
+/// Finds socket owners, remembering the listener owners' family and the owners found
+/// between scans.
 #[derive(Debug, Default)]
 pub struct OwnerFinder {
     /// The processes that may hold the listeners and their connections.
@@ -55,15 +62,24 @@ pub struct OwnerFinder {
     listeners_seen: HashSet<u64>,
     /// Processes always read for connections, listeners or not, ascending.
     tracked: Vec<i32>,
+    /// Owners found by earlier walks, checked before they are believed again.
+    known: KnownOwners,
+    /// The processes read for new connections: the listeners' holders, their
+    /// descendants and the tracked processes, ascending.
+    walked: Vec<i32>,
 }
 
 impl OwnerFinder {
     /// Reads `pids` for connections in every later search, whether or not they still
     /// hold a listener (replaces the previous set).
     pub fn track(&mut self, pids: impl IntoIterator<Item = i32>) {
-        self.tracked = pids.into_iter().collect();
-        self.tracked.sort_unstable();
-        self.tracked.dedup();
+        let mut tracked: Vec<i32> = pids.into_iter().collect();
+        tracked.sort_unstable();
+        tracked.dedup();
+        if tracked != self.tracked {
+            self.known.forget_misses();
+            self.tracked = tracked;
+        }
     }
 
     /// The processes set by [`OwnerFinder::track`].
@@ -80,21 +96,55 @@ impl OwnerFinder {
     }
 
     /// The owners of `listeners` and `connections` (socket inodes). Connections are only
-    /// looked for in the listener owners' family.
+    /// looked for in the listener owners' family. Owners found before are believed while
+    /// they still hold their socket ([`KnownOwners`]); the family's descriptors are walked
+    /// again only for sockets no known owner holds.
     pub fn find(&mut self, listeners: &HashSet<u64>, connections: &HashSet<u64>) -> Owners {
         let known = !self.family.is_empty() && listeners.is_subset(&self.listeners_seen);
         let wanted: HashSet<u64> = listeners.union(connections).copied().collect();
         if known && !connections.is_empty() {
-            let owners = read_processes(&wanted, &self.readable(), &Reading::Everything);
-            if listeners.iter().all(|inode| owners.contains_key(inode)) {
-                // New children (a reloaded worker) show up in the next family.
-                self.family = family_of(&owners, listeners);
+            let mut owners = self.known.still_held(&wanted);
+            let every_listener_held = listeners.iter().all(|inode| owners.contains_key(inode));
+            let look_for = self.known.to_look_for(&wanted);
+            if every_listener_held && look_for.is_empty() {
+                return owners;
+            }
+            if every_listener_held {
+                // A new connection: it was accepted by a listener's holder (or a process
+                // it started, or a tracked one). Their descriptors that hold no known
+                // socket are read, for it and for new holders of the listeners (a
+                // reloaded worker).
+                let holders = owners
+                    .iter()
+                    .filter(|(inode, _)| listeners.contains(inode))
+                    .flat_map(|(_, found)| found.iter().map(|owner| owner.pid));
+                let mut walked: Vec<i32> = descendants(holders).into_iter().collect();
+                walked.extend(&self.tracked);
+                walked.sort_unstable();
+                walked.dedup();
+                if walked != self.walked {
+                    self.known.forget_misses();
+                    self.walked = walked;
+                }
+                let known_fds: HashSet<(i32, i32)> = owners
+                    .values()
+                    .flatten()
+                    .map(|owner| (owner.pid, owner.fd))
+                    .collect();
+                let search: HashSet<u64> = listeners.union(&look_for).copied().collect();
+                let reading = Reading::AllBut(known_fds);
+                let found = read_processes(&search, &self.walked, &reading);
+                self.known.learn(&look_for, &found);
+                for (inode, more) in found {
+                    owners.entry(inode).or_default().extend(more);
+                }
                 return owners;
             }
         }
         let first = find_first_owners(listeners);
         self.family = family_of(&first, listeners);
         self.listeners_seen = listeners.clone();
+        self.known.clear();
         // Connections need every descriptor read. Listeners alone: forked processes hold
         // them under the same numbers as the owner found first, so only those numbers
         // (and the low ones) are probed in the rest of the family.
@@ -108,7 +158,11 @@ impl OwnerFinder {
         } else {
             Reading::Everything
         };
-        read_processes(&wanted, &self.readable(), &reading)
+        let owners = read_processes(&wanted, &self.readable(), &reading);
+        if !connections.is_empty() {
+            self.known.learn(&wanted, &owners);
+        }
+        owners
     }
 }
 
@@ -190,8 +244,16 @@ fn family_of(owners: &Owners, listeners: &HashSet<u64>) -> Vec<i32> {
 
 /// `pid` and every process descending from it.
 pub fn process_tree(pid: i32) -> HashSet<i32> {
+    descendants([pid])
+}
+
+/// `roots` and every process descending from them.
+fn descendants(roots: impl IntoIterator<Item = i32>) -> HashSet<i32> {
+    let mut tree: HashSet<i32> = roots.into_iter().collect();
+    if tree.is_empty() {
+        return tree;
+    }
     let parents = parent_map();
-    let mut tree = HashSet::from([pid]);
     // Parents precede children in no particular order: repeat until nothing is added.
     loop {
         let before = tree.len();
@@ -236,6 +298,8 @@ const LOW_FDS: std::ops::Range<i32> = 0..64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Reading {
     Everything,
+    /// Every descriptor but these (pid, fd): they hold sockets already known.
+    AllBut(HashSet<(i32, i32)>),
     /// Only these descriptor numbers (no listing of the table).
     Only(Vec<i32>),
 }
@@ -261,15 +325,19 @@ fn read_processes(inodes: &HashSet<u64>, pids: &[i32], reading: &Reading) -> Own
         };
         let listed: Vec<(i32, std::ffi::CString)>;
         let fds: Box<dyn Iterator<Item = (i32, &CStr)>> = match reading {
-            Reading::Everything => {
+            Reading::Everything | Reading::AllBut(_) => {
                 let Ok(entries) = Dir::read_from(&fd_dir) else {
                     continue;
+                };
+                let skip = |fd: i32| match reading {
+                    Reading::AllBut(known) => known.contains(&(pid, fd)),
+                    _ => false,
                 };
                 listed = entries
                     .filter_map(Result::ok)
                     .filter_map(|entry| {
                         let fd = parse_number::<i32>(entry.file_name())?;
-                        Some((fd, entry.file_name().to_owned()))
+                        (!skip(fd)).then(|| (fd, entry.file_name().to_owned()))
                     })
                     .collect();
                 Box::new(listed.iter().map(|(fd, name)| (*fd, name.as_c_str())))
@@ -336,18 +404,19 @@ fn parse_number<T: std::str::FromStr>(name: &CStr) -> Option<T> {
 }
 
 /// `socket:[12345]` -> 12345.
-fn socket_inode(link: &[u8]) -> Option<u64> {
+pub(super) fn socket_inode(link: &[u8]) -> Option<u64> {
     let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
 
     use super::*;
 
-    fn inode_of(fd: i32) -> u64 {
+    /// The inode of this process's descriptor `fd`.
+    pub(in crate::inventory) fn inode_of(fd: i32) -> u64 {
         std::fs::metadata(format!("/proc/self/fd/{fd}"))
             .unwrap()
             .ino()

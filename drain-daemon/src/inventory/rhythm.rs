@@ -20,11 +20,22 @@
 //! - **Interval**: the arrival time of the latest request (scan time minus
 //!   `last_data_recv`) changes between scans by the client's request interval, provided
 //!   no request came and went unseen between two scans. That holds when the interval is
-//!   longer than the longest gap between scans, and the samples prove it when the
-//!   smallest of them is at least twice that gap: with a shorter interval every change
-//!   seen would be under the gap plus the interval. Heartbeats (a websocket ping every
+//!   longer than the gaps between the scans, and the samples prove it when the smallest
+//!   of them is at least twice the longest gap between the scans it spans: with a
+//!   shorter interval every change seen would be under the gap plus the interval. Each
+//!   sample is judged by its own scans, so one slow pass on a loaded host (measured
+//!   here: 291 ms against the usual 100) does not keep every later sample from proving
+//!   the rhythm, as a drain-wide longest gap did. Heartbeats (a websocket ping every
 //!   0.5 s, answered in microseconds) show up this way only: their requests are never
 //!   caught being served.
+//!
+//! A response written in pieces (a stream, a page flushed as it is rendered) looks
+//! answered between two pieces. A scan that finds more of it sent, with no new request,
+//! after an earlier scan had found it answered marks it **streamed**: the connection is
+//! not at a boundary again before its next request. The close re-checks the same on its
+//! fresh read (`crate::close`): data sent since the scan without a request is a response
+//! still being written. Only the first piece's gap, before any scan saw more follow, is
+//! not told from a complete answer.
 //!
 //! A connection whose requests are all answered and delivered (rules 1 to 4 of
 //! `classify` do not hold) is **at a boundary** when its next request is due, by the
@@ -55,7 +66,18 @@ const SAME_ARRIVAL: Duration = Duration::from_millis(5);
 pub struct Rhythm {
     pauses: Samples,
     intervals: Samples,
+    /// Whether the smallest interval sample was at least twice the longest gap between
+    /// the scans it spans ([module documentation](self)).
+    interval_proven: bool,
+    /// The longest gap between scans since the latest request arrival was first seen.
+    gap_since_arrival: Duration,
     last_arrival: Option<Instant>,
+    /// The latest request's arrival and the data segments sent when a scan first found
+    /// it answered.
+    answered_with: Option<(Instant, u32)>,
+    /// The arrival of a request whose answer went on after a scan had found it answered:
+    /// a streamed response, never at a boundary until the next request.
+    streamed: Option<Instant>,
 }
 
 /// The smallest of a set of millisecond samples, and how many there were.
@@ -81,8 +103,16 @@ impl Samples {
 }
 
 impl Rhythm {
-    /// Learns from one scan of the connection, taken at `scanned_at`.
-    pub fn observe(&mut self, socket: &TcpSocket, activity: Activity, scanned_at: Instant) {
+    /// Learns from one scan of the connection, taken at `scanned_at`, `scan_gap` after
+    /// the scan before it.
+    pub fn observe(
+        &mut self,
+        socket: &TcpSocket,
+        activity: Activity,
+        scanned_at: Instant,
+        scan_gap: Duration,
+    ) {
+        self.gap_since_arrival = self.gap_since_arrival.max(scan_gap);
         let Some(info) = socket.info else {
             return;
         };
@@ -105,24 +135,49 @@ impl Rhythm {
         match self.last_arrival {
             Some(last) if arrival <= last + SAME_ARRIVAL && last <= arrival + SAME_ARRIVAL => {}
             Some(last) if arrival > last => {
-                let interval = arrival - last;
-                self.intervals
-                    .add(interval.as_millis().try_into().unwrap_or(u32::MAX));
+                let interval: u32 = (arrival - last).as_millis().try_into().unwrap_or(u32::MAX);
+                let proven = u128::from(interval) >= 2 * self.gap_since_arrival.as_millis();
+                if self.intervals.count == 0 || interval < self.intervals.min_ms {
+                    self.interval_proven = proven;
+                } else if interval == self.intervals.min_ms {
+                    self.interval_proven |= proven;
+                }
+                self.intervals.add(interval);
                 self.last_arrival = Some(arrival);
+                self.gap_since_arrival = Duration::ZERO;
             }
-            _ => self.last_arrival = Some(arrival),
+            _ => {
+                self.last_arrival = Some(arrival);
+                self.gap_since_arrival = Duration::ZERO;
+            }
         }
+        if let (Some(arrival), true) = (self.last_arrival, answered(activity)) {
+            match self.answered_with {
+                Some((answered, segs_out)) if answered == arrival => {
+                    if info.data_segs_out > segs_out {
+                        self.streamed = Some(arrival);
+                    }
+                }
+                _ => self.answered_with = Some((arrival, info.data_segs_out)),
+            }
+        }
+    }
+
+    /// Whether the latest request's answer is streamed: the server sent more of it after
+    /// a scan had found it answered (a response written in pieces looks answered
+    /// between two of them).
+    pub fn streaming(&self) -> bool {
+        self.streamed.is_some() && self.streamed == self.last_arrival
     }
 
     /// How long until the connection's next request is due, by the earlier estimate,
     /// and that estimate; `None` unless the connection has answered everything and its
-    /// rhythm is known. `max_scan_gap` is the longest time between two scans so far: the
-    /// interval samples count only when they are at least twice as long.
+    /// rhythm is known. The interval samples count only when the smallest of them is at
+    /// least twice the longest gap between the scans it spans.
     pub fn next_request_due(
         &self,
         socket: &TcpSocket,
         activity: Activity,
-        max_scan_gap: Duration,
     ) -> Option<(Duration, Duration)> {
         if !answered(activity) {
             return None;
@@ -132,10 +187,7 @@ impl Rhythm {
             .pauses
             .estimate()
             .map(|pause| (i64::from(pause) - i64::from(info.last_data_sent_ms), pause));
-        let proven_intervals = self
-            .intervals
-            .estimate()
-            .filter(|&interval| u128::from(interval) >= 2 * max_scan_gap.as_millis());
+        let proven_intervals = self.intervals.estimate().filter(|_| self.interval_proven);
         let after_interval = proven_intervals.map(|interval| {
             (
                 i64::from(interval) - i64::from(info.last_data_recv_ms),
@@ -153,14 +205,11 @@ impl Rhythm {
 
     /// Whether the connection is between a response and its next request with enough
     /// time left to close it ([module documentation](self)).
-    pub fn at_boundary(
-        &self,
-        socket: &TcpSocket,
-        activity: Activity,
-        max_scan_gap: Duration,
-    ) -> bool {
-        self.next_request_due(socket, activity, max_scan_gap)
-            .is_some_and(|(due, estimate)| due >= (estimate / 4).max(MIN_MARGIN))
+    pub fn at_boundary(&self, socket: &TcpSocket, activity: Activity) -> bool {
+        !self.streaming()
+            && self
+                .next_request_due(socket, activity)
+                .is_some_and(|(due, estimate)| due >= (estimate / 4).max(MIN_MARGIN))
     }
 
     /// The client's shortest request interval, once known (proven or not).
@@ -223,12 +272,13 @@ mod tests {
         classify::tests::socket(0, 0, Some(info))
     }
 
+    /// A scan `SCAN_GAP` after the one before.
     fn observe(rhythm: &mut Rhythm, socket: &TcpSocket, at: Instant) {
-        rhythm.observe(socket, classify(socket, QUIET), at);
+        rhythm.observe(socket, classify(socket, QUIET), at, SCAN_GAP);
     }
 
     fn at_boundary(rhythm: &Rhythm, socket: &TcpSocket) -> bool {
-        rhythm.at_boundary(socket, classify(socket, QUIET), SCAN_GAP)
+        rhythm.at_boundary(socket, classify(socket, QUIET))
     }
 
     #[test]
@@ -308,6 +358,54 @@ mod tests {
         assert!(at_boundary(&rhythm, &socket(30, 30, 4, 4)));
         // 430 ms after: 70 ms left, under a quarter of 500.
         assert!(!at_boundary(&rhythm, &socket(430, 430, 4, 4)));
+    }
+
+    #[test]
+    fn a_streamed_response_after_a_learned_rhythm_is_no_boundary_until_the_next_request() {
+        let mut rhythm = Rhythm::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Short answers after 100 ms pauses: learned.
+        observe(&mut rhythm, &socket(30, 130, 2, 1), at(0));
+        observe(&mut rhythm, &socket(10, 110, 3, 2), at(200));
+        // The next request (arrived at 400 ms) gets a stream: the first scan finds it
+        // answered a moment ago, as a short answer would be...
+        observe(&mut rhythm, &socket(20, 10, 4, 4), at(420));
+        assert!(!rhythm.streaming());
+        // ...the next finds more of it sent since, and no new request.
+        let between_chunks = socket(120, 10, 4, 5);
+        observe(&mut rhythm, &between_chunks, at(520));
+        assert!(rhythm.streaming());
+        assert!(!at_boundary(&rhythm, &between_chunks));
+        observe(&mut rhythm, &socket(220, 10, 4, 6), at(620));
+        assert!(rhythm.streaming());
+        // The stream ended; the client's next request (at 900 ms) gets a short answer.
+        let after_next = socket(10, 5, 5, 7);
+        observe(&mut rhythm, &after_next, at(910));
+        assert!(!rhythm.streaming());
+        assert!(at_boundary(&rhythm, &after_next));
+    }
+
+    #[test]
+    fn one_slow_scan_does_not_keep_heartbeats_from_being_learned_afterwards() {
+        let mut rhythm = Rhythm::default();
+        let t0 = Instant::now();
+        // A ping every 500 ms; scans every 100 ms but for one 300 ms gap (a slow pass on
+        // a loaded host) early on: the interval it spans proves nothing, the later ones do.
+        let mut now_ms = 30u32;
+        for scan in 0..16u32 {
+            let gap = if scan == 2 { 300 } else { 100 };
+            now_ms += gap;
+            let since_ping = now_ms % 500;
+            let heartbeat = socket(since_ping, since_ping, 1 + now_ms / 500, 1 + now_ms / 500);
+            rhythm.observe(
+                &heartbeat,
+                classify(&heartbeat, QUIET),
+                t0 + Duration::from_millis(now_ms.into()),
+                Duration::from_millis(gap.into()),
+            );
+        }
+        assert!(at_boundary(&rhythm, &socket(30, 30, 9, 9)));
     }
 
     #[test]

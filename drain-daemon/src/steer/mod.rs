@@ -25,7 +25,7 @@ use std::{
     borrow::BorrowMut,
     collections::BTreeSet,
     fs, io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::PathBuf,
 };
 
@@ -142,24 +142,23 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Starts refusing new connections to `port` that would reach one of `listeners`
-    /// (descriptors of the draining listening sockets, duplicated into this process).
+    /// Starts refusing new connections to `port` that would reach one of the listeners
+    /// `borrow` returns (descriptors of the draining listening sockets, duplicated into
+    /// this process). `borrow` is called once the program is loaded and verified, right
+    /// before it is attached, and the descriptors are closed on return: a duplicate keeps
+    /// a listener open after its server closes it (a graceful stop begun meanwhile), and
+    /// connections the kernel queues on it then are reset when the duplicate closes, so
+    /// it is held for the map insert and the attach only, not for the load.
     ///
     /// Reuses the pinned program of an earlier drain of the same port in this namespace
     /// if its listeners are still open and the refusal is to last until they close;
     /// [`Lasting::WhileHeld`] unpins it instead. Minimum kernel: 5.9 (sk_lookup, bpf_link
     /// for network namespaces, listening sockets in SOCKHASH).
-    pub fn refuse(
+    pub fn refuse<E: From<SteerError>>(
         port: u16,
-        listeners: &[BorrowedFd<'_>],
+        borrow: impl FnOnce() -> Result<Vec<OwnedFd>, E>,
         lasting: Lasting,
-    ) -> Result<Self, SteerError> {
-        if listeners.len() > MAX_LISTENERS_PER_PORT as usize {
-            return Err(SteerError::TooManyListeners {
-                port,
-                count: listeners.len(),
-            });
-        }
+    ) -> Result<Self, E> {
         // Only stalls are injected here (a slow load under CPU contention).
         let _ = crate::failpoint::hit(crate::failpoint::Point::Attach, port);
         let netns = Netns::current().map_err(SteerError::Netns)?;
@@ -167,23 +166,25 @@ impl Steering {
         let pins = match PinRoot::open_or_create() {
             Ok(root) => {
                 root.sweep_stale();
-                root.lock_port(&identity, port, true)?
+                root.lock_port(&identity, port, true)
+                    .map_err(SteerError::from)?
             }
             Err(err) if err.is_unavailable() => {
                 warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
                 None
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(SteerError::from(err).into()),
         };
         let pin = lasting == Lasting::UntilListenersClose;
         match pins {
             Some(pins) if pin && pins.has_link() => match open_pinned(pins)? {
                 Ok(mut pinned) => {
                     info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
-                    pinned.replace_listeners(listeners)?;
+                    let listeners = borrow()?;
+                    pinned.replace_listeners(&borrowed_fds(&listeners, port)?)?;
                     Ok(pinned)
                 }
-                Err(pins) => load_and_attach(port, netns.file(), listeners, Some(pins), pin),
+                Err(pins) => load_and_attach(port, netns.file(), borrow, Some(pins), pin),
             },
             Some(pins) => {
                 // An earlier drain's pins would go on refusing after this one.
@@ -191,9 +192,9 @@ impl Steering {
                     path: pins.path().to_path_buf(),
                     message: format!("removing an earlier drain's pins: {err}"),
                 })?;
-                load_and_attach(port, netns.file(), listeners, Some(pins), pin)
+                load_and_attach(port, netns.file(), borrow, Some(pins), pin)
             }
-            None => load_and_attach(port, netns.file(), listeners, None, pin),
+            None => load_and_attach(port, netns.file(), borrow, None, pin),
         }
     }
 
@@ -421,17 +422,28 @@ fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
     }
 }
 
-/// Loads a new instance of the program for `port` with `listeners` in its map, attaches
+/// The descriptors of `sockets` to put in a map, at most [`MAX_LISTENERS_PER_PORT`].
+fn borrowed_fds(sockets: &[OwnedFd], port: u16) -> Result<Vec<BorrowedFd<'_>>, SteerError> {
+    if sockets.len() > MAX_LISTENERS_PER_PORT as usize {
+        return Err(SteerError::TooManyListeners {
+            port,
+            count: sockets.len(),
+        });
+    }
+    Ok(sockets.iter().map(AsFd::as_fd).collect())
+}
+
+/// Loads a new instance of the program for `port` with the listeners `borrow` returns in its map, attaches
 /// it, and pins it into the locked `pins` when given and `pin`; unpinned, it is held by
 /// the returned [`Steering`] (with the lock). The listeners go in before the program is
 /// attached and pinned, so nothing ever sees it without them.
-fn load_and_attach(
+fn load_and_attach<E: From<SteerError>>(
     port: u16,
     netns: &fs::File,
-    listeners: &[BorrowedFd<'_>],
+    borrow: impl FnOnce() -> Result<Vec<OwnedFd>, E>,
     pins: Option<PortDir>,
     pin: bool,
-) -> Result<Steering, SteerError> {
+) -> Result<Steering, E> {
     let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
         aya_log::Level::Debug
     } else {
@@ -440,7 +452,8 @@ fn load_and_attach(
     let mut ebpf = EbpfLoader::new()
         .override_global(PORT_GLOBAL, &port, true)
         .override_global(aya_log::LEVEL, &(log_level as u8), true)
-        .load(PROGRAM_OBJECT)?;
+        .load(PROGRAM_OBJECT)
+        .map_err(SteerError::from)?;
     // Must outlive the program load: it owns the log map the program refers to.
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
@@ -469,15 +482,21 @@ fn load_and_attach(
             source,
         }
     })?;
-    replace_sockets(&mut borrowed, &mut v6only, listeners, port)?;
-
     let program: &mut SkLookup = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| SteerError::Program(ProgramError::UnexpectedProgramType))?
         .try_into()
         .map_err(SteerError::Program)?;
     program.load().map_err(classify_program_error)?;
+    let listeners = borrow()?;
+    replace_sockets(
+        &mut borrowed,
+        &mut v6only,
+        &borrowed_fds(&listeners, port)?,
+        port,
+    )?;
     let link_id = program.attach(netns).map_err(classify_program_error)?;
+    drop(listeners);
     let link = FdLink::from(program.take_link(link_id).map_err(SteerError::Program)?);
 
     let maps = [
@@ -502,7 +521,7 @@ fn load_and_attach(
             Err((message, None)) => {
                 let path = pins.path().to_path_buf();
                 let _ = pins.remove();
-                return Err(SteerError::Pin { path, message });
+                return Err(SteerError::Pin { path, message }.into());
             }
         },
         None => (Persistence::Process, None, Some(link)),

@@ -1,0 +1,42 @@
+//! nginx as a real reverse proxy in front of the demo server, configured the same way
+//! for the tests and the busy benchmark: it is the server whose behaviour (its graceful
+//! QUIT, its watching the client while proxying a response) the drain is measured
+//! against.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Writes an nginx prefix at `prefix`: one worker, `reuseport` on 127.0.0.1:`port`,
+/// keep-alive to the demo server on 127.0.0.1:`backend`, no access log. Returns the
+/// prefix.
+pub fn proxy_prefix(prefix: &Path, port: u16, backend: u16) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let dir = prefix.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n\
+         \x20 upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{port} reuseport;\n    keepalive_requests 100000;\n\
+         \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf)?;
+    Ok(prefix.to_path_buf())
+}
+
+/// The command that runs nginx (`nginx`: its path) in the foreground from `prefix`.
+pub fn command(nginx: &Path, prefix: &Path) -> Command {
+    let mut command = Command::new(nginx);
+    command
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .arg("-e")
+        .arg(prefix.join("error.log"));
+    command
+}
