@@ -41,20 +41,25 @@ pub(super) struct Scanner {
 /// second after the deadline is stuck.
 const SCAN_GRACE: Duration = Duration::from_secs(1);
 
-/// Scans the port on a blocking thread: the scanner back with the scan's result, or
-/// `None` when the scan is still running [`SCAN_GRACE`] after `deadline` (or when
-/// `scanner` was already gone). The scanner then stays with the scan still running,
-/// and `scanner` is left empty.
+/// Scans the port on a blocking thread: the scanner back with the scan's result and
+/// the instant the scan started, or `None` when the scan is still running
+/// [`SCAN_GRACE`] after `deadline` (or when `scanner` was already gone). The scanner
+/// then stays with the scan still running, and `scanner` is left empty.
+///
+/// The instant is taken on the blocking thread, right before the dump: the kernel
+/// reads TCP_INFO's "ms ago" stamps then, and a busy host can take tens of milliseconds
+/// to start a blocking thread, which would shift every arrival time computed from them.
 pub(super) async fn scan_by(
     scanner: &mut Option<Box<Scanner>>,
     deadline: Instant,
-) -> Option<(&mut Scanner, Result<Scan, InventoryError>)> {
+) -> Option<(&mut Scanner, Instant, Result<Scan, InventoryError>)> {
     let mut taken = scanner.take()?;
     let scanning = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let result = taken.ownership.scan(&mut taken.inventory);
-        (taken, result)
+        (taken, started, result)
     });
-    let (back, result) = tokio::select! {
+    let (back, started, result) = tokio::select! {
         joined = scanning => match joined {
             Ok(done) => done,
             // A panic in the scan is the drain's, as when it ran inline.
@@ -64,5 +69,5 @@ pub(super) async fn scan_by(
         },
         () = tokio::time::sleep_until((deadline + SCAN_GRACE).into()) => return None,
     };
-    Some((scanner.insert(back), result))
+    Some((scanner.insert(back), started, result))
 }

@@ -393,8 +393,8 @@ pub async fn drain_scoped(
         let pass_started = Instant::now();
         // The kernel reads TCP_INFO's "ms ago" stamps at the start of the scan: the owner
         // search that follows can take tens of milliseconds.
-        let scanned_at = Instant::now();
-        let Some((probe, scanned)) = blocking::scan_by(&mut scanner, deadline).await else {
+        let Some((probe, scanned_at, scanned)) = blocking::scan_by(&mut scanner, deadline).await
+        else {
             info!(
                 port,
                 "the port's scan was still running a second after the deadline (a system call stuck); the report shows the pass before"
