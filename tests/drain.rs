@@ -468,6 +468,51 @@ fn a_server_that_closes_its_listener_first_is_drained_to_its_last_connection() {
     );
 }
 
+/// A graceful stop can begin while drainctl sets up its steering (drainctl and the
+/// server's own stop started together): by the time the program is attached, the server
+/// has closed its listener. A closed listener gets no new connection, so there is nothing
+/// to steer from it: the drain goes on and drains the connections the server still
+/// holds, as it would have had the stop come later, instead of giving up (exit 3). The
+/// setup is held at its start by a failpoint (`attach`, debug builds) while the server
+/// closes its listener.
+#[test]
+fn a_listener_closed_during_setup_leaves_nothing_to_steer_and_the_drain_goes_on() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut idle = idle_client(addr);
+    let mut busy = busy_client(addr, &events, "/sleep/2500");
+    let drainctl = drain_tests::spawn_drainctl_with(
+        std::process::Command::new(drain_tests::bin_path("drainctl"))
+            .env("DRAIN_FAILPOINTS", "attach:8080=stall-1500")
+            .args(["drain", "--port", "8080", "--quiet-period", "200ms"])
+            .args(["--timeout", "20s", "--json", "--no-connection-close"]),
+    );
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| line.contains("failpoint fired"))
+        .expect("the setup is held");
+    server.signal(Signal::SIGUSR1).unwrap();
+    events
+        .wait_for("listeners closed", 5 * SECOND)
+        .expect("the server closed its listener");
+
+    assert_eq!(busy.read_response().unwrap().status, 200);
+    assert_eq!(busy.wait_closed(10 * SECOND), Closed::Eof);
+    assert_eq!(idle.wait_closed(10 * SECOND), Closed::Eof);
+    let output = drainctl.wait(20 * SECOND);
+    let log = output.stderr_text();
+    assert_eq!(output.code, Some(0), "log:\n{log}");
+    assert!(
+        log.contains("the listener was closed before the steering was attached"),
+        "log:\n{log}"
+    );
+    let report = output.json();
+    assert_eq!(report["closed_gracefully"], 2, "{report}");
+    assert_eq!(report["still_refusing"], false, "{report}");
+}
+
 /// A listener held by a process that outlives the server (systemd's socket activation, a
 /// supervisor) does not close when the server exits, and a restart hands the same socket
 /// to the next instance: a refusal keyed on it would refuse that instance forever. The

@@ -100,6 +100,18 @@ impl PidfdError {
         }
     }
 
+    /// True when the descriptor is gone rather than refused: its process exited
+    /// (`ESRCH`), closed it (`EBADF`), or reused its number for something else.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            Self::Open { source, .. } | Self::GetFd { source, .. } => {
+                *source == rustix::io::Errno::SRCH || *source == rustix::io::Errno::BADF
+            }
+            Self::Replaced { .. } => true,
+            _ => false,
+        }
+    }
+
     /// True when the failure is about rights (ptrace policy, capabilities), not about
     /// the socket or the process having gone.
     pub fn is_permission(&self) -> bool {

@@ -914,23 +914,37 @@ fn update_successors(
 }
 
 /// Duplicates each listening socket from one of its owners.
+/// The draining listeners' sockets, borrowed from their servers for the steering's map.
+/// A listener every holder of which has let go of it since the scan (a graceful stop
+/// begun meanwhile: nginx's QUIT, Go's `Shutdown`) is closed: the kernel hands it no new
+/// connection, so there is nothing to steer away from it, and it is left out; the
+/// drain goes on with its connections. Any other failure ends the drain.
 fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, DrainError> {
-    listeners
-        .iter()
-        .map(|listener| {
-            let mut last_error = None;
-            for owner in &listener.owners {
-                match pidfd::duplicate_socket(owner.pid, owner.fd, &listener.socket) {
-                    Ok(socket) => return Ok(socket),
-                    Err(err) => last_error = Some(err),
-                }
-            }
-            Err(match last_error {
-                Some(source) => DrainError::BorrowListener { port, source },
-                None => DrainError::ListenerOwnerUnknown { port },
-            })
-        })
-        .collect()
+    let mut borrowed = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        let mut errors = Vec::new();
+        let socket = listener.owners.iter().find_map(|owner| {
+            pidfd::duplicate_socket(owner.pid, owner.fd, &listener.socket)
+                .map_err(|err| errors.push(err))
+                .ok()
+        });
+        if let Some(socket) = socket {
+            borrowed.push(socket);
+            continue;
+        }
+        if errors.is_empty() {
+            return Err(DrainError::ListenerOwnerUnknown { port });
+        }
+        match errors.into_iter().find(|err| !err.is_gone()) {
+            Some(source) => return Err(DrainError::BorrowListener { port, source }),
+            None => info!(
+                port,
+                listener = %listener.socket.id.local,
+                "the listener was closed before the steering was attached (the server is stopping by itself): nothing to steer from it"
+            ),
+        }
+    }
+    Ok(borrowed)
 }
 
 /// A task that stops when this is dropped.
