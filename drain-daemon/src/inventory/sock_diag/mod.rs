@@ -268,20 +268,9 @@ impl SockDiag {
     /// [`SockDiag::dump_port`] for listeners.
     pub fn get(&mut self, id: &SocketId) -> Result<Option<TcpSocket>> {
         const REQUEST: &str = "SOCK_DIAG_BY_FAMILY (exact)";
-        let (family, sockid) = encode_sockid(id)?;
+        let sockid = encode_sockid(id)?;
         self.exchange(|this| {
-            let seq = this.next_seq();
-            build_request(
-                &mut this.req,
-                SOCK_DIAG_BY_FAMILY,
-                NLM_F_REQUEST,
-                seq,
-                family,
-                TcpStates::ALL,
-                &sockid,
-                None,
-            );
-            this.send(REQUEST)?;
+            let seq = this.send_exact(REQUEST, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, sockid)?;
             let mut found = None;
             this.read_replies(seq, REQUEST, |reply| match reply {
                 Reply::Diag(payload) => {
@@ -310,20 +299,9 @@ impl SockDiag {
     /// [`SockDiag::get`] applies to listeners.
     pub fn destroy(&mut self, id: &SocketId) -> Result<()> {
         const REQUEST: &str = "SOCK_DESTROY";
-        let (family, sockid) = encode_sockid(id)?;
+        let sockid = encode_sockid(id)?;
         self.exchange(|this| {
-            let seq = this.next_seq();
-            build_request(
-                &mut this.req,
-                SOCK_DESTROY,
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                family,
-                TcpStates::ALL,
-                &sockid,
-                None,
-            );
-            this.send(REQUEST)?;
+            let seq = this.send_exact(REQUEST, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, sockid)?;
             this.read_replies(seq, REQUEST, |reply| match reply {
                 Reply::Error(0) => Ok(true),
                 Reply::Error(e) => Err(match Errno::from_raw(e.saturating_neg()) {
@@ -410,6 +388,31 @@ impl SockDiag {
             }
         }
         result
+    }
+
+    /// Sends a request of `nlmsg_type` about one socket, named by its encoded exact id
+    /// (`(family, inet_diag_sockid)` from [`encode_sockid`]), in every TCP state; returns
+    /// its sequence number.
+    fn send_exact(
+        &mut self,
+        request: &'static str,
+        nlmsg_type: u16,
+        flags: u16,
+        (family, sockid): (u8, [u8; INET_DIAG_SOCKID_LEN]),
+    ) -> Result<u32> {
+        let seq = self.next_seq();
+        build_request(
+            &mut self.req,
+            nlmsg_type,
+            flags,
+            seq,
+            family,
+            TcpStates::ALL,
+            &sockid,
+            None,
+        );
+        self.send(request)?;
+        Ok(seq)
     }
 
     fn next_seq(&mut self) -> u32 {
