@@ -71,12 +71,7 @@ fn a_successor_killed_during_a_handover_leaves_new_connections_refused_at_once()
         &old.pid().to_string(),
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections go to the successor")
-        })
-        .expect("new connections go to the successor");
+    drainctl.wait_until_handing_over();
     let mut handed = KeepAliveClient::connect(addr).expect("the successor accepts");
     assert_eq!(handed.request("GET", "/", b"").unwrap().status, 200);
 

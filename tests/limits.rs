@@ -106,10 +106,7 @@ fn a_successor_group_beyond_the_limit_still_takes_new_connections() {
         "20s",
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("go to the successor listeners"))
-        .expect("successors set");
+    drainctl.wait_until_handing_over();
     let accepted_before = |events: &drain_tests::EventReader| {
         events
             .all_lines()

@@ -40,12 +40,7 @@ fn handover_refuses_one_and_steers_none(
         &old.pid().to_string(),
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections go to the successor")
-        })
-        .expect("the other server is the successor");
+    drainctl.wait_until_handing_over();
     assert_refused_at_once(refused);
     let mut client = KeepAliveClient::connect(taken).expect("the successor accepts");
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);

@@ -51,10 +51,7 @@ fn the_successor_takes_every_new_connection_while_the_old_listener_drains() {
         "20s",
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
-        .expect("successors set");
+    drainctl.wait_until_handing_over();
     for _ in 0..20 {
         let mut client = KeepAliveClient::connect(addr).expect("a new connection is accepted");
         assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
@@ -100,10 +97,7 @@ fn a_successor_started_during_the_drain_ends_the_refusal() {
     ));
 
     let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
-        .expect("the new listener is found");
+    drainctl.wait_until_handing_over();
     let mut client = KeepAliveClient::connect(addr).expect("accepted by the successor");
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
     new_events
@@ -257,10 +251,7 @@ fn force_at_the_deadline_leaves_the_successors_connections_and_queue_alone() {
         "500ms",
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
-        .expect("successors set");
+    drainctl.wait_until_handing_over();
     // From now on every new connection goes to the successor.
     let mut idle: Vec<KeepAliveClient> = (0..3).map(|_| idle_client(addr)).collect();
     let mut busy = busy_client(addr, &new_events, "/sleep/5000");
@@ -417,10 +408,7 @@ fn a_successor_on_another_port_answers_the_drained_ports_new_connections() {
         "20s",
         "--json",
     ]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("successor listeners"))
-        .expect("the listener on 8081 is the successor");
+    drainctl.wait_until_handing_over();
     // Kept open through the drain: they are the successor's, on the drained port's
     // address, and must neither hold the drain up nor be closed by it.
     let mut steered = Vec::new();

@@ -112,6 +112,16 @@ impl Drainctl {
         self.child.pid()
     }
 
+    /// Waits (at most 10 s) until drainctl says new connections go to the successor
+    /// listeners it found.
+    pub fn wait_until_handing_over(&self) {
+        self.log
+            .wait_for_line(Duration::from_secs(10), |line| {
+                line.contains("new connections go to the successor listeners")
+            })
+            .expect("drainctl hands new connections to the successors");
+    }
+
     /// Sends a signal (SIGINT, SIGTERM, SIGKILL…).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         self.child
