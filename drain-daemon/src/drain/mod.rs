@@ -50,7 +50,7 @@ use crate::{
     netns,
     pidfd::{self, PidfdError},
     pidns::PidNamespace,
-    steer::{self, Lasting, Persistence, SteerError, Steering},
+    steer::{self, Lasting, Persistence, Sockets, SteerError, Steering},
 };
 
 /// What to drain and how. Serialized (durations in milliseconds) as the body of the
@@ -297,6 +297,7 @@ pub async fn drain_scoped(
         return Err(DrainError::NoListenerInScope { port });
     }
     let mut ownership = Ownership::new(&before, draining, scope);
+    let mut successor_candidates = None;
     if let Some(successor_port) = plan.successor_port {
         let (successors, found) = blocking::run(|| {
             let mut successors = Inventory::new(plan.quiet_period)?.with_connection_owners(false);
@@ -306,7 +307,7 @@ pub async fn drain_scoped(
             }
             Ok((successors, found))
         })?;
-        for listener in found {
+        for listener in &found {
             if let Some(owner) = listener
                 .owners
                 .iter()
@@ -319,8 +320,19 @@ pub async fn drain_scoped(
                 });
             }
         }
+        successor_candidates = Some(found);
         ownership = ownership.with_successor_port(successor_port, successors);
     }
+    let successors_are = SuccessorsAre::from_plan(plan, ownership.listeners(), scope);
+    let first_successors: Vec<Listener> = choose_successors(
+        port,
+        successor_candidates.as_deref().unwrap_or(&before.listeners),
+        successors_are,
+        &HashSet::new(),
+    )
+    .into_iter()
+    .cloned()
+    .collect();
     let draining: Vec<Listener> = before
         .listeners
         .into_iter()
@@ -344,20 +356,43 @@ pub async fn drain_scoped(
         Lasting::WhileHeld
     };
     // Borrowed only for the attach: holding them would keep them open after the server
-    // closes them.
-    let mut steering =
-        blocking::run(|| Steering::refuse(port, || borrow_listeners(port, &draining), lasting))?;
+    // closes them. The successors already listening are steered to from the start: a
+    // new connection refused until the first pass found them would be lost.
     let mut successors = HashSet::new();
+    let mut steering = blocking::run(|| {
+        Steering::refuse(
+            port,
+            || {
+                let draining = borrow_listeners(port, &draining)?;
+                let (borrowed, sockets) = borrow_successors(port, &first_successors);
+                successors = borrowed;
+                Ok::<_, DrainError>(Sockets {
+                    draining,
+                    successors: sockets,
+                })
+            },
+            lasting,
+        )
+    })?;
     // Ends with the drain (on every return): a forwarder left running would hold the
     // log ring buffer's descriptor for good, one per drain in a daemon.
     let _log_forwarder = steering
         .take_logger()
         .map(|logger| AbortOnDrop(tokio::spawn(forward_ebpf_logs(logger))));
-    info!(
-        port,
-        listeners = draining.len(),
-        "new connections are refused; draining"
-    );
+    if successors.is_empty() {
+        info!(
+            port,
+            listeners = draining.len(),
+            "new connections are refused; draining"
+        );
+    } else {
+        info!(
+            port,
+            listeners = draining.len(),
+            successors = successors.len(),
+            "new connections go to the successor listeners; draining"
+        );
+    }
 
     let mut announcer = netns::Identity::current().ok().map(|netns| {
         let listeners = draining.iter().map(|l| l.socket.inode).collect();
@@ -851,14 +886,46 @@ fn update_successors(
     successors_are: SuccessorsAre<'_>,
     current: &mut HashSet<u64>,
 ) {
+    let found = choose_successors(port, listeners, successors_are, current);
+    let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
+    if inodes == *current {
+        return;
+    }
+    let found: Vec<Listener> = found.into_iter().cloned().collect();
+    let (borrowed, sockets) = borrow_successors(port, &found);
+    if borrowed == *current {
+        return;
+    }
+    let fds: Vec<_> = sockets.iter().map(|fd| fd.as_fd()).collect();
+    match steering.set_successors(&fds) {
+        Ok(()) => {
+            info!(
+                port,
+                successors = fds.len(),
+                "new connections go to the successor listeners"
+            );
+            *current = borrowed;
+        }
+        Err(err) => warn!("cannot hand new connections to the successors: {err}"),
+    }
+}
+
+/// The listeners of a scan that take the new connections, as many as the steering holds:
+/// the same ones (by inode) at every pass when there are more, so the set does not churn
+/// (`current` is the set steered to now, to warn only when it changes).
+fn choose_successors<'l>(
+    port: u16,
+    listeners: &'l [Listener],
+    successors_are: SuccessorsAre<'_>,
+    current: &HashSet<u64>,
+) -> Vec<&'l Listener> {
     let mut found: Vec<&Listener> = listeners
         .iter()
         .filter(|listener| successors_are.include(listener))
         .collect();
     let room = steer::successor_room();
     if found.len() > room {
-        // Part of the group rather than a refusal of every new connection: the same
-        // part at every pass (by inode), so the set does not churn.
+        // Part of the group rather than a refusal of every new connection.
         found.sort_unstable_by_key(|listener| listener.socket.inode);
         if found
             .iter()
@@ -875,15 +942,16 @@ fn update_successors(
         }
         found.truncate(room);
     }
-    let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
-    if inodes == *current {
-        return;
-    }
-    // One that cannot be borrowed now (its owner not yet visible, a process starting) is
-    // tried again at the next pass: `current` holds only those actually steered to.
+    found
+}
+
+/// Duplicates each successor listener from one of its owners: the inodes of those
+/// borrowed, and their descriptors. One that cannot be borrowed now (its owner not yet
+/// visible, a process starting) is left out, to be tried again at the next pass.
+fn borrow_successors(port: u16, successors: &[Listener]) -> (HashSet<u64>, Vec<OwnedFd>) {
     let mut borrowed = HashSet::new();
     let mut sockets: Vec<OwnedFd> = Vec::new();
-    for listener in found {
+    for listener in successors {
         match borrow_listeners(port, std::slice::from_ref(listener)) {
             Ok(socket) => {
                 borrowed.insert(listener.socket.inode);
@@ -896,21 +964,7 @@ fn update_successors(
             ),
         }
     }
-    if borrowed == *current {
-        return;
-    }
-    let fds: Vec<_> = sockets.iter().map(|fd| fd.as_fd()).collect();
-    match steering.set_successors(&fds) {
-        Ok(()) => {
-            info!(
-                port,
-                successors = fds.len(),
-                "new connections go to the successor listeners"
-            );
-            *current = borrowed;
-        }
-        Err(err) => warn!("cannot hand new connections to the successors: {err}"),
-    }
+    (borrowed, sockets)
 }
 
 /// Duplicates each listening socket from one of its owners.

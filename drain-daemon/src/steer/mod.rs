@@ -124,6 +124,15 @@ pub enum Lasting {
     WhileHeld,
 }
 
+/// The listening sockets a steering starts with, duplicated into this process.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    /// The draining listeners: new connections stay away from them.
+    pub draining: Vec<OwnedFd>,
+    /// The listeners that take those connections instead; none refuses them.
+    pub successors: Vec<OwnedFd>,
+}
+
 /// The refusal of new connections to one port's draining listeners.
 pub struct Steering {
     port: u16,
@@ -142,13 +151,16 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Starts refusing new connections to `port` that would reach one of the listeners
-    /// `borrow` returns (descriptors of the draining listening sockets, duplicated into
-    /// this process). `borrow` is called once the program is loaded and verified, right
-    /// before it is attached, and the descriptors are closed on return: a duplicate keeps
-    /// a listener open after its server closes it (a graceful stop begun meanwhile), and
-    /// connections the kernel queues on it then are reset when the duplicate closes, so
-    /// it is held for the map insert and the attach only, not for the load.
+    /// Starts steering new connections away from `port`'s draining listeners: to the
+    /// successors `borrow` returns ([`Sockets`]), refused when there are none. `borrow`
+    /// returns descriptors of the listening sockets duplicated into this process; it is
+    /// called once the program is loaded and verified, right before it is attached, and
+    /// the descriptors are closed on return: a duplicate keeps a listener open after its
+    /// server closes it (a graceful stop begun meanwhile), and connections the kernel
+    /// queues on it then are reset when the duplicate closes, so it is held for the map
+    /// inserts and the attach only, not for the load. The successors are in their map
+    /// before the draining listeners are in theirs, so no new connection is refused while
+    /// a successor listens.
     ///
     /// Reuses the pinned program of an earlier drain of the same port in this namespace
     /// if its listeners are still open and the refusal is to last until they close;
@@ -156,7 +168,7 @@ impl Steering {
     /// for network namespaces, listening sockets in SOCKHASH).
     pub fn refuse<E: From<SteerError>>(
         port: u16,
-        borrow: impl FnOnce() -> Result<Vec<OwnedFd>, E>,
+        borrow: impl FnOnce() -> Result<Sockets, E>,
         lasting: Lasting,
     ) -> Result<Self, E> {
         // Only stalls are injected here (a slow load under CPU contention).
@@ -180,8 +192,9 @@ impl Steering {
             Some(pins) if pin && pins.has_link() => match open_pinned(pins)? {
                 Ok(mut pinned) => {
                     info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
-                    let listeners = borrow()?;
-                    pinned.replace_listeners(&borrowed_fds(&listeners, port)?)?;
+                    let sockets = borrow()?;
+                    pinned.set_successors(&borrowed_fds(&sockets.successors, port)?)?;
+                    pinned.replace_listeners(&borrowed_fds(&sockets.draining, port)?)?;
                     Ok(pinned)
                 }
                 Err(pins) => load_and_attach(port, netns.file(), borrow, Some(pins), pin),
@@ -231,26 +244,7 @@ impl Steering {
     /// process) instead of refusing them; an empty set refuses again. At most
     /// [`MAX_LISTENERS_PER_PORT`]: the caller chooses which (see [`successor_room`]).
     pub fn set_successors(&mut self, successors: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        if successors.len() > successor_room() {
-            return Err(SteerError::TooManySuccessors {
-                port: self.port,
-                count: successors.len(),
-            });
-        }
-        // The program spreads new connections over slots 0..n (drain-ebpf, program.rs):
-        // fill them in place (an update replaces a slot at once), then empty the rest.
-        let previous: BTreeSet<u32> = self.successors.keys().filter_map(Result::ok).collect();
-        for (slot, socket) in (0..).zip(successors) {
-            self.successors
-                .insert(slot, socket.as_raw_fd(), 0)
-                .map_err(SteerError::AddListener)?;
-        }
-        let filled = successors.len() as u32;
-        for slot in previous.into_iter().filter(|slot| *slot >= filled) {
-            // Gone already if that listener closed meanwhile: nothing to undo.
-            let _ = self.successors.remove(&slot);
-        }
-        Ok(())
+        fill_successors(&mut self.successors, successors, self.port)
     }
 
     /// The reader of the program's log records (aya-log), to be polled by the caller.
@@ -274,6 +268,33 @@ impl Steering {
 /// How many successors [`Steering::set_successors`] takes.
 pub fn successor_room() -> usize {
     MAX_LISTENERS_PER_PORT as usize
+}
+
+/// Puts `successors` into slots 0..n of `map` and empties the slots after them. The
+/// program spreads new connections over slots 0..n (drain-ebpf, program.rs): they are
+/// filled in place (an update replaces a slot at once), then the rest are emptied.
+fn fill_successors<T: BorrowMut<MapData>>(
+    map: &mut SockHash<T, u32>,
+    successors: &[BorrowedFd<'_>],
+    port: u16,
+) -> Result<(), SteerError> {
+    if successors.len() > successor_room() {
+        return Err(SteerError::TooManySuccessors {
+            port,
+            count: successors.len(),
+        });
+    }
+    let previous: BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
+    for (slot, socket) in (0..).zip(successors) {
+        map.insert(slot, socket.as_raw_fd(), 0)
+            .map_err(SteerError::AddListener)?;
+    }
+    let filled = successors.len() as u32;
+    for slot in previous.into_iter().filter(|slot| *slot >= filled) {
+        // Gone already if that listener closed meanwhile: nothing to undo.
+        let _ = map.remove(&slot);
+    }
+    Ok(())
 }
 
 /// Puts the draining listeners `sockets` into free slots of `map` first and only then
@@ -433,14 +454,14 @@ fn borrowed_fds(sockets: &[OwnedFd], port: u16) -> Result<Vec<BorrowedFd<'_>>, S
     Ok(sockets.iter().map(AsFd::as_fd).collect())
 }
 
-/// Loads a new instance of the program for `port` with the listeners `borrow` returns in its map, attaches
-/// it, and pins it into the locked `pins` when given and `pin`; unpinned, it is held by
-/// the returned [`Steering`] (with the lock). The listeners go in before the program is
-/// attached and pinned, so nothing ever sees it without them.
+/// Loads a new instance of the program for `port` with the sockets `borrow` returns in
+/// its maps, attaches it, and pins it into the locked `pins` when given and `pin`;
+/// unpinned, it is held by the returned [`Steering`] (with the lock). The sockets go in
+/// before the program is attached and pinned, so nothing ever sees it without them.
 fn load_and_attach<E: From<SteerError>>(
     port: u16,
     netns: &fs::File,
-    borrow: impl FnOnce() -> Result<Vec<OwnedFd>, E>,
+    borrow: impl FnOnce() -> Result<Sockets, E>,
     pins: Option<PortDir>,
     pin: bool,
 ) -> Result<Steering, E> {
@@ -467,7 +488,7 @@ fn load_and_attach<E: From<SteerError>>(
     };
     let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
     let mut v6only_map = take(&mut ebpf, V6ONLY_MAP)?;
-    let successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
+    let mut successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
     let counts_map = take(&mut ebpf, COUNTS_MAP)?;
     let mut borrowed =
         SockHash::<&mut MapData, u32>::try_from(&mut listeners_map).map_err(|source| {
@@ -488,15 +509,27 @@ fn load_and_attach<E: From<SteerError>>(
         .try_into()
         .map_err(SteerError::Program)?;
     program.load().map_err(classify_program_error)?;
-    let listeners = borrow()?;
+    let sockets = borrow()?;
+    let mut successors =
+        SockHash::<&mut MapData, u32>::try_from(&mut successors_map).map_err(|source| {
+            SteerError::Map {
+                name: SUCCESSORS_MAP,
+                source,
+            }
+        })?;
+    fill_successors(
+        &mut successors,
+        &borrowed_fds(&sockets.successors, port)?,
+        port,
+    )?;
     replace_sockets(
         &mut borrowed,
         &mut v6only,
-        &borrowed_fds(&listeners, port)?,
+        &borrowed_fds(&sockets.draining, port)?,
         port,
     )?;
     let link_id = program.attach(netns).map_err(classify_program_error)?;
-    drop(listeners);
+    drop(sockets);
     let link = FdLink::from(program.take_link(link_id).map_err(SteerError::Program)?);
 
     let maps = [
