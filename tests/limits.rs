@@ -139,3 +139,86 @@ fn a_successor_group_beyond_the_limit_still_takes_new_connections() {
     assert_eq!(accepted_before(&old_events), old_accepted);
     assert!(accepted_before(&new_events) >= 20);
 }
+
+/// The steering program is sized for the drain that loads it (its load cost grows with
+/// its slots): one listener gets 32 slots. A second drain of the port that finds that
+/// pinned steering too small for its 41 listeners replaces it with one sized for them,
+/// and every listener stays refused.
+#[test]
+fn a_pinned_steering_too_small_for_the_next_drain_is_replaced_by_a_larger_one() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (old, _old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let (_group, _group_events, _) = start_server(reuseport_group(40));
+    let first = run_drainctl(
+        [
+            "drain",
+            "--port",
+            "8080",
+            "--pid",
+            &old.pid().to_string(),
+            "--timeout",
+            "10s",
+            "--json",
+        ],
+        30 * SECOND,
+    );
+    assert_eq!(first.code, Some(0), "{}", first.stderr_text());
+    assert_eq!(first.json()["successors"], 40);
+
+    let second = run_drainctl(
+        ["drain", "--port", "8080", "--timeout", "10s", "--json"],
+        30 * SECOND,
+    );
+    assert_eq!(second.code, Some(0), "{}", second.stderr_text());
+    assert!(
+        second
+            .stderr_text()
+            .contains("has no room for this drain's listeners"),
+        "{}",
+        second.stderr_text()
+    );
+    assert_eq!(second.json()["still_refusing"], true);
+    for _ in 0..20 {
+        assert!(matches!(
+            connect_refused_quickly(addr),
+            ConnectOutcome::Refused(_)
+        ));
+    }
+}
+
+/// The successors' room is set when the drain starts (16 at least, more for a larger
+/// group already listening): a group started during the drain with more listeners
+/// than that takes the new connections through 16 of them, said in a warning.
+#[test]
+fn a_successor_group_started_during_the_drain_gets_the_room_set_at_the_start() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
+    let _busy = drain_tests::busy_client(addr, &old_events, "/sleep/3000");
+    let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "20s", "--json"]);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |l| l.contains("new connections are refused"))
+        .expect("refusing");
+    let (_new, _new_events, _) = start_server(reuseport_group(20));
+    drainctl.wait_until_handing_over();
+    for _ in 0..20 {
+        let mut client = KeepAliveClient::connect(addr).expect("a new connection is accepted");
+        assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    }
+    let output = drainctl.wait(30 * SECOND);
+    assert_eq!(output.code, Some(0), "{}", output.stderr_text());
+    let report = output.json();
+    assert_eq!(report["successors"], 16, "{report}");
+    assert_eq!(report["refused_connections"], 0, "{report}");
+    assert!(
+        output
+            .stderr_text()
+            .contains("20 successor listeners, more than the 16 the steering holds"),
+        "{}",
+        output.stderr_text()
+    );
+}

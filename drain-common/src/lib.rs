@@ -42,15 +42,42 @@ pub const COUNT_STEERED: u32 = 1;
 
 /// How many listening sockets one drain can hold, and how many successors: an IPv4 and
 /// an IPv6 listener, or every member of a SO_REUSEPORT group (one per worker, per
-/// family: 128 covers 64 workers on both families). The program's cost does not grow
-/// with it where it matters: a connection to a draining listener stops at the first
-/// matching slot, and the successors are read up to the first empty one.
+/// family: 128 covers 64 workers on both families).
 pub const MAX_LISTENERS_PER_PORT: u32 = 128;
 
-/// The slots of [`LISTENERS_MAP`]: room for two full sets of listeners, so a drain that
-/// takes over an earlier drain's pinned map puts its set in beside the old one before
-/// it removes the old one (the listeners in both stay refused throughout).
+/// The most slots [`LISTENERS_MAP`] can have: room for two full sets of listeners, so a
+/// drain that takes over an earlier drain's pinned map puts its set in beside the old
+/// one before it removes the old one (the listeners in both stay refused throughout).
 pub const LISTENER_SLOTS: u32 = 2 * MAX_LISTENERS_PER_PORT;
+
+/// Name of the read-only global (u32) holding the slots [`LISTENERS_MAP`] and
+/// [`V6ONLY_MAP`] were created with. Each instance is sized for its drain, because the
+/// verifier walks the program's loop over the slots once per slot: loading a program
+/// sized for [`LISTENER_SLOTS`] took 0.38 s of CPU, one sized for 32 slots a tenth of
+/// that (measured on Linux 6.18). The verifier reads the value as a constant (a frozen
+/// `.rodata` map, Linux 5.2+).
+pub const LISTENER_SLOTS_GLOBAL: &str = "DRAIN_LISTENER_SLOTS";
+
+/// Name of the read-only global (u32) holding the slots [`SUCCESSORS_MAP`] was created
+/// with, at most [`MAX_LISTENERS_PER_PORT`]; see [`LISTENER_SLOTS_GLOBAL`].
+pub const SUCCESSOR_SLOTS_GLOBAL: &str = "DRAIN_SUCCESSOR_SLOTS";
+
+/// The fewest slots an instance is given for a set of listeners (draining or
+/// successors): a successor started during the drain with a larger reuseport group than
+/// the room gets connections on this many of its sockets.
+pub const MIN_SLOTS: u32 = 16;
+
+/// The slots an instance gets for a set of `listeners`: a power of two from
+/// [`MIN_SLOTS`] to [`MAX_LISTENERS_PER_PORT`].
+pub const fn slots_for(listeners: u32) -> u32 {
+    if listeners <= MIN_SLOTS {
+        MIN_SLOTS
+    } else if listeners >= MAX_LISTENERS_PER_PORT {
+        MAX_LISTENERS_PER_PORT
+    } else {
+        listeners.next_power_of_two()
+    }
+}
 
 /// Name of the sk_msg program that writes `Connection: close` into the head of the next
 /// HTTP/1.x response on a connection being drained.
@@ -116,5 +143,22 @@ impl FlowKey {
             l2,
             l3,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_a_power_of_two_between_the_minimum_and_the_limit() {
+        assert_eq!(slots_for(0), MIN_SLOTS);
+        assert_eq!(slots_for(1), MIN_SLOTS);
+        assert_eq!(slots_for(MIN_SLOTS), MIN_SLOTS);
+        assert_eq!(slots_for(MIN_SLOTS + 1), 2 * MIN_SLOTS);
+        assert_eq!(slots_for(100), 128);
+        assert_eq!(slots_for(MAX_LISTENERS_PER_PORT), MAX_LISTENERS_PER_PORT);
+        assert_eq!(slots_for(u32::MAX), MAX_LISTENERS_PER_PORT);
+        assert!(2 * slots_for(u32::MAX) <= LISTENER_SLOTS);
     }
 }

@@ -28,6 +28,17 @@ const NO_REUSEPORT: u64 = 2;
 #[unsafe(no_mangle)]
 static DRAIN_PORT: Global<u16> = Global::new(0);
 
+/// Set by the loader (`drain_common::LISTENER_SLOTS_GLOBAL`): the slots of
+/// `DRAIN_LISTENERS` and `DRAIN_V6ONLY` in this instance. A constant to the verifier,
+/// which walks the loop over them only this far.
+#[unsafe(no_mangle)]
+static DRAIN_LISTENER_SLOTS: Global<u32> = Global::new(LISTENER_SLOTS);
+
+/// Set by the loader (`drain_common::SUCCESSOR_SLOTS_GLOBAL`): the slots of `SUCCESSORS`
+/// in this instance.
+#[unsafe(no_mangle)]
+static DRAIN_SUCCESSOR_SLOTS: Global<u32> = Global::new(MAX_LISTENERS_PER_PORT);
+
 #[map(name = "COUNTS")]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
@@ -95,7 +106,8 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
         ifindex: lookup.ingress_ifindex,
     };
     // Every slot: the loader's slots are not dense (a closed listener leaves a hole).
-    if !(0..LISTENER_SLOTS).any(|slot| draining_listener_matches(slot, &destination)) {
+    let listener_slots = DRAIN_LISTENER_SLOTS.load().min(LISTENER_SLOTS);
+    if !(0..listener_slots).any(|slot| draining_listener_matches(slot, &destination)) {
         return SK_PASS;
     }
     // NO_REUSEPORT keeps the kernel from picking the draining listener out of a shared
@@ -104,14 +116,15 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
     // so a retransmitted SYN lands where the first one did. The loader keeps the
     // successors in slots 0..n; the first one that takes the destination is the
     // fallback (a successor bound to another address).
-    let successors = successor_count();
+    let successor_slots = DRAIN_SUCCESSOR_SLOTS.load().min(MAX_LISTENERS_PER_PORT);
+    let successors = successor_count(successor_slots);
     let picked = if successors > 0 {
         flow_hash(lookup) % successors
     } else {
         0
     };
     if (successors > 0 && assign_successor(&ctx, picked, &destination))
-        || (0..MAX_LISTENERS_PER_PORT).any(|slot| assign_successor(&ctx, slot, &destination))
+        || (0..successor_slots).any(|slot| assign_successor(&ctx, slot, &destination))
     {
         count(COUNT_STEERED);
         debug!(
@@ -136,9 +149,9 @@ struct Destination {
 }
 
 /// How many successors there are: the loader fills slots 0..n and leaves the rest empty.
-fn successor_count() -> u32 {
+fn successor_count(slots: u32) -> u32 {
     let mut count = 0;
-    for slot in 0..MAX_LISTENERS_PER_PORT {
+    for slot in 0..slots {
         let sk = SUCCESSORS.get(slot);
         if sk.is_null() {
             break;

@@ -38,6 +38,7 @@ pub use report::{DrainReport, ProcessRef, Remaining};
 use schedule::CloseSchedule;
 pub use schedule::Pace;
 
+use drain_common::MAX_LISTENERS_PER_PORT;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -50,7 +51,7 @@ use crate::{
     netns,
     pidfd::{self, PidfdError},
     pidns::PidNamespace,
-    steer::{self, Lasting, Persistence, Sockets, SteerError, Steering},
+    steer::{Lasting, Persistence, Size, Sockets, SteerError, Steering},
 };
 
 /// What to drain and how. Serialized (durations in milliseconds) as the body of the
@@ -328,6 +329,7 @@ pub async fn drain_scoped(
         port,
         successor_candidates.as_deref().unwrap_or(&before.listeners),
         successors_are,
+        MAX_LISTENERS_PER_PORT as usize,
         &HashSet::new(),
     )
     .into_iter()
@@ -360,8 +362,13 @@ pub async fn drain_scoped(
     // new connection refused until the first pass found them would be lost.
     let mut successors = HashSet::new();
     let mut steering = blocking::run(|| {
+        let size = Size {
+            draining: draining.len(),
+            successors: first_successors.len(),
+        };
         Steering::refuse(
             port,
+            size,
             || {
                 let draining = borrow_listeners(port, &draining)?;
                 let (borrowed, sockets) = borrow_successors(port, &first_successors);
@@ -886,7 +893,8 @@ fn update_successors(
     successors_are: SuccessorsAre<'_>,
     current: &mut HashSet<u64>,
 ) {
-    let found = choose_successors(port, listeners, successors_are, current);
+    let room = steering.successor_room();
+    let found = choose_successors(port, listeners, successors_are, room, current);
     let inodes: HashSet<u64> = found.iter().map(|l| l.socket.inode).collect();
     if inodes == *current {
         return;
@@ -910,20 +918,20 @@ fn update_successors(
     }
 }
 
-/// The listeners of a scan that take the new connections, as many as the steering holds:
-/// the same ones (by inode) at every pass when there are more, so the set does not churn
-/// (`current` is the set steered to now, to warn only when it changes).
+/// The listeners of a scan that take the new connections, at most `room`: the same ones
+/// (by inode) at every pass when there are more, so the set does not churn (`current`
+/// is the set steered to now, to warn only when it changes).
 fn choose_successors<'l>(
     port: u16,
     listeners: &'l [Listener],
     successors_are: SuccessorsAre<'_>,
+    room: usize,
     current: &HashSet<u64>,
 ) -> Vec<&'l Listener> {
     let mut found: Vec<&Listener> = listeners
         .iter()
         .filter(|listener| successors_are.include(listener))
         .collect();
-    let room = steer::successor_room();
     if found.len() > room {
         // Part of the group rather than a refusal of every new connection.
         found.sort_unstable_by_key(|listener| listener.socket.inode);

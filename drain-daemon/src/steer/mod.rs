@@ -36,8 +36,9 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use drain_common::{
-    COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, LISTENER_SLOTS,
-    MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, SUCCESSORS_MAP, V6ONLY_MAP,
+    COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP, LISTENER_SLOTS, LISTENER_SLOTS_GLOBAL,
+    MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME, SUCCESSORS_MAP, SUCCESSOR_SLOTS_GLOBAL,
+    V6ONLY_MAP,
 };
 use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 use tracing::{info, warn};
@@ -133,9 +134,40 @@ pub struct Sockets {
     pub successors: Vec<OwnedFd>,
 }
 
+/// How many listeners a new steering is sized for. The verifier's work, and so the CPU a
+/// drain spends loading the program, grows with the slots (see
+/// [`drain_common::LISTENER_SLOTS_GLOBAL`]); each set gets
+/// [`drain_common::slots_for`] its count, the draining ones twice that (room for a
+/// replacing set beside the old one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    /// The draining listeners.
+    pub draining: usize,
+    /// The successors found when the drain starts.
+    pub successors: usize,
+}
+
+impl Size {
+    fn listener_slots(self) -> u32 {
+        2 * drain_common::slots_for(count_u32(self.draining))
+    }
+
+    fn successor_slots(self) -> u32 {
+        drain_common::slots_for(count_u32(self.successors))
+    }
+}
+
+fn count_u32(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
 /// The refusal of new connections to one port's draining listeners.
 pub struct Steering {
     port: u16,
+    /// The slots of `listeners` and `v6only`.
+    listener_slots: u32,
+    /// The slots of `successors`: how many successors new connections can go to.
+    successor_slots: u32,
     listeners: SockHash<MapData, u32>,
     /// Whether the listener in the same slot of `listeners` is IPv6-only.
     v6only: Array<MapData, u32>,
@@ -162,12 +194,14 @@ impl Steering {
     /// before the draining listeners are in theirs, so no new connection is refused while
     /// a successor listens.
     ///
-    /// Reuses the pinned program of an earlier drain of the same port in this namespace
-    /// if its listeners are still open and the refusal is to last until they close;
+    /// A new program instance is sized for `size`. Reuses the pinned program of an
+    /// earlier drain of the same port in this namespace if its listeners are still open,
+    /// it has room for `size`, and the refusal is to last until they close;
     /// [`Lasting::WhileHeld`] unpins it instead. Minimum kernel: 5.9 (sk_lookup, bpf_link
     /// for network namespaces, listening sockets in SOCKHASH).
     pub fn refuse<E: From<SteerError>>(
         port: u16,
+        size: Size,
         borrow: impl FnOnce() -> Result<Sockets, E>,
         lasting: Lasting,
     ) -> Result<Self, E> {
@@ -189,7 +223,7 @@ impl Steering {
         };
         let pin = lasting == Lasting::UntilListenersClose;
         match pins {
-            Some(pins) if pin && pins.has_link() => match open_pinned(pins)? {
+            Some(pins) if pin && pins.has_link() => match open_pinned(pins, size)? {
                 Ok(mut pinned) => {
                     info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
                     let sockets = borrow()?;
@@ -197,7 +231,7 @@ impl Steering {
                     pinned.replace_listeners(&borrowed_fds(&sockets.draining, port)?)?;
                     Ok(pinned)
                 }
-                Err(pins) => load_and_attach(port, netns.file(), borrow, Some(pins), pin),
+                Err(pins) => load_and_attach(port, netns.file(), size, borrow, Some(pins), pin),
             },
             Some(pins) => {
                 // An earlier drain's pins would go on refusing after this one.
@@ -205,9 +239,9 @@ impl Steering {
                     path: pins.path().to_path_buf(),
                     message: format!("removing an earlier drain's pins: {err}"),
                 })?;
-                load_and_attach(port, netns.file(), borrow, Some(pins), pin)
+                load_and_attach(port, netns.file(), size, borrow, Some(pins), pin)
             }
-            None => load_and_attach(port, netns.file(), borrow, None, pin),
+            None => load_and_attach(port, netns.file(), size, borrow, None, pin),
         }
     }
 
@@ -242,9 +276,19 @@ impl Steering {
 
     /// Hands new connections to these listeners (descriptors duplicated into this
     /// process) instead of refusing them; an empty set refuses again. At most
-    /// [`MAX_LISTENERS_PER_PORT`]: the caller chooses which (see [`successor_room`]).
+    /// [`Steering::successor_room`]: the caller chooses which.
     pub fn set_successors(&mut self, successors: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        fill_successors(&mut self.successors, successors, self.port)
+        fill_successors(
+            &mut self.successors,
+            self.successor_slots,
+            successors,
+            self.port,
+        )
+    }
+
+    /// How many successors [`Steering::set_successors`] takes.
+    pub fn successor_room(&self) -> usize {
+        self.successor_slots as usize
     }
 
     /// The reader of the program's log records (aya-log), to be polled by the caller.
@@ -261,13 +305,22 @@ impl Steering {
     }
 
     fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
-        replace_sockets(&mut self.listeners, &mut self.v6only, listeners, self.port)
+        replace_sockets(
+            &mut self.listeners,
+            &mut self.v6only,
+            self.listener_slots,
+            listeners,
+            self.port,
+        )
     }
-}
 
-/// How many successors [`Steering::set_successors`] takes.
-pub fn successor_room() -> usize {
-    MAX_LISTENERS_PER_PORT as usize
+    /// Whether this (pinned) steering can take a drain of `size` without a new program:
+    /// the new set of listeners fits beside the open ones, the successors in its room.
+    fn has_room_for(&self, size: Size) -> bool {
+        let open = self.open_listeners();
+        open + size.draining <= self.listener_slots as usize
+            && size.successors.min(MAX_LISTENERS_PER_PORT as usize) <= self.successor_room()
+    }
 }
 
 /// Puts `successors` into slots 0..n of `map` and empties the slots after them. The
@@ -275,10 +328,11 @@ pub fn successor_room() -> usize {
 /// filled in place (an update replaces a slot at once), then the rest are emptied.
 fn fill_successors<T: BorrowMut<MapData>>(
     map: &mut SockHash<T, u32>,
+    slots: u32,
     successors: &[BorrowedFd<'_>],
     port: u16,
 ) -> Result<(), SteerError> {
-    if successors.len() > successor_room() {
+    if successors.len() > slots as usize {
         return Err(SteerError::TooManySuccessors {
             port,
             count: successors.len(),
@@ -300,17 +354,18 @@ fn fill_successors<T: BorrowMut<MapData>>(
 /// Puts the draining listeners `sockets` into free slots of `map` first and only then
 /// removes the previous entries, so a listener steered before stays steered throughout.
 /// Each slot's IPv6-only flag is written to `v6only` before its socket goes in, so the
-/// program never sees a listener with another one's flag. The map has room for two full
-/// sets ([`LISTENER_SLOTS`]), so this never runs out while both are within
-/// [`MAX_LISTENERS_PER_PORT`].
+/// program never sees a listener with another one's flag. Both maps have `slots` slots:
+/// room for two sets of the size the program was loaded for
+/// ([`Steering::has_room_for`] checks a reused one).
 fn replace_sockets<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     map: &mut SockHash<T, u32>,
     v6only: &mut Array<U, u32>,
+    slots: u32,
     sockets: &[BorrowedFd<'_>],
     port: u16,
 ) -> Result<(), SteerError> {
     let previous: BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
-    let mut free = (0..LISTENER_SLOTS).filter(|slot| !previous.contains(slot));
+    let mut free = (0..slots.min(LISTENER_SLOTS)).filter(|slot| !previous.contains(slot));
     for socket in sockets {
         let slot = free.next().ok_or(SteerError::NoFreeSlot { port })?;
         // Maps pinned with fewer slots than this build's (by an older drainctl) are full
@@ -400,14 +455,16 @@ pub fn is_refusing(port: u16) -> bool {
         .is_some_and(|dir| pins::listeners_open(&dir))
 }
 
-/// Opens the drain pinned in `pins` if it still refuses something; unpins it if stale
-/// and hands the directory back.
-fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
+/// Opens the drain pinned in `pins` if it still refuses something and has room for a
+/// drain of `size`; unpins it otherwise and hands the directory back.
+fn open_pinned(pins: PortDir, size: Size) -> Result<Result<Steering, PortDir>, SteerError> {
     let opened = (|| {
-        let listeners =
-            SockHash::try_from(Map::SockHash(pins.open_map(pins::LISTENERS).ok()?)).ok()?;
+        let listeners = pins.open_map(pins::LISTENERS).ok()?;
+        let listener_slots = listeners.info().ok()?.max_entries();
+        let listeners = SockHash::try_from(Map::SockHash(listeners)).ok()?;
         listeners.keys().next()?.ok()?;
         let successors = pins.open_map(pins::SUCCESSORS).ok()?;
+        let successor_slots = successors.info().ok()?.max_entries();
         let successors = SockHash::try_from(Map::SockHash(successors)).ok()?;
         let counts = pins.open_map(pins::COUNTS).ok()?;
         let counts = PerCpuArray::try_from(Map::PerCpuArray(counts)).ok()?;
@@ -419,20 +476,36 @@ fn open_pinned(pins: PortDir) -> Result<Result<Steering, PortDir>, SteerError> {
             .info()
             .ok()
             .and_then(|info| EbpfLogger::init_from_id(info.program_id()).ok());
-        Some((listeners, v6only, successors, counts, logger))
-    })();
-    match opened {
-        Some((listeners, v6only, successors, counts, logger)) => Ok(Ok(Steering {
+        Some(Steering {
             port: pins.port(),
+            listener_slots,
+            successor_slots,
             listeners,
             v6only,
             successors,
             counts,
             persistence: Persistence::Pinned(pins.path().to_path_buf()),
             logger,
-            pins: Some(pins),
+            pins: None,
             _link: None,
+        })
+    })();
+    match opened {
+        Some(steering) if steering.has_room_for(size) => Ok(Ok(Steering {
+            pins: Some(pins),
+            ..steering
         })),
+        Some(_) => {
+            info!(
+                port = pins.port(),
+                "the pinned steering of an earlier drain has no room for this drain's listeners: loading one sized for them"
+            );
+            pins.unpin().map_err(|err| SteerError::Pin {
+                path: pins.path().to_path_buf(),
+                message: format!("removing a pinned drain too small for this one: {err}"),
+            })?;
+            Ok(Err(pins))
+        }
         None => {
             pins.unpin().map_err(|err| SteerError::Pin {
                 path: pins.path().to_path_buf(),
@@ -461,6 +534,7 @@ fn borrowed_fds(sockets: &[OwnedFd], port: u16) -> Result<Vec<BorrowedFd<'_>>, S
 fn load_and_attach<E: From<SteerError>>(
     port: u16,
     netns: &fs::File,
+    size: Size,
     borrow: impl FnOnce() -> Result<Sockets, E>,
     pins: Option<PortDir>,
     pin: bool,
@@ -470,8 +544,14 @@ fn load_and_attach<E: From<SteerError>>(
     } else {
         aya_log::Level::Info
     };
+    let (listener_slots, successor_slots) = (size.listener_slots(), size.successor_slots());
     let mut ebpf = EbpfLoader::new()
         .override_global(PORT_GLOBAL, &port, true)
+        .override_global(LISTENER_SLOTS_GLOBAL, &listener_slots, true)
+        .override_global(SUCCESSOR_SLOTS_GLOBAL, &successor_slots, true)
+        .map_max_entries(LISTENERS_MAP, listener_slots)
+        .map_max_entries(V6ONLY_MAP, listener_slots)
+        .map_max_entries(SUCCESSORS_MAP, successor_slots)
         .override_global(aya_log::LEVEL, &(log_level as u8), true)
         .load(PROGRAM_OBJECT)
         .map_err(SteerError::from)?;
@@ -519,12 +599,14 @@ fn load_and_attach<E: From<SteerError>>(
         })?;
     fill_successors(
         &mut successors,
+        successor_slots,
         &borrowed_fds(&sockets.successors, port)?,
         port,
     )?;
     replace_sockets(
         &mut borrowed,
         &mut v6only,
+        listener_slots,
         &borrowed_fds(&sockets.draining, port)?,
         port,
     )?;
@@ -578,6 +660,8 @@ fn load_and_attach<E: From<SteerError>>(
     info!(port, ?persistence, "attached the sk_lookup program");
     Ok(Steering {
         port,
+        listener_slots,
+        successor_slots,
         listeners,
         v6only,
         successors,
