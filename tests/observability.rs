@@ -178,6 +178,64 @@ fn a_drain_through_the_daemon_shows_in_its_prometheus_metrics() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
 
+/// A response the drain rewrote to end with `Connection: close` counts under
+/// `close_requested{protocol="http"}`, and the connection its client then closed is not
+/// counted as closed by the drain.
+#[test]
+fn a_response_asking_the_client_to_close_shows_in_the_metrics() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, socket, address) = spawn_daemon_with_metrics("metrics-close");
+    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let mut busy = busy_client(addr, &events, "/sleep/1000");
+    let drain = {
+        let socket = socket.clone();
+        std::thread::spawn(move || drain_through_daemon(&socket, &["--port", "8080", "--json"]))
+    };
+    let response = busy.read_response().expect("answered");
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .headers
+            .iter()
+            .any(|(name, value)| name.eq_ignore_ascii_case("connection") && value == "close"),
+        "{:?}",
+        response.headers
+    );
+    drop(busy);
+    let output = drain.join().unwrap();
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["connection_close_sent"], 1);
+
+    let (_, body) = scrape(address);
+    let Exposition { types, samples } = parse_exposition(&body);
+    assert_eq!(
+        types
+            .get("drain_daemon_close_requested")
+            .map(String::as_str),
+        Some("counter"),
+        "{body}"
+    );
+    let sample = |series: &str| samples.get(series).copied();
+    assert_eq!(
+        sample(r#"drain_daemon_close_requested_total{protocol="http"}"#),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(r#"drain_daemon_close_requested_total{protocol="websocket"}"#),
+        Some(0.0),
+        "{body}"
+    );
+    let closed: f64 = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("drain_daemon_connections_closed_total"))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(closed, 0.0, "{body}");
+}
+
 /// Like [`scrape`], for another path.
 fn scrape_path(address: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics address");

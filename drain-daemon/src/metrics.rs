@@ -39,6 +39,11 @@ struct ClosedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortState {
     port: u16,
     state: &'static str,
@@ -54,6 +59,7 @@ struct Inner {
     registry: Registry,
     drains: Family<OutcomeLabels, Counter>,
     closed: Family<ClosedLabels, Counter>,
+    close_requested: Family<ProtocolLabels, Counter>,
     draining: Family<PortState, Gauge>,
     new_connections: Family<PortAction, Counter>,
 }
@@ -77,6 +83,12 @@ impl Default for Metrics {
             "Connections closed by drains, by method (graceful FIN, abortive RST) and kind (idle, boundary: between a response and the next request, forced: at the deadline with --force)",
             closed.clone(),
         );
+        let close_requested = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "close_requested",
+            "Connections drains asked the client to close in its own protocol, by protocol (http: Connection: close written into a response, websocket: a close frame, 1001 going away)",
+            close_requested.clone(),
+        );
         let draining = Family::<PortState, Gauge>::default();
         registry.register(
             "draining_connections",
@@ -93,6 +105,7 @@ impl Default for Metrics {
             registry,
             drains,
             closed,
+            close_requested,
             draining,
             new_connections,
         }))
@@ -196,6 +209,16 @@ impl DrainMetrics {
                 .closed
                 .get_or_create(&ClosedLabels { method, kind })
                 .inc_by(closed);
+        }
+        for (protocol, sent) in [
+            ("http", report.connection_close_sent),
+            ("websocket", report.websocket_close_sent),
+        ] {
+            self.metrics
+                .0
+                .close_requested
+                .get_or_create(&ProtocolLabels { protocol })
+                .inc_by(sent);
         }
         self.new_connections(report.refused_connections, report.steered_connections);
     }
