@@ -65,7 +65,7 @@ fn draining_an_ipv6_only_listener_leaves_ipv4_connections_to_the_ipv4_listener()
     };
     // The demo server's IPv6 listeners are IPv6-only unless --dual-stack.
     let (drained, _events, _) = start_server_via(
-        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
         ["--listen", "[::]:8080"],
     );
     let (_ipv4, ipv4_events, _) = start_server(["--listen", "0.0.0.0:8080"]);

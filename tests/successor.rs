@@ -355,7 +355,7 @@ fn connections_of_a_successor_the_drain_cannot_see_are_left_alone() {
         return;
     };
     let (old_ns, old_events, addr) = start_server_via(
-        &["unshare", "--pid", "--fork", "--mount-proc"],
+        &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
         ["--listen", "127.0.0.1:8080", "--reuseport"],
     );
     let (_new, new_events, _) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);

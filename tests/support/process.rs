@@ -134,8 +134,9 @@ where
 
 /// Like [`spawn_demo_server`], run through a `wrapper` command that execs (or forks)
 /// the server with the same stdout, e.g. `["unshare", "--pid", "--fork",
-/// "--mount-proc"]` for a server in a PID namespace of its own. The guard then holds the
-/// wrapper.
+/// "--mount-proc", "--kill-child"]` for a server in a PID namespace of its own. The guard
+/// then holds the wrapper: a wrapper that forks must take its child down with it
+/// (`--kill-child`), or the server outlives the test.
 pub fn spawn_demo_server_via<I, S>(wrapper: &[&str], args: I) -> (ChildGuard, EventReader)
 where
     I: IntoIterator<Item = S>,

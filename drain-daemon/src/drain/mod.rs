@@ -899,8 +899,7 @@ fn update_successors(
     if inodes == *current {
         return;
     }
-    let found: Vec<Listener> = found.into_iter().cloned().collect();
-    let (borrowed, sockets) = borrow_successors(port, &found);
+    let (borrowed, sockets) = borrow_successors(port, found);
     if borrowed == *current {
         return;
     }
@@ -956,7 +955,10 @@ fn choose_successors<'l>(
 /// Duplicates each successor listener from one of its owners: the inodes of those
 /// borrowed, and their descriptors. One that cannot be borrowed now (its owner not yet
 /// visible, a process starting) is left out, to be tried again at the next pass.
-fn borrow_successors(port: u16, successors: &[Listener]) -> (HashSet<u64>, Vec<OwnedFd>) {
+fn borrow_successors<'l>(
+    port: u16,
+    successors: impl IntoIterator<Item = &'l Listener>,
+) -> (HashSet<u64>, Vec<OwnedFd>) {
     let mut borrowed = HashSet::new();
     let mut sockets: Vec<OwnedFd> = Vec::new();
     for listener in successors {

@@ -93,6 +93,9 @@ fn main() -> ExitCode {
     }
     let mut listeners = Vec::with_capacity(addrs.len());
     if let Some(fd) = inherited {
+        // Dies with the supervisor that started it: a test's guard kills the supervisor
+        // only, and a server left behind would outlive the test.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         listeners.push(supervisor::inherited_listener(fd));
     }
     for addr in &addrs {
