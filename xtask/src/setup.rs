@@ -16,9 +16,10 @@ use drain_ebpf_toolchain::{self as toolchain, BPF_LINKER_VERSION, LLVM_MAJOR, NI
 use crate::{output_of, run};
 
 /// Debian packages besides LLVM: iproute2 (`ip`, `ss`) for namespaces and comparisons,
-/// curl and hey as real clients, nginx as a real proxy (tests/busy.rs). Installing nginx
-/// also enables Debian's service of that name on the host (the tests and the benchmark run
-/// their own instances, in a private netns).
+/// curl and hey as real clients, nginx as a real proxy (tests/busy.rs), strace to inject
+/// system call failures (tests/closing.rs, tests/systemd.rs). The tests and the
+/// benchmark run their own nginx, in a private netns: the service Debian starts and
+/// enables with the package is stopped and disabled ([`HOST_SERVICES`]).
 const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "iproute2",
@@ -27,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     "systemd",
     "lintian",
+    "strace",
     "python3-venv",
 ];
 
@@ -54,10 +56,15 @@ fn llvm_packages() -> [String; 2] {
 }
 
 /// Debian packages of the busy-server benchmark besides setup's (nginx): haproxy and the
-/// Go toolchain (for its Go net/http server). Installing haproxy also enables Debian's
-/// service of that name on the host (the benchmark runs its own instances, in a private
-/// netns).
+/// Go toolchain (for its Go net/http server). The benchmark runs its own haproxy, in a
+/// private netns ([`HOST_SERVICES`]).
 const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "golang-go"];
+
+/// Packages whose installation starts and enables a host service of the same name
+/// (Debian's policy): when setup installed one, it stops and disables that service, so
+/// that `cargo xtask test` leaves no web server or proxy listening on the host's ports
+/// 80 and 443. A package that was there before setup ran is left as it was.
+const HOST_SERVICES: &[&str] = &["nginx", "haproxy"];
 
 /// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`] and the Python
 /// `websockets` package (pip, or Debian's python3-websockets where pip may not install).
@@ -91,7 +98,8 @@ fn apt_packages() -> Result<()> {
     )
 }
 
-/// Installs those of `packages` that dpkg does not list as installed.
+/// Installs those of `packages` that dpkg does not list as installed, then stops and
+/// disables the [`HOST_SERVICES`] that came with them.
 fn apt_install<'a>(packages: impl Iterator<Item = &'a str>) -> Result<()> {
     let missing: Vec<&str> = packages
         .filter(|package| !dpkg_installed(package))
@@ -104,7 +112,41 @@ fn apt_install<'a>(packages: impl Iterator<Item = &'a str>) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for service in missing.iter().filter(|p| HOST_SERVICES.contains(p)) {
+        stop_host_service(service);
+    }
+    Ok(())
+}
+
+/// Stops and disables `service` on the host: through systemd where it runs the host,
+/// else through the SysV scripts (`invoke-rc.d` honours a container's `policy-rc.d`,
+/// which may have kept it from starting at all). Failures are reported, not fatal: the
+/// tests do not need the service gone, the host's owner wants it.
+fn stop_host_service(service: &str) {
+    let commands: Vec<Vec<&str>> = if std::path::Path::new("/run/systemd/system").is_dir() {
+        vec![vec!["systemctl", "disable", "--now", service]]
+    } else {
+        vec![
+            vec!["invoke-rc.d", service, "stop"],
+            vec!["update-rc.d", service, "disable"],
+        ]
+    };
+    for command in commands {
+        let status = Command::new(command[0])
+            .args(&command[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !status.is_ok_and(|s| s.success()) && command[0] != "invoke-rc.d" {
+            println!(
+                "setup: could not run `{}`: the {service} service Debian enabled may still run on this host",
+                command.join(" ")
+            );
+            return;
+        }
+    }
+    println!("setup: stopped and disabled the host's {service} service (the tests run their own)");
 }
 
 fn dpkg_installed(package: &str) -> bool {
