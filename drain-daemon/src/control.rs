@@ -342,7 +342,7 @@ pub async fn serve(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SocketKind {
     /// `--socket`: root peers with the capabilities of a drain, in the daemon's network
-    /// namespace ([`Peer::may_drain`]).
+    /// namespace (`Peer::may_drain`).
     Root,
     /// `--pod-socket`: any peer that can connect, acting only in its own network and
     /// PID namespaces ([`PodPeer`]).

@@ -3,10 +3,10 @@
 //! 1. **Steer**: new connections to the port are refused ([`crate::steer`]) while the
 //!    draining listeners live.
 //! 2. **Scan** the port ([`crate::inventory`]) every poll interval, keeping only what is
-//!    provably the drain's ([`ownership`]): a successor's connections, or ones whose
+//!    provably the drain's (`ownership`): a successor's connections, or ones whose
 //!    holder is not visible, are never touched.
 //! 3. **Close** the idle connections ([`crate::close`]), and the busy ones between a
-//!    response and their client's next request ([`boundary`]), paced by a [`Pace`] so
+//!    response and their client's next request (`boundary`), paced by a [`Pace`] so
 //!    clients do not all reconnect at once; requests in flight are left to finish.
 //! 4. **Finish** when the listener's owners hold no connection on the port (also after
 //!    they closed the listener themselves) and its accept queue is empty

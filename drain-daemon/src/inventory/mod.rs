@@ -2,7 +2,7 @@
 //!
 //! For one port in the current network namespace: the listening sockets with their
 //! owner processes and accept queues, and every connection those processes accepted on
-//! it, each classified idle or in flight ([`classify`]). Sockets come from netlink
+//! it, each classified idle or in flight ([`classify`](mod@classify)). Sockets come from netlink
 //! sock_diag with TCP_INFO, filtered by port in the kernel ([`sock_diag`]), or where
 //! that is unavailable from `/proc/net/tcp{,6}` ([`procfs`], without TCP_INFO); owners
 //! come from procfs ([`owners`]).
@@ -128,7 +128,7 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// An inventory judging connections with `quiet_period` ([`classify`], rule 5),
+    /// An inventory judging connections with `quiet_period` ([`classify`](mod@classify), rule 5),
     /// reading sock_diag, or `/proc/net/tcp` (with a warning) where sock_diag fails.
     pub fn new(quiet_period: Duration) -> Result<Self, InventoryError> {
         Self::with_source(quiet_period, None)

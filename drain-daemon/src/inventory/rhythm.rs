@@ -2,7 +2,7 @@
 //! drain can close it between a response and that request.
 //!
 //! Under continuous load no keep-alive connection is quiet for the quiet period
-//! ([`super::classify`], rule 5), and neither is a websocket exchanging heartbeats: a
+//! ([`classify`](mod@super::classify), rule 5), and neither is a websocket exchanging heartbeats: a
 //! drain that closes only idle connections closes none of them, and the stop that
 //! follows it cuts them all. Each client has a rhythm, though: a response, a pause, the
 //! next request. Closed right after a response, while most of the pause is still to

@@ -6,10 +6,12 @@
 //! listener if one is set ([`Steering::set_successors`]), and refused otherwise (RST,
 //! the client sees ECONNREFUSED at once). The kernel deletes a socket from every
 //! SOCKHASH when the socket closes, so the steering cannot outlive the listener: a
-//! service started later on the same port gets its connections again.
+//! service started later on the same port gets its connections again. Each instance's
+//! maps and loops are sized for its drain ([`Size`]): the verifier walks the loops once
+//! per slot, and that walk was most of a drain's CPU.
 //!
 //! The program, its maps and its link are pinned in bpffs under
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/` ([`pins`]), so the refusal
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/` (`pins`), so the refusal
 //! lasts after `drainctl` exits (between the end of `ExecStop=` and the service's exit,
 //! new clients are refused rather than accepted and then cut). A drain holds the port's
 //! pin directory locked for its whole run: a second drain of the port is refused

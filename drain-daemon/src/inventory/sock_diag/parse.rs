@@ -245,8 +245,8 @@ impl From<TcpState> for TcpStates {
 
 // --- Sockets -------------------------------------------------------------------------------
 
-/// The exact identity of one TCP socket, as sock_diag reports it and as [`SockDiag::get`]
-/// and [`SockDiag::destroy`] take it back.
+/// The exact identity of one TCP socket, as sock_diag reports it and as [`SockDiag::get`](super::SockDiag::get)
+/// and [`SockDiag::destroy`](super::SockDiag::destroy) take it back.
 ///
 /// Addresses are kept exactly as the kernel reports them: a socket of an `AF_INET6`
 /// dual-stack listener that carries IPv4 traffic has IPv6 addresses of the form
@@ -270,7 +270,7 @@ pub struct SocketId {
 
 impl SocketId {
     /// The cookie value (`INET_DIAG_NOCOOKIE` in both halves) that makes the kernel skip the
-    /// cookie check in [`SockDiag::get`] and [`SockDiag::destroy`].
+    /// cookie check in [`SockDiag::get`](super::SockDiag::get) and [`SockDiag::destroy`](super::SockDiag::destroy).
     pub const NO_COOKIE: u64 = u64::MAX;
 
     /// Whether this is an `AF_INET6` socket.
