@@ -3,11 +3,11 @@
 //! large SO_REUSEPORT group: one listener per worker, per address family) must either
 //! work or fail with a message naming the limit, never steer part of them silently.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use drain_tests::{
     connect_refused_quickly, idle_client, run_drainctl, spawn_drainctl, start_server, Closed,
-    ConnectOutcome, KeepAliveClient, Netns,
+    ConnectOutcome, DrainctlOutput, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -51,19 +51,29 @@ fn a_reuseport_group_of_100_drains_twice_in_a_row() {
     ));
 
     let second = drain();
+    assert_second_drain_refuses(
+        &second,
+        "reusing the pinned steering of an earlier drain",
+        addr,
+    );
+}
+
+/// A second drain of the port that took over, or replaced, the first one's pinned
+/// steering (its log says `how`) drained, and new connections are still refused.
+fn assert_second_drain_refuses(second: &DrainctlOutput, how: &str, addr: SocketAddr) {
     assert_eq!(second.code, Some(0), "{}", second.stderr_text());
     assert!(
-        second
-            .stderr_text()
-            .contains("reusing the pinned steering of an earlier drain"),
-        "the second drain did not take over the pin: {}",
+        second.stderr_text().contains(how),
+        "the second drain's log does not say {how:?}: {}",
         second.stderr_text()
     );
     assert_eq!(second.json()["still_refusing"], true);
-    assert!(matches!(
-        connect_refused_quickly(addr),
-        ConnectOutcome::Refused(_)
-    ));
+    for _ in 0..20 {
+        assert!(matches!(
+            connect_refused_quickly(addr),
+            ConnectOutcome::Refused(_)
+        ));
+    }
 }
 
 /// One listener more than a drain can hold: exit 3 with a message naming the limit,
@@ -171,21 +181,7 @@ fn a_pinned_steering_too_small_for_the_next_drain_is_replaced_by_a_larger_one() 
         ["drain", "--port", "8080", "--timeout", "10s", "--json"],
         30 * SECOND,
     );
-    assert_eq!(second.code, Some(0), "{}", second.stderr_text());
-    assert!(
-        second
-            .stderr_text()
-            .contains("has no room for this drain's listeners"),
-        "{}",
-        second.stderr_text()
-    );
-    assert_eq!(second.json()["still_refusing"], true);
-    for _ in 0..20 {
-        assert!(matches!(
-            connect_refused_quickly(addr),
-            ConnectOutcome::Refused(_)
-        ));
-    }
+    assert_second_drain_refuses(&second, "has no room for this drain's listeners", addr);
 }
 
 /// The successors' room is set when the drain starts (16 at least, more for a larger
