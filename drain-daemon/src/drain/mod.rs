@@ -954,7 +954,8 @@ fn choose_successors<'l>(
 
 /// Duplicates each successor listener from one of its owners: the inodes of those
 /// borrowed, and their descriptors. One that cannot be borrowed now (its owner not yet
-/// visible, a process starting) is left out, to be tried again at the next pass.
+/// visible, a process starting, or closed since the scan) is left out, to be tried again
+/// at the next pass.
 fn borrow_successors<'l>(
     port: u16,
     successors: impl IntoIterator<Item = &'l Listener>,
@@ -962,11 +963,16 @@ fn borrow_successors<'l>(
     let mut borrowed = HashSet::new();
     let mut sockets: Vec<OwnedFd> = Vec::new();
     for listener in successors {
-        match borrow_listeners(port, std::slice::from_ref(listener)) {
-            Ok(socket) => {
+        match borrow_listener(port, listener) {
+            Ok(Some(socket)) => {
                 borrowed.insert(listener.socket.inode);
-                sockets.extend(socket);
+                sockets.push(socket);
             }
+            Ok(None) => debug!(
+                port,
+                inode = listener.socket.inode,
+                "a successor listener was closed since the scan"
+            ),
             Err(err) => debug!(
                 port,
                 inode = listener.socket.inode,
@@ -977,7 +983,6 @@ fn borrow_successors<'l>(
     (borrowed, sockets)
 }
 
-/// Duplicates each listening socket from one of its owners.
 /// The draining listeners' sockets, borrowed from their servers for the steering's map.
 /// A listener every holder of which has let go of it since the scan (a graceful stop
 /// begun meanwhile: nginx's QUIT, Go's `Shutdown`) is closed: the kernel hands it no new
@@ -986,21 +991,8 @@ fn borrow_successors<'l>(
 fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, DrainError> {
     let mut borrowed = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        let mut errors = Vec::new();
-        let socket = listener.owners.iter().find_map(|owner| {
-            pidfd::duplicate_socket(owner.pid, owner.fd, &listener.socket)
-                .map_err(|err| errors.push(err))
-                .ok()
-        });
-        if let Some(socket) = socket {
-            borrowed.push(socket);
-            continue;
-        }
-        if errors.is_empty() {
-            return Err(DrainError::ListenerOwnerUnknown { port });
-        }
-        match errors.into_iter().find(|err| !err.is_gone()) {
-            Some(source) => return Err(DrainError::BorrowListener { port, source }),
+        match borrow_listener(port, listener)? {
+            Some(socket) => borrowed.push(socket),
             None => info!(
                 port,
                 listener = %listener.socket.id.local,
@@ -1009,6 +1001,25 @@ fn borrow_listeners(port: u16, listeners: &[Listener]) -> Result<Vec<OwnedFd>, D
         }
     }
     Ok(borrowed)
+}
+
+/// Duplicates `listener`'s socket from the first of its owners that still holds it;
+/// `None` when every owner has let go of it (exited, closed it, or reused the number).
+fn borrow_listener(port: u16, listener: &Listener) -> Result<Option<OwnedFd>, DrainError> {
+    let mut errors = Vec::new();
+    for owner in &listener.owners {
+        match pidfd::duplicate_socket(owner.pid, owner.fd, &listener.socket) {
+            Ok(socket) => return Ok(Some(socket)),
+            Err(err) => errors.push(err),
+        }
+    }
+    if errors.is_empty() {
+        return Err(DrainError::ListenerOwnerUnknown { port });
+    }
+    match errors.into_iter().find(|err| !err.is_gone()) {
+        Some(source) => Err(DrainError::BorrowListener { port, source }),
+        None => Ok(None),
+    }
 }
 
 /// A task that stops when this is dropped.

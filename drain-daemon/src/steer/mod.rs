@@ -78,9 +78,13 @@ pub enum SteerError {
     V6Only(#[source] io::Error),
     #[error("port {port} has {count} listeners to drain; one drain holds at most {MAX_LISTENERS_PER_PORT}: drain part of them (--pid names one process tree)")]
     TooManyListeners { port: u16, count: usize },
-    #[error("{count} successor listeners for port {port}; the steering map holds at most {MAX_LISTENERS_PER_PORT}")]
-    TooManySuccessors { port: u16, count: usize },
-    #[error("the pinned steering map of port {port} has no free slot left (a map pinned by an older drainctl with fewer slots?): drainctl release --port {port}, then drain again")]
+    #[error("{count} successor listeners for port {port}; its steering holds at most {room}")]
+    TooManySuccessors {
+        port: u16,
+        count: usize,
+        room: usize,
+    },
+    #[error("the steering map of port {port} has no free slot left: drainctl release --port {port}, then drain again")]
     NoFreeSlot { port: u16 },
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
@@ -338,6 +342,7 @@ fn fill_successors<T: BorrowMut<MapData>>(
         return Err(SteerError::TooManySuccessors {
             port,
             count: successors.len(),
+            room: slots as usize,
         });
     }
     let previous: BTreeSet<u32> = map.keys().filter_map(Result::ok).collect();
@@ -370,20 +375,11 @@ fn replace_sockets<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
     let mut free = (0..slots.min(LISTENER_SLOTS)).filter(|slot| !previous.contains(slot));
     for socket in sockets {
         let slot = free.next().ok_or(SteerError::NoFreeSlot { port })?;
-        // Maps pinned with fewer slots than this build's (by an older drainctl) are full
-        // or out of bounds sooner.
-        let slot_error = |err: MapError| match &err {
-            MapError::OutOfBounds { .. } => SteerError::NoFreeSlot { port },
-            MapError::SyscallError(call) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                SteerError::NoFreeSlot { port }
-            }
-            _ => SteerError::AddListener(err),
-        };
         v6only
             .set(slot, u32::from(is_v6only(socket)?), 0)
-            .map_err(slot_error)?;
+            .map_err(SteerError::AddListener)?;
         map.insert(slot, socket.as_raw_fd(), 0)
-            .map_err(slot_error)?;
+            .map_err(SteerError::AddListener)?;
     }
     for slot in previous {
         // Gone already if that listener closed meanwhile: nothing to undo.
@@ -400,6 +396,11 @@ fn is_v6only(socket: &BorrowedFd<'_>) -> Result<bool, SteerError> {
         Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOPROTOOPT) => Ok(false),
         Err(errno) => Err(SteerError::V6Only(errno.into())),
     }
+}
+
+/// The error of an operation on map `name` of a loaded object.
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> SteerError {
+    move |source| SteerError::Map { name, source }
 }
 
 /// Takes map `name` out of a loaded object (each of the object's programs' loaders owns
@@ -492,30 +493,27 @@ fn open_pinned(pins: PortDir, size: Size) -> Result<Result<Steering, PortDir>, S
             _link: None,
         })
     })();
-    match opened {
-        Some(steering) if steering.has_room_for(size) => Ok(Ok(Steering {
-            pins: Some(pins),
-            ..steering
-        })),
+    let removing = match opened {
+        Some(steering) if steering.has_room_for(size) => {
+            return Ok(Ok(Steering {
+                pins: Some(pins),
+                ..steering
+            }))
+        }
         Some(_) => {
             info!(
                 port = pins.port(),
                 "the pinned steering of an earlier drain has no room for this drain's listeners: loading one sized for them"
             );
-            pins.unpin().map_err(|err| SteerError::Pin {
-                path: pins.path().to_path_buf(),
-                message: format!("removing a pinned drain too small for this one: {err}"),
-            })?;
-            Ok(Err(pins))
+            "a pinned drain too small for this one"
         }
-        None => {
-            pins.unpin().map_err(|err| SteerError::Pin {
-                path: pins.path().to_path_buf(),
-                message: format!("removing a stale pinned drain: {err}"),
-            })?;
-            Ok(Err(pins))
-        }
-    }
+        None => "a stale pinned drain",
+    };
+    pins.unpin().map_err(|err| SteerError::Pin {
+        path: pins.path().to_path_buf(),
+        message: format!("removing {removing}: {err}"),
+    })?;
+    Ok(Err(pins))
 }
 
 /// The descriptors of `sockets` to put in a map, at most [`MAX_LISTENERS_PER_PORT`].
@@ -565,26 +563,16 @@ fn load_and_attach<E: From<SteerError>>(
             None
         }
     };
-    let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-        take_map(ebpf, name).map_err(|source| SteerError::Map { name, source })
-    };
+    let take =
+        |ebpf: &mut aya::Ebpf, name: &'static str| take_map(ebpf, name).map_err(map_error(name));
     let mut listeners_map = take(&mut ebpf, LISTENERS_MAP)?;
     let mut v6only_map = take(&mut ebpf, V6ONLY_MAP)?;
     let mut successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
     let counts_map = take(&mut ebpf, COUNTS_MAP)?;
-    let mut borrowed =
-        SockHash::<&mut MapData, u32>::try_from(&mut listeners_map).map_err(|source| {
-            SteerError::Map {
-                name: LISTENERS_MAP,
-                source,
-            }
-        })?;
-    let mut v6only = Array::<&mut MapData, u32>::try_from(&mut v6only_map).map_err(|source| {
-        SteerError::Map {
-            name: V6ONLY_MAP,
-            source,
-        }
-    })?;
+    let mut borrowed = SockHash::<&mut MapData, u32>::try_from(&mut listeners_map)
+        .map_err(map_error(LISTENERS_MAP))?;
+    let mut v6only =
+        Array::<&mut MapData, u32>::try_from(&mut v6only_map).map_err(map_error(V6ONLY_MAP))?;
     let program: &mut SkLookup = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| SteerError::Program(ProgramError::UnexpectedProgramType))?
@@ -592,13 +580,8 @@ fn load_and_attach<E: From<SteerError>>(
         .map_err(SteerError::Program)?;
     program.load().map_err(classify_program_error)?;
     let sockets = borrow()?;
-    let mut successors =
-        SockHash::<&mut MapData, u32>::try_from(&mut successors_map).map_err(|source| {
-            SteerError::Map {
-                name: SUCCESSORS_MAP,
-                source,
-            }
-        })?;
+    let mut successors = SockHash::<&mut MapData, u32>::try_from(&mut successors_map)
+        .map_err(map_error(SUCCESSORS_MAP))?;
     fill_successors(
         &mut successors,
         successor_slots,
@@ -643,22 +626,10 @@ fn load_and_attach<E: From<SteerError>>(
         },
         None => (Persistence::Process, None, Some(link)),
     };
-    let listeners = SockHash::try_from(listeners_map).map_err(|source| SteerError::Map {
-        name: LISTENERS_MAP,
-        source,
-    })?;
-    let v6only = Array::try_from(v6only_map).map_err(|source| SteerError::Map {
-        name: V6ONLY_MAP,
-        source,
-    })?;
-    let successors = SockHash::try_from(successors_map).map_err(|source| SteerError::Map {
-        name: SUCCESSORS_MAP,
-        source,
-    })?;
-    let counts = PerCpuArray::try_from(counts_map).map_err(|source| SteerError::Map {
-        name: COUNTS_MAP,
-        source,
-    })?;
+    let listeners = SockHash::try_from(listeners_map).map_err(map_error(LISTENERS_MAP))?;
+    let v6only = Array::try_from(v6only_map).map_err(map_error(V6ONLY_MAP))?;
+    let successors = SockHash::try_from(successors_map).map_err(map_error(SUCCESSORS_MAP))?;
+    let counts = PerCpuArray::try_from(counts_map).map_err(map_error(COUNTS_MAP))?;
     info!(port, ?persistence, "attached the sk_lookup program");
     Ok(Steering {
         port,
