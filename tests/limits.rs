@@ -6,8 +6,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use drain_tests::{
-    connect_refused_quickly, idle_client, run_drainctl, spawn_drainctl, start_server, Closed,
-    ConnectOutcome, DrainctlOutput, KeepAliveClient, Netns,
+    connect_refused_quickly, idle_client, run_drainctl,
+    scenario::{accepted, accepted_at_least},
+    spawn_drainctl, start_server, Closed, ConnectOutcome, DrainctlOutput, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -117,14 +118,7 @@ fn a_successor_group_beyond_the_limit_still_takes_new_connections() {
         "--json",
     ]);
     drainctl.wait_until_handing_over();
-    let accepted_before = |events: &drain_tests::EventReader| {
-        events
-            .all_lines()
-            .iter()
-            .filter(|l| l.starts_with("accepted "))
-            .count()
-    };
-    let old_accepted = accepted_before(&old_events);
+    let old_accepted = accepted(&old_events);
     for _ in 0..20 {
         let mut client = KeepAliveClient::connect(addr).expect("a new connection is accepted");
         assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
@@ -146,8 +140,8 @@ fn a_successor_group_beyond_the_limit_still_takes_new_connections() {
         "no warning names the successors left out: {}",
         output.stderr_text()
     );
-    assert_eq!(accepted_before(&old_events), old_accepted);
-    assert!(accepted_before(&new_events) >= 20);
+    assert_eq!(accepted(&old_events), old_accepted);
+    assert!(accepted_at_least(&[&new_events], 20)[0] >= 20);
 }
 
 /// The steering program is sized for the drain that loads it (its load cost grows with

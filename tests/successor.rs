@@ -15,20 +15,14 @@ use std::{
 
 use drain_tests::{
     busy_client, connect_refused_quickly, drainctl_in_pid_namespace_of, hey, idle_client,
-    run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server, start_server_via,
-    wait_request_read, ChildGuard, Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
+    run_drainctl,
+    scenario::{accepted, accepted_at_least},
+    spawn_drainctl, spawn_drainctl_with, start_server, start_server_via, wait_request_read,
+    ChildGuard, Closed, ConnectOutcome, EventReader, KeepAliveClient, Netns,
 };
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn accepted(events: &EventReader) -> usize {
-    events
-        .all_lines()
-        .iter()
-        .filter(|l| l.starts_with("accepted "))
-        .count()
-}
 
 #[test]
 fn the_successor_takes_every_new_connection_while_the_old_listener_drains() {
@@ -78,7 +72,7 @@ fn the_successor_takes_every_new_connection_while_the_old_listener_drains() {
         old_before,
         "the old server accepted nothing new"
     );
-    assert!(accepted(&new_events) >= 20);
+    assert!(accepted_at_least(&[&new_events], 20)[0] >= 20);
     let mut after = KeepAliveClient::connect(addr).expect("the successor takes it after the drain");
     assert_eq!(after.request("GET", "/", b"").unwrap().status, 200);
 }
@@ -443,7 +437,8 @@ fn new_connections_are_spread_over_the_successors_reuseport_group() {
         let mut client = KeepAliveClient::connect(addr).expect("accepted by a successor");
         assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
     }
-    let (first, second) = (accepted(&first_events), accepted(&second_events));
+    let counts = accepted_at_least(&[&first_events, &second_events], 60);
+    let (first, second) = (counts[0], counts[1]);
     assert_eq!(first + second, 60);
     assert!(first >= 12 && second >= 12, "spread {first} / {second}");
 }

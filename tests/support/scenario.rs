@@ -3,7 +3,12 @@
 //! and not answered), and the check that a new connection is refused at once. One
 //! definition keeps the tests' setups identical and their bodies about what they test.
 
-use std::{ffi::OsStr, net::SocketAddr, time::Duration};
+use std::{
+    ffi::OsStr,
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
 
 use crate::{
     connect_refused_quickly, spawn_demo_server_via, ChildGuard, ConnectOutcome, EventReader,
@@ -33,6 +38,30 @@ where
         .wait_listening(5 * SECOND)
         .expect("demo server is listening");
     (server, events, addr)
+}
+
+/// How many connections the demo server behind `events` has logged accepting so far.
+pub fn accepted(events: &EventReader) -> usize {
+    events
+        .all_lines()
+        .iter()
+        .filter(|l| l.starts_with("accepted "))
+        .count()
+}
+
+/// The accepted counts of the demo servers behind `events` once they add up to at least
+/// `total`, or after 5 s. A server logs accepting a connection before it answers on it,
+/// but the line reaches the test's reader thread a moment later: a count taken right
+/// after the clients got their answers can be short under load.
+pub fn accepted_at_least(events: &[&EventReader], total: usize) -> Vec<usize> {
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let counts: Vec<usize> = events.iter().map(|e| accepted(e)).collect();
+        if counts.iter().sum::<usize>() >= total || Instant::now() >= deadline {
+            return counts;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A keep-alive client that made one request, had it answered, and now sits idle.
