@@ -16,7 +16,7 @@
 //! gives every socket in it back its normal send path.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
 };
@@ -28,7 +28,7 @@ use aya::{
 };
 use drain_common::{
     FlowKey, CLOSE_DONE_MAP, CLOSE_PROGRAM_NAME, CLOSE_SOCKETS_MAP, COUNTS_MAP,
-    COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED,
+    COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED, LISTENERS_MAP, SUCCESSORS_MAP, V6ONLY_MAP,
 };
 use rustix::net::{getpeername, getsockname};
 use tracing::debug;
@@ -89,7 +89,12 @@ pub struct CloseHttp {
 impl CloseHttp {
     /// Loads the sk_msg program and attaches it to a fresh, empty map.
     pub fn load() -> Result<Self, CloseHttpError> {
-        let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT)?;
+        // The object holds the steering program too: its maps are created at the least size.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(LISTENERS_MAP, 1)
+            .map_max_entries(V6ONLY_MAP, 1)
+            .map_max_entries(SUCCESSORS_MAP, 1)
+            .load(PROGRAM_OBJECT)?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             take_map(ebpf, name).map_err(|source| CloseHttpError::Map { name, source })
         };
@@ -151,10 +156,12 @@ impl CloseHttp {
     /// they send later goes through the program, and forgets those no longer `open`
     /// (the kernel removes a closed socket from the map itself).
     pub fn retire(&mut self, open: impl Fn(u64) -> bool) {
+        // One read of the (small) set of rewritten connections, not a lookup per armed one.
+        let done: HashSet<[u32; 11]> = self.done.keys().filter_map(Result::ok).collect();
         let mut released = 0;
         for (cookie, armed) in &mut self.armed {
             let Armed::InMap(key) = *armed else { continue };
-            if self.done.get(&key, 0).is_ok() {
+            if done.contains(&key) {
                 // Gone already if the socket closed meanwhile.
                 let _ = self.sockets.remove(cookie);
                 *armed = Armed::Released(key);
