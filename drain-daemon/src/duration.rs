@@ -122,16 +122,14 @@ pub enum PlanError {
         #[source]
         source: DurationError,
     },
-    #[error("--port: 0 is not a port (1-65535)")]
-    PortZero,
+    #[error("{option}: 0 is not a port (1-65535)")]
+    PortZero { option: &'static str },
     #[error("--batch: {0} is not a percentage of 1-100")]
     Percent(u8),
     #[error("--pid: {0} is not a process id")]
     Pid(i32),
     #[error("--successor-port: {0} is the drained port itself: name the port of the listener that takes over (or leave the option out to hand over on the same port)")]
     SuccessorIsDrainedPort(u16),
-    #[error("--successor-port: 0 is not a port (1-65535)")]
-    SuccessorPortZero,
 }
 
 /// Checks every setting of `plan` against the limits the command line applies.
@@ -146,13 +144,17 @@ pub fn check_plan(plan: &DrainPlan) -> Result<(), PlanError> {
             })
     };
     if plan.port == 0 {
-        return Err(PlanError::PortZero);
+        return Err(PlanError::PortZero { option: "--port" });
     }
     if let Some(pid) = plan.pid.filter(|pid| *pid <= 0) {
         return Err(PlanError::Pid(pid));
     }
     match plan.successor_port {
-        Some(0) => return Err(PlanError::SuccessorPortZero),
+        Some(0) => {
+            return Err(PlanError::PortZero {
+                option: "--successor-port",
+            })
+        }
         Some(successor) if successor == plan.port => {
             return Err(PlanError::SuccessorIsDrainedPort(successor))
         }
