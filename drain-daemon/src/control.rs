@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use crate::{
     capabilities,
-    drain::{self, AbortOnDrop, Cancel, DrainError, DrainPlan, DrainReport, Progress},
+    drain::{self, blocking, AbortOnDrop, Cancel, DrainError, DrainPlan, DrainReport, Progress},
     duration::{self, PlanError},
     metrics::Metrics,
     netns,
@@ -363,14 +363,14 @@ type Judgement = Result<(Target, u64), String>;
 
 /// Judges the peer on a socket of `kind`. The `/proc` reads this takes are kept off the
 /// async workers: a `/proc` read can wait on a stuck process.
-async fn target_of(stream: &UnixStream, kind: SocketKind) -> io::Result<Judgement> {
+fn target_of(stream: &UnixStream, kind: SocketKind) -> io::Result<Judgement> {
     Ok(match kind {
         SocketKind::Root => {
-            let peer = Peer::of(stream.peer_cred()?).await?;
+            let peer = Peer::of(stream.peer_cred()?);
             let netns = peer.netns.unwrap_or_default();
             peer.may_drain().map(|()| (Target::Own, netns))
         }
-        SocketKind::Pod => crate::drain::blocking::run(|| PodPeer::of(stream))
+        SocketKind::Pod => blocking::run(|| PodPeer::of(stream))
             .map(|peer| {
                 let netns = peer.netns;
                 (Target::Pod(peer), netns)
@@ -387,7 +387,7 @@ async fn handle(
     metrics: Metrics,
 ) -> Result<(), ControlError> {
     // Who is asking is known from the socket: nothing an unfit peer sends is read.
-    let judged = target_of(&stream, kind).await?;
+    let judged = target_of(&stream, kind)?;
     let (reader, mut writer) = stream.into_split();
     let (target, peer_netns) = match judged {
         Ok(judged) => judged,
@@ -463,7 +463,7 @@ async fn handle(
         }
         Request::Release { port, .. } => {
             let released = match target {
-                Target::Own => off_worker(move || steer::release(port)).await?,
+                Target::Own => blocking::run(|| steer::release(port)),
                 Target::Pod(peer) => {
                     netns::run_in(peer.pidfd, peer.netns, move || async move {
                         steer::release(port)
@@ -493,10 +493,11 @@ async fn handle(
 }
 
 /// A pod's plan names its `--pid` as the pod numbers it: the daemon's number of that
-/// process, which must be in the pod's PID namespace.
+/// process, which must be in the pod's PID namespace. The lookup walks `/proc`, off
+/// the async workers: a `/proc` read can wait on a stuck process.
 fn pod_plan(plan: &mut DrainPlan, peer: &PodPeer) -> Result<(), String> {
     if let Some(pid) = plan.pid {
-        let Some(own_number) = peer.pidns.translate(pid) else {
+        let Some(own_number) = blocking::run(|| peer.pidns.translate(pid)) else {
             return Err(format!(
                 "--pid {pid}: no process {pid} in drainctl's PID namespace: a pod drains only its own processes"
             ));
@@ -521,10 +522,10 @@ impl Peer {
     /// The peer of `cred`. Its `/proc` entry is read only for a root peer (a refusal
     /// needs no more than the uid), off the async workers: a `/proc` read can wait on a
     /// stuck process.
-    async fn of(cred: tokio::net::unix::UCred) -> io::Result<Peer> {
+    fn of(cred: tokio::net::unix::UCred) -> Peer {
         let uid = cred.uid();
         let pid = cred.pid().filter(|_| uid == 0);
-        let (capabilities, netns) = off_worker(move || {
+        let (capabilities, netns) = blocking::run(|| {
             let Some(pid) = pid else {
                 return (None, None);
             };
@@ -533,14 +534,13 @@ impl Peer {
                 .ok()
                 .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta));
             (capabilities, netns)
-        })
-        .await?;
-        Ok(Peer {
+        });
+        Peer {
             uid,
             pid: cred.pid(),
             capabilities,
             netns,
-        })
+        }
     }
 
     /// Root with the capabilities a drain needs; the message says what is missing.
@@ -671,14 +671,6 @@ fn drain_reply(result: Result<DrainReport, DrainError>) -> Reply {
         Ok(report) => Reply::Report(report),
         Err(err) => drain_error_reply(&err),
     }
-}
-
-/// Runs blocking work (`/proc` reads, bpf calls on pins) on the runtime's blocking
-/// threads, so the control socket and the drains go on meanwhile.
-async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| io::Error::other(format!("blocking task failed: {err}")))
 }
 
 fn drain_error_reply(err: &DrainError) -> Reply {

@@ -66,11 +66,6 @@ impl Netns {
         Ok(Netns { file, identity })
     }
 
-    /// The inode of its nsfs file: unique among live namespaces.
-    pub fn inode(&self) -> u64 {
-        self.identity.inode
-    }
-
     /// What tells it from every other namespace since boot, for files that outlive it.
     pub fn identity(&self) -> Identity {
         self.identity
@@ -214,9 +209,9 @@ mod tests {
     #[test]
     fn the_current_namespace_is_the_threads() {
         let netns = Netns::current().unwrap();
-        assert_eq!(netns.inode(), current_inode().unwrap());
+        assert_eq!(netns.identity().inode, current_inode().unwrap());
         assert_eq!(
-            netns.inode(),
+            netns.identity().inode,
             std::fs::metadata("/proc/self/ns/net").unwrap().ino()
         );
     }
@@ -274,9 +269,9 @@ mod tests {
             return;
         }
         let own = Netns::current().unwrap();
-        let inode = own.inode();
+        let inode = own.identity().inode;
         let seen = run_in(own.file.try_clone().unwrap(), inode, || async move {
-            Netns::current().unwrap().inode()
+            Netns::current().unwrap().identity().inode
         })
         .await
         .unwrap();

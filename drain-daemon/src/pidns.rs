@@ -14,6 +14,8 @@
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt as _};
 
+use procfs::process::Process;
+
 use crate::inventory::owners;
 
 /// A PID namespace, by the inode of its nsfs file.
@@ -40,10 +42,6 @@ impl PidNamespace {
             .map(|meta| PidNamespace(meta.ino()))
     }
 
-    pub fn inode(self) -> u64 {
-        self.0
-    }
-
     /// Whether process `pid` (the daemon's number) is in this namespace.
     pub fn contains(self, pid: i32) -> bool {
         Self::of_process(pid) == Some(self)
@@ -62,26 +60,23 @@ impl PidNamespace {
     pub fn translate(self, inner_pid: i32) -> Option<i32> {
         owners::all_pids().into_iter().find(|&pid| {
             self.contains(pid)
-                && std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|status| innermost_pid(&status))
-                    == Some(inner_pid)
+                && innermost_pid(pid) == Some(inner_pid)
                 // Checked again after reading the status: the pid may have been reused.
                 && self.contains(pid)
         })
     }
 }
 
-/// The last pid of `NSpid:` in a `/proc/<pid>/status`: the number the process has in
-/// its own PID namespace.
-fn innermost_pid(status: &str) -> Option<i32> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
+/// The last pid of `NSpid:` in `/proc/<pid>/status` (the procfs crate): the number
+/// process `pid` has in its own PID namespace; `None` when it cannot be read.
+fn innermost_pid(pid: i32) -> Option<i32> {
+    Process::new(pid)
+        .ok()?
+        .status()
+        .ok()?
+        .nspid?
+        .last()
+        .copied()
 }
 
 #[cfg(test)]
@@ -89,16 +84,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_innermost_pid_is_the_last_of_nspid() {
-        assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\t17\t1\n"), Some(1));
-        assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\n"), Some(4242));
-        assert_eq!(innermost_pid("Name:\tx\n"), None);
-    }
-
-    #[test]
     fn this_process_is_a_member_of_its_namespace_under_its_own_number() {
         let own = PidNamespace::own().unwrap();
         let pid = std::process::id() as i32;
+        // Its own namespace numbers it as it numbers itself.
+        assert_eq!(innermost_pid(pid), Some(pid));
         assert!(own.contains(pid));
         assert!(own.members().contains(&pid));
         assert_eq!(own.translate(pid), Some(pid));

@@ -63,8 +63,6 @@ pub struct PodPeer {
     /// The connecting process itself: what the drain's thread enters the network
     /// namespace of.
     pub pidfd: OwnedFd,
-    /// Its pid as the daemon numbers it.
-    pub pid: i32,
     /// Its network namespace's inode when it connected.
     pub netns: u64,
     /// Its PID namespace: the processes it may drain.
@@ -75,11 +73,13 @@ impl PodPeer {
     pub fn of(stream: &UnixStream) -> Result<PodPeer, PodPeerError> {
         let cred = stream.peer_cred().map_err(PodPeerError::PeerCred)?;
         // 0 or none: the peer is in a PID namespace the daemon cannot see into.
-        let pid = cred
+        let peer = cred
             .pid()
             .filter(|&pid| pid > 0)
+            .and_then(Pid::from_raw)
             .ok_or(PodPeerError::NotVisible)?;
-        let pidfd = peer_pidfd(stream, pid)?;
+        let pid = peer.as_raw_pid();
+        let pidfd = peer_pidfd(stream, peer)?;
         let proc_dir = openat(
             CWD,
             format!("/proc/{pid}").as_str(),
@@ -102,7 +102,6 @@ impl PodPeer {
             netns: namespace("net")?,
             pidns: PidNamespace::from_inode(namespace("pid")?),
             pidfd,
-            pid,
         };
         peer.check_not_host()?;
         Ok(peer)
@@ -130,14 +129,14 @@ impl PodPeer {
 /// A pidfd of the connecting process: `SO_PEERPIDFD` (Linux 6.5+) names the process
 /// that connected. Older kernels: `pidfd_open` of its pid, which the peer keeps while it
 /// waits for the reply (checked again by [`PodPeer::of`]).
-fn peer_pidfd(stream: &UnixStream, pid: i32) -> Result<OwnedFd, PodPeerError> {
+fn peer_pidfd(stream: &UnixStream, pid: Pid) -> Result<OwnedFd, PodPeerError> {
     if let Ok(pidfd) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
         return Ok(pidfd);
     }
-    let Some(peer) = Pid::from_raw(pid) else {
-        return Err(PodPeerError::NotVisible);
-    };
-    pidfd_open(peer, PidfdFlags::empty()).map_err(|source| PodPeerError::Pidfd { pid, source })
+    pidfd_open(pid, PidfdFlags::empty()).map_err(|source| PodPeerError::Pidfd {
+        pid: pid.as_raw_pid(),
+        source,
+    })
 }
 
 /// The pid a pidfd names now, from its fdinfo (`Pid:`); `None` once the process is gone
