@@ -16,15 +16,20 @@ pub const NEEDED: [(u32, &str); 3] = [
     (39, "CAP_BPF"),
 ];
 
-/// The effective capabilities (`CapEff`) of process `pid` (`"self"` for this one);
-/// `None` when its status cannot be read. Read once per drain or peer: the procfs
-/// crate parses the whole file, about 25 µs here (1.9x a hand-written scan for `CapEff`,
-/// measured on 160 processes), which does not matter at that rate.
-pub fn effective(pid: &str) -> Option<u64> {
-    let process = match pid {
-        "self" => Process::myself(),
-        pid => Process::new(pid.parse().ok()?),
-    };
+/// The effective capabilities (`CapEff`) of this process; `None` when its status cannot
+/// be read. Read once per drain or peer: the procfs crate parses the whole file, about
+/// 25 µs here (1.9x a hand-written scan for `CapEff`, measured on 160 processes), which
+/// does not matter at that rate.
+pub fn own() -> Option<u64> {
+    effective(Process::myself())
+}
+
+/// The effective capabilities of process `pid`, as [`own`] reads them.
+pub fn of(pid: i32) -> Option<u64> {
+    effective(Process::new(pid))
+}
+
+fn effective(process: procfs::ProcResult<Process>) -> Option<u64> {
     Some(process.ok()?.status().ok()?.capeff)
 }
 
@@ -43,11 +48,11 @@ mod tests {
 
     #[test]
     fn effective_capabilities_are_read_from_proc_status() {
-        let own = effective("self").expect("this process's status");
-        assert_eq!(effective(&std::process::id().to_string()), Some(own));
+        let mine = own().expect("this process's status");
+        assert_eq!(of(std::process::id() as i32), Some(mine));
         // pid_max is at most 2^22: no such process.
-        assert_eq!(effective("2147483647"), None);
-        assert_eq!(effective("not-a-pid"), None);
+        assert_eq!(of(i32::MAX), None);
+        assert_eq!(of(-1), None);
         assert!(missing(0x1ff_ffff_ffff).is_empty());
         assert_eq!(missing(0), ["CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_BPF"]);
         assert_eq!(missing(1 << 12), ["CAP_SYS_PTRACE", "CAP_BPF"]);

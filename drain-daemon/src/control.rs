@@ -529,7 +529,7 @@ impl Peer {
             let Some(pid) = pid else {
                 return (None, None);
             };
-            let capabilities = capabilities::effective(&pid.to_string());
+            let capabilities = capabilities::of(pid);
             let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .ok()
                 .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta));

@@ -250,7 +250,7 @@ pub async fn drain_scoped(
     // setup (scans, owner search, loading and attaching the program) included.
     let started = Instant::now();
     let deadline = started + plan.accept_grace + plan.timeout;
-    if let Some(missing) = capabilities::effective("self")
+    if let Some(missing) = capabilities::own()
         .map(capabilities::missing)
         .filter(|missing| !missing.is_empty())
     {
