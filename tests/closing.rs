@@ -11,8 +11,9 @@ use std::{
 };
 
 use drain_tests::{
-    busy_client, connect_refused_quickly, idle_client, raise_open_files_limit, run_drainctl,
-    spawn_drainctl, start_server, Closed, ConnectOutcome, KeepAliveClient, Netns,
+    busy_client, connect_refused_quickly, drainctl_with_faults, idle_client,
+    raise_open_files_limit, run_drainctl, spawn_drainctl, start_server, Closed, ConnectOutcome,
+    KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -301,10 +302,7 @@ fn accept_grace_keeps_accepting_before_refusing() {
     ));
     let mut during = KeepAliveClient::connect(addr).unwrap();
     assert_eq!(during.request("GET", "/", b"").unwrap().status, 200);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("new connections are refused"))
-        .expect("refusal after the grace");
+    drainctl.wait_until_refusing();
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert!(matches!(
         connect_refused_quickly(addr),
@@ -363,10 +361,9 @@ fn ptrace_denied_for_connections_resets_them_and_says_so_once() {
     };
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut clients: Vec<KeepAliveClient> = (0..3).map(|_| idle_client(addr)).collect();
-    let output = drain_tests::spawn_drainctl_with(
-        std::process::Command::new(drain_tests::bin_path("drainctl"))
-            .env("DRAIN_FAILPOINTS", "borrow:8080=eperm")
-            .args(["drain", "--port", "8080", "--quiet-period", "0s", "--json"]),
+    let output = drainctl_with_faults(
+        "borrow:8080=eperm",
+        &["drain", "--port", "8080", "--quiet-period", "0s", "--json"],
     )
     .wait(30 * SECOND);
     let log = output.stderr_text();

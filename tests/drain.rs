@@ -8,22 +8,13 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, bin_path, busy_client, idle_client, run_drainctl, spawn_drainctl,
-    spawn_drainctl_with, start_server, wait_request_read, Closed, Drainctl, KeepAliveClient, Netns,
+    assert_refused_at_once, bin_path, busy_client, drainctl_with_faults, idle_client, run_drainctl,
+    spawn_drainctl, spawn_drainctl_with, start_server, wait_request_read, Closed, KeepAliveClient,
+    Netns,
 };
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// Waits until drainctl says the steering is in place.
-fn wait_until_refusing(drainctl: &Drainctl) {
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections are refused")
-        })
-        .expect("drainctl reports that new connections are refused");
-}
 
 #[test]
 fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
@@ -47,7 +38,7 @@ fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
         "-v",
         "--no-connection-close",
     ]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
 
     // Within the default spread (a third of the 20 s timeout).
@@ -195,7 +186,7 @@ fn steering_survives_a_killed_drainctl_but_not_the_listener() {
     let _busy = busy_client(addr, &events, "/sleep/60000");
 
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     drainctl.signal(Signal::SIGKILL);
     let output = drainctl.wait(5 * SECOND);
@@ -217,7 +208,7 @@ fn interrupting_a_drain_stops_the_refusal() {
     let _busy = busy_client(addr, &events, "/sleep/60000");
 
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     drainctl.signal(Signal::SIGINT);
     let output = drainctl.wait(10 * SECOND);
@@ -239,7 +230,7 @@ fn a_terminated_drain_keeps_refusing_and_exits_143() {
     let _busy = busy_client(addr, &events, "/sleep/60000");
 
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "60s"]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     drainctl.signal(Signal::SIGTERM);
     let output = drainctl.wait(10 * SECOND);
     assert_eq!(output.code, Some(143), "log:\n{}", output.stderr_text());
@@ -443,7 +434,7 @@ fn a_server_that_closes_its_listener_first_is_drained_to_its_last_connection() {
         "--json",
         "--no-connection-close",
     ]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     server.signal(Signal::SIGUSR1).unwrap();
     events
         .wait_for("listeners closed", 5 * SECOND)
@@ -483,11 +474,19 @@ fn a_listener_closed_during_setup_leaves_nothing_to_steer_and_the_drain_goes_on(
     let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
     let mut busy = busy_client(addr, &events, "/sleep/2500");
-    let drainctl = drain_tests::spawn_drainctl_with(
-        std::process::Command::new(drain_tests::bin_path("drainctl"))
-            .env("DRAIN_FAILPOINTS", "attach:8080=stall-1500")
-            .args(["drain", "--port", "8080", "--quiet-period", "200ms"])
-            .args(["--timeout", "20s", "--json", "--no-connection-close"]),
+    let drainctl = drainctl_with_faults(
+        "attach:8080=stall-1500",
+        &[
+            "drain",
+            "--port",
+            "8080",
+            "--quiet-period",
+            "200ms",
+            "--timeout",
+            "20s",
+            "--json",
+            "--no-connection-close",
+        ],
     );
     drainctl
         .log()
@@ -557,7 +556,7 @@ fn a_listener_kept_by_a_supervisor_is_not_refused_after_the_server_is_gone() {
         &first.to_string(),
         "--json",
     ]);
-    wait_until_refusing(&drainctl);
+    drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     let output = drainctl.wait(20 * SECOND);
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());

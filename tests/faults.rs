@@ -14,8 +14,9 @@ use std::{
 
 use drain_tests::{
     assert_refused_at_once, bin_path, busy_client, connect_refused_quickly, drain_phase,
-    idle_client, run_drainctl, spawn_drainctl, spawn_drainctl_with, start_server,
-    systemd::require_tool, Closed, ConnectOutcome, Drainctl, KeepAliveClient, Netns, PrivateMounts,
+    drainctl_with_faults, idle_client, run_drainctl, spawn_drainctl, spawn_drainctl_with,
+    start_server, systemd::require_tool, Closed, ConnectOutcome, KeepAliveClient, Netns,
+    PrivateMounts,
 };
 use nix::sys::signal::Signal;
 
@@ -32,12 +33,7 @@ fn a_server_killed_mid_drain_ends_the_drain_and_frees_the_port() {
     let (server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let _busy = busy_client(addr, &events, "/sleep/20000");
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "30s", "--json"]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            line.contains("new connections are refused")
-        })
-        .expect("the drain started");
+    drainctl.wait_until_refusing();
     let killed = Instant::now();
     server.signal(Signal::SIGKILL).unwrap();
     let output = drainctl.wait(10 * SECOND);
@@ -129,15 +125,6 @@ fn twenty_ports_drained_at_once_each_end_on_their_own() {
             other => panic!("{addr}: expected refused, got {other:?}"),
         }
     }
-}
-
-/// `drainctl ARGS...` with the faults of `failpoints` injected (`DRAIN_FAILPOINTS`).
-fn drainctl_with_faults(failpoints: &str, args: &[&str]) -> Drainctl {
-    spawn_drainctl_with(
-        std::process::Command::new(bin_path("drainctl"))
-            .env("DRAIN_FAILPOINTS", failpoints)
-            .args(args),
-    )
 }
 
 /// A socket dump can fail once and work at the next pass: ENOBUFS under memory
@@ -279,12 +266,7 @@ fn a_network_namespace_deleted_mid_drain_ends_the_drain_with_no_pin_left() {
             "30s",
             "--json",
         ]));
-        drainctl
-            .log()
-            .wait_for_line(10 * SECOND, |line| {
-                line.contains("new connections are refused")
-            })
-            .expect("the drain started");
+        drainctl.wait_until_refusing();
         server.signal(Signal::SIGKILL).unwrap();
         run_ok(mounts.command("ip").args(["netns", "del", &name]));
         let output = drainctl.wait(10 * SECOND);
@@ -326,13 +308,8 @@ fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so
             "--json",
         ]);
     let drainctl = spawn_drainctl_with(&mut command);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |line| {
-            // Not the warning before it, which says the refusal will be unpinned.
-            line.contains("new connections are refused; draining")
-        })
-        .expect("the drain started");
+    // The refusal itself, not the warning before it that says it will not be pinned.
+    drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     assert_eq!(busy.read_response().expect("answered").status, 200);
     let output = drainctl.wait(20 * SECOND);

@@ -17,7 +17,7 @@ use std::{
 
 use drain_tests::{
     assert_refused_at_once, assert_untouched, bin_path, busy_client, daemon_socket_path,
-    idle_client, pod::only_child, spawn_daemon_with, spawn_drainctl_with, start_server,
+    drain_through_daemon, idle_client, spawn_daemon_with, spawn_drainctl_with, start_server,
     start_server_via, systemd::require_tool, ChildGuard, Closed, DrainctlOutput, EventReader,
     Netns, Pod, PodUser, SERVING,
 };
@@ -244,11 +244,11 @@ fn drain_in_pod(pod: &Pod, user: PodUser, socket: &Path, args: &[&str]) -> Drain
     spawn_drainctl_with(&mut command).wait(30 * SECOND)
 }
 
-/// The server of `pod`, as `nobody` with no capability, listening on 127.0.0.1:8080.
-fn start_pod_server(pod: &Pod) -> (ChildGuard, EventReader, std::net::SocketAddr) {
+/// A server of `pod`, as `nobody` with no capability, listening on `listen`.
+fn start_pod_server(pod: &Pod, listen: &str) -> (ChildGuard, EventReader, std::net::SocketAddr) {
     let wrapper = pod.wrapper(PodUser::Nobody, true);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    start_server_via(&wrapper, ["--listen", "127.0.0.1:8080"])
+    start_server_via(&wrapper, ["--listen", listen])
 }
 
 #[test]
@@ -292,7 +292,7 @@ fn pod_drains_itself(user: PodUser) {
         PodUser::RootWithoutCapabilities => "Uid:\t0",
     };
     assert!(status.contains(uid), "{status}");
-    let (_server, events, addr) = start_pod_server(&pod);
+    let (_server, events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
     let mut idle: Vec<_> = (0..3).map(|_| idle_client(addr)).collect();
     let mut busy = busy_client(addr, &events, "/sleep/1500");
 
@@ -366,20 +366,13 @@ fn a_pod_drains_only_in_its_own_network_namespace() {
     );
     drop(pod);
     // Back in the node's namespace: its server was left alone.
-    assert_eq!(node_client.request("GET", "/", b"").unwrap().status, 200);
-    assert_eq!(
-        idle_client(node_addr)
-            .request("GET", "/", b"")
-            .unwrap()
-            .status,
-        200
-    );
+    assert_untouched(&mut node_client, node_addr);
 }
 
 /// Kills the process `guard`'s nsenter started in a pod and waits until it has exited
 /// (a zombie of the pod's pid 1 holds no socket). Killing nsenter alone would leave it.
 fn kill_pod_process(guard: &ChildGuard) {
-    let pid = only_child(guard.pid() as i32, 5 * SECOND).expect("the pod's process");
+    let pid = guard.first_child();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -410,7 +403,7 @@ fn a_pod_drains_only_what_its_own_processes_hold() {
     };
     let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("scope");
     let pod = Pod::enter();
-    let (pod_server, _pod_events, pod_addr) = start_pod_server(&pod);
+    let (pod_server, _pod_events, pod_addr) = start_pod_server(&pod, "127.0.0.1:8080");
     // In the pod's network namespace, in the test's PID namespace.
     let (_other_server, _other_events, other_addr) = start_server(["--listen", "127.0.0.2:8080"]);
     let mut pod_client = idle_client(pod_addr);
@@ -449,9 +442,9 @@ fn a_pod_names_processes_by_its_own_pids_and_only_its_own() {
     };
     let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("pid");
     let pod = Pod::enter();
-    let (server, _events, addr) = start_pod_server(&pod);
+    let (server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
     // The guard holds nsenter; setpriv exec'd the server as its child.
-    let host_pid = only_child(server.pid() as i32, 5 * SECOND).expect("the server process");
+    let host_pid = server.first_child();
     let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
     let pod_pid: i32 = status
         .lines()
@@ -510,7 +503,7 @@ fn a_peer_without_capabilities_is_still_refused_on_the_root_socket() {
     };
     let (_daemon, _log, root_socket, _pod_socket) = spawn_daemon_for_pods("root");
     let pod = Pod::enter();
-    let (_server, _events, addr) = start_pod_server(&pod);
+    let (_server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
     let mut idle = idle_client(addr);
     for (user, said) in [
         (PodUser::RootWithoutCapabilities, "lacks CAP_NET_ADMIN"),
@@ -542,17 +535,9 @@ fn a_peer_in_the_daemons_namespaces_is_refused_on_the_pod_socket() {
     let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("host");
     let (_server, _events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut idle = idle_client(addr);
-    let output = drain_tests::run_drainctl(
-        [
-            "--daemon-socket",
-            pod_socket.to_str().unwrap(),
-            "drain",
-            "--port",
-            "8080",
-            "--timeout",
-            "5s",
-        ],
-        30 * SECOND,
+    let output = drain_through_daemon(
+        pod_socket.to_str().unwrap(),
+        &["--port", "8080", "--timeout", "5s"],
     );
     assert_eq!(output.code, Some(3), "{}", output.stderr_text());
     assert!(
@@ -578,7 +563,7 @@ fn a_pod_hands_its_new_connections_only_to_a_successor_of_its_own() {
     };
     let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("successor");
     let pod = Pod::enter();
-    let (_pod_server, _pod_events, pod_addr) = start_pod_server(&pod);
+    let (_pod_server, _pod_events, pod_addr) = start_pod_server(&pod, "127.0.0.1:8080");
     // In the pod's network namespace, in the test's PID namespace.
     let (_other_server, _other_events, other_addr) = start_server(["--listen", "127.0.0.1:8081"]);
     let mut other_client = idle_client(other_addr);
@@ -602,10 +587,7 @@ fn a_pod_hands_its_new_connections_only_to_a_successor_of_its_own() {
     assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
     drop(client);
 
-    let wrapper = pod.wrapper(PodUser::Nobody, true);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let (_successor, successor_events, _) =
-        start_server_via(&wrapper, ["--listen", "127.0.0.1:8082"]);
+    let (_successor, successor_events, _) = start_pod_server(&pod, "127.0.0.1:8082");
     let output = drain_to("8082");
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert_eq!(output.json()["successors"], 1, "{}", output.stdout);

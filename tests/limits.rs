@@ -189,10 +189,7 @@ fn a_successor_group_started_during_the_drain_gets_the_room_set_at_the_start() {
     let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let _busy = drain_tests::busy_client(addr, &old_events, "/sleep/3000");
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "20s", "--json"]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("new connections are refused"))
-        .expect("refusing");
+    drainctl.wait_until_refusing();
     let (_new, _new_events, _) = start_server(reuseport_group(20));
     drainctl.wait_until_handing_over();
     for _ in 0..20 {

@@ -144,10 +144,7 @@ fn a_successor_started_during_the_drain_ends_the_refusal() {
     let (_old, old_events, addr) = start_server(["--listen", "127.0.0.1:8080", "--reuseport"]);
     let _busy = busy_client(addr, &old_events, "/sleep/60000");
     let drainctl = spawn_drainctl(["drain", "--port", "8080", "--timeout", "30s"]);
-    drainctl
-        .log()
-        .wait_for_line(10 * SECOND, |l| l.contains("new connections are refused"))
-        .expect("refusing");
+    drainctl.wait_until_refusing();
     assert!(matches!(
         connect_refused_quickly(addr),
         ConnectOutcome::Refused(_)

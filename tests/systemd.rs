@@ -275,13 +275,8 @@ fn daemon_drains_within_the_units_system_call_filter() {
     let mut daemon = drain_through(command, addr, "syscalls");
     // The stop is traced too: it must not need anything the filter denies either. The
     // signal goes to the daemon (strace's child), not to strace.
-    let children = format!("/proc/{0}/task/{0}/children", daemon.pid());
-    let traced: i32 = std::fs::read_to_string(&children)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .expect("strace runs the daemon");
+    // strace runs the daemon.
+    let traced = daemon.first_child();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(traced),
         nix::sys::signal::Signal::SIGTERM,

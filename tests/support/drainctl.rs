@@ -76,6 +76,16 @@ pub fn spawn_drainctl_with(command: &mut Command) -> Drainctl {
     }
 }
 
+/// Starts `drainctl ARGS...` with the faults of `failpoints` injected
+/// (`DRAIN_FAILPOINTS`, see drain-daemon's `failpoint` module; debug builds only).
+pub fn drainctl_with_faults(failpoints: &str, args: &[&str]) -> Drainctl {
+    spawn_drainctl_with(
+        Command::new(bin_path("drainctl"))
+            .env("DRAIN_FAILPOINTS", failpoints)
+            .args(args),
+    )
+}
+
 /// `drainctl ARGS...`, for [`spawn_drainctl_with`], in the PID and mount namespaces of
 /// the command that `unshare --pid --fork --mount-proc` (the process `wrapper`) runs as
 /// pid 1: it sees that command and its descendants only.
@@ -120,6 +130,17 @@ impl Drainctl {
                 line.contains("new connections go to the successor listeners")
             })
             .expect("drainctl hands new connections to the successors");
+    }
+
+    /// Waits (at most 10 s) until drainctl says the steering is in place and new
+    /// connections are refused (not the warning before it when the refusal cannot be
+    /// pinned, which says so too).
+    pub fn wait_until_refusing(&self) {
+        self.log
+            .wait_for_line(Duration::from_secs(10), |line| {
+                line.contains("new connections are refused; draining")
+            })
+            .expect("drainctl reports that new connections are refused");
     }
 
     /// Sends a signal (SIGINT, SIGTERM, SIGKILL…).

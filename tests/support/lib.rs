@@ -44,8 +44,8 @@ pub use daemon::{
     spawn_socket_activated_daemon, SERVING,
 };
 pub use drainctl::{
-    drain_phase, drainctl_in_pid_namespace_of, run_drainctl, spawn_drainctl, spawn_drainctl_with,
-    Drainctl, DrainctlOutput,
+    drain_phase, drainctl_in_pid_namespace_of, drainctl_with_faults, run_drainctl, spawn_drainctl,
+    spawn_drainctl_with, Drainctl, DrainctlOutput,
 };
 pub use events::{EventReader, EventWriter};
 pub use http::{
@@ -54,7 +54,7 @@ pub use http::{
 };
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
-pub use netns::{current_thread_netns_cookie, current_thread_netns_inode, Netns};
+pub use netns::{current_thread_netns_inode, Netns};
 pub use pod::{Pod, PodUser};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,

@@ -134,11 +134,6 @@ impl Netns {
         self.inode
     }
 
-    /// The namespace's cookie (`SO_NETNS_COOKIE`), never reused within a boot.
-    pub fn cookie(&self) -> u64 {
-        self.cookie
-    }
-
     /// The name drain-daemon gives the namespace's directory in its pin and record
     /// trees: `netns-<inode>-<cookie>`.
     pub fn dir_name(&self) -> String {

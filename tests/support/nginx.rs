@@ -3,16 +3,11 @@
 //! QUIT, its watching the client while proxying a response) the drain is measured
 //! against.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{io, path::Path, process::Command};
 
 /// Writes an nginx prefix at `prefix`: one worker, `reuseport` on 127.0.0.1:`port`,
-/// keep-alive to the demo server on 127.0.0.1:`backend`, no access log. Returns the
-/// prefix.
-pub fn proxy_prefix(prefix: &Path, port: u16, backend: u16) -> io::Result<PathBuf> {
+/// keep-alive to the demo server on 127.0.0.1:`backend`, no access log.
+pub fn proxy_prefix(prefix: &Path, port: u16, backend: u16) -> io::Result<()> {
     std::fs::create_dir_all(prefix.join("logs"))?;
     let dir = prefix.display();
     let conf = format!(
@@ -24,8 +19,7 @@ pub fn proxy_prefix(prefix: &Path, port: u16, backend: u16) -> io::Result<PathBu
          \x20   location / {{ proxy_pass http://app; proxy_http_version 1.1; \
          proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
     );
-    std::fs::write(prefix.join("nginx.conf"), conf)?;
-    Ok(prefix.to_path_buf())
+    std::fs::write(prefix.join("nginx.conf"), conf)
 }
 
 /// The command that runs nginx (`nginx`: its path) in the foreground from `prefix`.

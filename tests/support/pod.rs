@@ -11,7 +11,7 @@
 //! bounding, inheritable and ambient sets. Killing the pause process (when the guard is
 //! dropped) makes the kernel kill every process of the pod.
 
-use std::{ffi::OsStr, process::Command, time::Duration};
+use std::{ffi::OsStr, process::Command};
 
 use crate::{bin_path, ChildGuard, Netns};
 
@@ -49,8 +49,8 @@ impl Pod {
             .spawn()
             .map(ChildGuard)
             .expect("spawn the pod's pause process (unshare)");
-        let pause_pid = only_child(pause.pid() as i32, Duration::from_secs(5))
-            .expect("unshare forks the pod's pid 1");
+        // unshare forks the pod's pid 1.
+        let pause_pid = pause.first_child();
         Pod {
             _pause: pause,
             pause_pid,
@@ -61,11 +61,6 @@ impl Pod {
     /// The pod's network namespace.
     pub fn netns(&self) -> &Netns {
         &self.netns
-    }
-
-    /// The pid of the pod's pid 1 as the host numbers it.
-    pub fn pause_pid(&self) -> i32 {
-        self.pause_pid
     }
 
     /// The command line that runs a program (appended to it) inside the pod as `user`,
@@ -107,21 +102,5 @@ impl Pod {
     /// `drainctl ARGS...` in the pod ([`Pod::command`] with the pod's own `/proc`).
     pub fn drainctl(&self, user: PodUser) -> Command {
         self.command(user, true, bin_path("drainctl"))
-    }
-}
-
-/// The one child of `pid`, once it has forked (polled up to `timeout`).
-pub fn only_child(pid: i32, timeout: Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().ok();
-        }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }

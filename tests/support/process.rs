@@ -53,17 +53,31 @@ impl ChildGuard {
         self.0.id()
     }
 
-    /// The pid of the child's first child: for `unshare --pid --fork ...`, the command it
-    /// runs as pid 1 of the new PID namespace. Panics if it has none.
-    pub fn first_child(&self) -> u32 {
+    /// The pid of the child's first child, once it has forked (polled up to 5 s): for
+    /// `unshare --pid --fork ...`, the command it runs as pid 1 of the new PID namespace;
+    /// for `nsenter` or `strace`, the program it runs. Panics if it has none by then.
+    pub fn first_child(&self) -> i32 {
         let pid = self.pid();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_else(|e| panic!("children of {pid}: {e}"));
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|child| child.parse().ok())
-            .unwrap_or_else(|| panic!("{pid} has no child"))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+            if let Some(child) = children
+                .as_deref()
+                .ok()
+                .and_then(|c| c.split_whitespace().next())
+            {
+                return child
+                    .parse()
+                    .unwrap_or_else(|e| panic!("child {child:?} of {pid}: {e}"));
+            }
+            if Instant::now() >= deadline {
+                match children {
+                    Ok(_) => panic!("{pid} has no child after 5 s"),
+                    Err(e) => panic!("children of {pid}: {e}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends `sig` to the child.

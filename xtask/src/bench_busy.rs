@@ -544,7 +544,7 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
     let mut command = match cell.server {
         Server::Nginx => {
             let prefix = tools.work.join(format!("nginx-{role}"));
-            let prefix = drain_tests::nginx::proxy_prefix(&prefix, PORT, BACKEND_PORT)
+            drain_tests::nginx::proxy_prefix(&prefix, PORT, BACKEND_PORT)
                 .with_context(|| format!("write the nginx prefix {}", prefix.display()))?;
             drain_tests::nginx::command(Path::new("nginx"), &prefix)
         }
