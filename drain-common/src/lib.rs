@@ -1,10 +1,18 @@
 //! The contract between the eBPF programs (sk_lookup steering, sk_msg `Connection: close`)
-//! and their userspace loaders.
+//! and their userspace loaders, and the decisions both sides run.
 //!
 //! Both sides name the same maps and globals; keeping the names and sizes in one
 //! `no_std` crate means a change is seen by both sides instead of failing in the kernel.
+//! The code that decides whether the in-band close may add bytes to a server's output
+//! ([`inband`], from [`boundary`], [`http1`] and [`websocket`]) lives here too, so that the kernel program
+//! and the host's tests and fuzzer run exactly the same decisions.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod boundary;
+pub mod http1;
+pub mod inband;
+pub mod websocket;
 
 /// Name of the sk_lookup program in the object file.
 pub const PROGRAM_NAME: &str = "drain_steer";
@@ -88,10 +96,29 @@ pub const CLOSE_PROGRAM_NAME: &str = "close_http";
 /// pinned: when the drain ends, the map goes and every socket in it is restored.
 pub const CLOSE_SOCKETS_MAP: &str = "CLOSE_SOCKETS";
 
-/// Name of the hash map `FlowKey -> u32` in which the sk_msg program marks the
-/// connections it has rewritten a response of: it never touches them again, and the
-/// loader takes them out of [`CLOSE_SOCKETS_MAP`].
-pub const CLOSE_DONE_MAP: &str = "CLOSE_DONE";
+/// Name of the hash map `FlowKey -> boundary::Inspection` in which the sk_msg program
+/// keeps, per connection, where the server is in its output ([`boundary`]) and whether it
+/// is done with it: the loader takes finished connections out of [`CLOSE_SOCKETS_MAP`].
+pub const CLOSE_STATE_MAP: &str = "CLOSE_STATE";
+
+/// Names of the read-only globals (u32) holding the byte offsets of `write_seq`,
+/// `snd_una`, `rcv_nxt` and `copied_seq` in the running kernel's `struct tcp_sock`, in
+/// that order. The loader reads them from the kernel's BTF; `struct tcp_sock` changes
+/// between kernels and is opaque in aya's bindings.
+pub const TCP_SOCK_OFFSET_GLOBALS: [&str; 4] = [
+    "TCP_WRITE_SEQ_OFFSET",
+    "TCP_SND_UNA_OFFSET",
+    "TCP_RCV_NXT_OFFSET",
+    "TCP_COPIED_SEQ_OFFSET",
+];
+
+/// The fields of `struct tcp_sock` named in [`TCP_SOCK_OFFSET_GLOBALS`], in the same order.
+pub const TCP_SOCK_FIELDS: [&str; 4] = ["write_seq", "snd_una", "rcv_nxt", "copied_seq"];
+
+/// Name of the read-only global (u32, 0 or 1): whether the drain was told the port's
+/// upgraded connections are websockets (`--websocket-close`), so a close frame may follow
+/// a candidate write that is whole websocket frames ([`websocket`]).
+pub const WEBSOCKET_CLOSE_GLOBAL: &str = "WEBSOCKET_CLOSE";
 
 /// How many connections one drain can have in [`CLOSE_SOCKETS_MAP`] at once.
 pub const MAX_CLOSE_SOCKETS: u32 = 65536;
@@ -102,6 +129,13 @@ pub const COUNT_CLOSE_INJECTED: u32 = 2;
 /// [`COUNTS_MAP`] index: websocket connections sent a close frame (1001, going away).
 pub const COUNT_WEBSOCKET_CLOSED: u32 = 3;
 
+/// [`COUNTS_MAP`] index: connections the sk_msg program left alone for good (their
+/// output did not follow the grammar, or could not be changed).
+pub const COUNT_LEFT_ALONE: u32 = 4;
+
+/// The entries of [`COUNTS_MAP`].
+pub const COUNTS: u32 = 8;
+
 /// The close frame the sk_msg program appends to a server's websocket message: final,
 /// opcode close, unmasked, 2 bytes of payload, status 1001 ("going away").
 pub const WEBSOCKET_GOING_AWAY: &[u8; 4] = &[0x88, 0x02, 0x03, 0xe9];
@@ -110,7 +144,7 @@ pub const WEBSOCKET_GOING_AWAY: &[u8; 4] = &[0x88, 0x02, 0x03, 0xe9];
 pub const CONNECTION_CLOSE: &[u8; 19] = b"Connection: close\r\n";
 
 /// A connection as the sk_msg program sees it (`struct sk_msg_md`): the key of
-/// [`CLOSE_DONE_MAP`]. Addresses and the remote port are in network byte order as the
+/// [`CLOSE_STATE_MAP`]. Addresses and the remote port are in network byte order as the
 /// kernel gives them (the remote port in the upper 16 bits of its u32 on little-endian
 /// hosts); the local port in host byte order. IPv4 addresses fill `*_ip[0]`; an IPv6
 /// socket (v4-mapped included) fills all four words.

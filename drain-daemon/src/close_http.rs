@@ -1,4 +1,4 @@
-//! Asking HTTP/1.x clients to close: `Connection: close` written into the next response.
+//! Asking HTTP/1.x clients to close: `Connection: close` written into a response.
 //!
 //! A client that sends its next request the instant it reads an answer leaves no moment
 //! in which a close from outside is safe ([`crate::drain`]'s boundaries need a pause).
@@ -7,10 +7,11 @@
 //! next request on a new connection (to the successor). The drain does the same from
 //! outside: it borrows the server's socket ([`crate::pidfd`], identity checked by cookie)
 //! and puts it in a SOCKHASH with the sk_msg program of drain-ebpf (`close_http.rs`),
-//! which inserts the header after the status line of the next final HTTP/1.x response,
-//! once, and lets everything else through untouched (TLS, HTTP/2, other protocols,
-//! bodies). The connection then ends on its own when the client closes it. A plaintext
-//! websocket's next server message gets a close frame (1001, going away) instead.
+//! which inserts the header after the status line of a response head only where it can
+//! prove the write starts a response ([`drain_common::inband`]), once, and lets
+//! everything else through untouched. The connection then ends on its own when the
+//! client closes it. With `--websocket-close`, a websocket's next server message at such
+//! a point gets a close frame (1001, going away) instead.
 //!
 //! The map is never pinned: when the drain ends (or dies), the map goes and the kernel
 //! gives every socket in it back its normal send path.
@@ -27,14 +28,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use drain_common::{
-    FlowKey, CLOSE_DONE_MAP, CLOSE_PROGRAM_NAME, CLOSE_SOCKETS_MAP, COUNTS_MAP,
-    COUNT_CLOSE_INJECTED, COUNT_WEBSOCKET_CLOSED, LISTENERS_MAP, SUCCESSORS_MAP, V6ONLY_MAP,
+    boundary::Inspection, FlowKey, CLOSE_PROGRAM_NAME, CLOSE_SOCKETS_MAP, CLOSE_STATE_MAP,
+    COUNTS_MAP, COUNT_CLOSE_INJECTED, COUNT_LEFT_ALONE, COUNT_WEBSOCKET_CLOSED, LISTENERS_MAP,
+    SUCCESSORS_MAP, TCP_SOCK_FIELDS, TCP_SOCK_OFFSET_GLOBALS, V6ONLY_MAP, WEBSOCKET_CLOSE_GLOBAL,
 };
 use rustix::net::{getpeername, getsockname};
 use tracing::debug;
 
 use crate::{
     inventory::Connection,
+    kernel_btf::{self, BtfError},
     pidfd::{self, PidfdError},
     steer::{counter, take_map, PROGRAM_OBJECT},
 };
@@ -42,9 +45,11 @@ use crate::{
 /// Why the rewriting could not be set up, or a connection not added to it.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseHttpError {
+    #[error("finding struct tcp_sock's sequence numbers: {0}")]
+    Btf(#[from] BtfError),
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
-    #[error("sk_msg program (BPF_PROG_LOAD / BPF_PROG_ATTACH; needs CONFIG_NET_SOCK_MSG): {0}")]
+    #[error("sk_msg program (BPF_PROG_LOAD / BPF_PROG_ATTACH; needs CONFIG_NET_SOCK_MSG, and CAP_PERFMON to read the server's TCP state): {0}")]
     Program(#[source] ProgramError),
     #[error("BPF map {name}: {source}")]
     Map {
@@ -67,18 +72,20 @@ pub enum CloseHttpError {
 enum Armed {
     /// Could not be added (its socket not borrowed, or refused by the map).
     Refused,
-    /// In the map, waiting for its next response; the key of its mark.
+    /// In the map, looked at by the program; the key of its record.
     InMap([u32; 11]),
-    /// Taken out of the map after the program rewrote a response. Its mark stays until
-    /// it closes: a `sendmsg` that was already in the program when it was taken out
-    /// must still find it.
+    /// Taken out of the map once the program was done with it (asked it to close, or
+    /// left it alone). Its record stays until it closes: a `sendmsg` that was already in
+    /// the program when it was taken out must still find it finished.
     Released([u32; 11]),
 }
 
-/// The drain's connections whose next HTTP/1.x response gets `Connection: close`.
+/// The drain's connections whose output the program looks at for a response to write
+/// `Connection: close` into.
 pub struct CloseHttp {
     sockets: SockHash<MapData, u64>,
-    done: HashMap<MapData, [u32; 11], u32>,
+    /// The program's records ([`Inspection`], as its two words).
+    state: HashMap<MapData, [u32; 11], [u32; 2]>,
     counts: PerCpuArray<MapData, u64>,
     /// Every connection tried, by cookie, until it closes.
     armed: StdHashMap<u64, Armed>,
@@ -87,10 +94,18 @@ pub struct CloseHttp {
 }
 
 impl CloseHttp {
-    /// Loads the sk_msg program and attaches it to a fresh, empty map.
-    pub fn load() -> Result<Self, CloseHttpError> {
+    /// Loads the sk_msg program and attaches it to a fresh, empty map. `websocket_close`:
+    /// the port's upgraded connections are websockets (`--websocket-close`).
+    pub fn load(websocket_close: bool) -> Result<Self, CloseHttpError> {
+        let offsets = kernel_btf::field_offsets("tcp_sock", TCP_SOCK_FIELDS)?;
+        let websocket_close = u32::from(websocket_close);
+        let mut loader = EbpfLoader::new();
+        for (name, offset) in TCP_SOCK_OFFSET_GLOBALS.iter().zip(&offsets) {
+            loader.override_global(name, offset, true);
+        }
         // The object holds the steering program too: its maps are created at the least size.
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
+            .override_global(WEBSOCKET_CLOSE_GLOBAL, &websocket_close, true)
             .map_max_entries(LISTENERS_MAP, 1)
             .map_max_entries(V6ONLY_MAP, 1)
             .map_max_entries(SUCCESSORS_MAP, 1)
@@ -101,8 +116,8 @@ impl CloseHttp {
         let map_error = |name| move |source| CloseHttpError::Map { name, source };
         let sockets = SockHash::<MapData, u64>::try_from(take(&mut ebpf, CLOSE_SOCKETS_MAP)?)
             .map_err(map_error(CLOSE_SOCKETS_MAP))?;
-        let done = HashMap::try_from(take(&mut ebpf, CLOSE_DONE_MAP)?)
-            .map_err(map_error(CLOSE_DONE_MAP))?;
+        let state = HashMap::try_from(take(&mut ebpf, CLOSE_STATE_MAP)?)
+            .map_err(map_error(CLOSE_STATE_MAP))?;
         let counts =
             PerCpuArray::try_from(take(&mut ebpf, COUNTS_MAP)?).map_err(map_error(COUNTS_MAP))?;
         let program: &mut SkMsg = ebpf
@@ -116,7 +131,7 @@ impl CloseHttp {
             .map_err(CloseHttpError::Program)?;
         Ok(Self {
             sockets,
-            done,
+            state,
             counts,
             armed: StdHashMap::new(),
             _ebpf: ebpf,
@@ -128,8 +143,9 @@ impl CloseHttp {
         self.armed.contains_key(&connection.socket.id.cookie)
     }
 
-    /// Adds `connection` so its next HTTP/1.x response says `Connection: close`. Its
-    /// socket is borrowed from its owner and checked to be that very connection first.
+    /// Adds `connection` so the program looks at its output for a response to write
+    /// `Connection: close` into. Its socket is borrowed from its owner and checked to be
+    /// that very connection first.
     /// Tried once per connection: one that fails (a kTLS socket the map refuses) is not
     /// borrowed again every pass.
     pub fn arm(&mut self, connection: &Connection) -> Result<(), CloseHttpError> {
@@ -142,9 +158,9 @@ impl CloseHttp {
             .map_err(CloseHttpError::Borrow)?;
         let key = flow_key(&socket)?.to_words();
         let cookie = connection.socket.id.cookie;
-        // A key left by an earlier connection with the same addresses must not stop
-        // this one's rewrite.
-        let _ = self.done.remove(&key);
+        // A record left by an earlier connection with the same addresses must not be
+        // taken for this one's.
+        let _ = self.state.remove(&key);
         self.sockets
             .insert(cookie, socket.as_fd(), 0)
             .map_err(CloseHttpError::Add)?;
@@ -152,12 +168,24 @@ impl CloseHttp {
         Ok(())
     }
 
-    /// Takes the connections whose response was rewritten out of the map, so nothing
-    /// they send later goes through the program, and forgets those no longer `open`
-    /// (the kernel removes a closed socket from the map itself).
+    /// Takes the connections the program is done with out of the map, so nothing they
+    /// send later goes through it, and forgets those no longer `open` (the kernel
+    /// removes a closed socket from the map itself).
     pub fn retire(&mut self, open: impl Fn(u64) -> bool) {
-        // One read of the (small) set of rewritten connections, not a lookup per armed one.
-        let done: HashSet<[u32; 11]> = self.done.keys().filter_map(Result::ok).collect();
+        // One read of the records, not a lookup per armed connection.
+        let done: HashSet<[u32; 11]> = self
+            .state
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, [read_mark, flags])| {
+                Inspection {
+                    read_mark: *read_mark,
+                    flags: *flags,
+                }
+                .finished()
+            })
+            .map(|(key, _)| key)
+            .collect();
         let mut released = 0;
         for (cookie, armed) in &mut self.armed {
             let Armed::InMap(key) = *armed else { continue };
@@ -172,7 +200,7 @@ impl CloseHttp {
         self.armed.retain(|cookie, armed| {
             let keep = open(*cookie);
             if let (false, Armed::InMap(key) | Armed::Released(key)) = (keep, armed) {
-                let _ = self.done.remove(key);
+                let _ = self.state.remove(key);
             }
             keep
         });
@@ -185,7 +213,7 @@ impl CloseHttp {
                     .values()
                     .filter(|a| matches!(a, Armed::InMap(_)))
                     .count(),
-                "Connection: close written"
+                "in-band close: connections done with"
             );
         }
     }
@@ -198,6 +226,12 @@ impl CloseHttp {
     /// Websocket connections sent a close frame (1001, going away) so far.
     pub fn websockets_closed(&self) -> u64 {
         counter(&self.counts, COUNT_WEBSOCKET_CLOSED)
+    }
+
+    /// Connections the program left alone for good (output off the grammar, or a write
+    /// the kernel would not let it change): closed at their boundaries instead.
+    pub fn left_alone(&self) -> u64 {
+        counter(&self.counts, COUNT_LEFT_ALONE)
     }
 }
 

@@ -717,6 +717,7 @@ mod tests {
                 pid: None,
                 successor_port: None,
                 no_connection_close: false,
+                websocket_close: false,
             },
             netns_inode: 4026531840,
         };
@@ -743,6 +744,7 @@ mod tests {
             pid: None,
             successor_port: None,
             no_connection_close: false,
+            websocket_close: false,
         }
     }
 

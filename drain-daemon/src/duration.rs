@@ -247,6 +247,7 @@ mod tests {
             pid: None,
             successor_port: None,
             no_connection_close: false,
+            websocket_close: false,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod duration;
 pub mod failpoint;
 pub mod inventory;
 pub mod journal;
+pub mod kernel_btf;
 pub mod metrics;
 pub mod netns;
 pub mod pidfd;

@@ -40,7 +40,7 @@ static DRAIN_LISTENER_SLOTS: Global<u32> = Global::new(LISTENER_SLOTS);
 static DRAIN_SUCCESSOR_SLOTS: Global<u32> = Global::new(MAX_LISTENERS_PER_PORT);
 
 #[map(name = "COUNTS")]
-static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drain_common::COUNTS, 0);
 
 /// `drain_common::V6ONLY_MAP`: 1 where the draining listener in the same slot is an
 /// IPv6-only socket (`bpf_sock` does not carry `IPV6_V6ONLY`).

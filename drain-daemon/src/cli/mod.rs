@@ -221,6 +221,13 @@ pub struct DrainArgs {
     /// protocols).
     #[arg(long)]
     pub no_connection_close: bool,
+    /// The port's upgraded connections are websockets: send a busy websocket a close
+    /// frame (1001, going away) after a server message that answers one of the client's,
+    /// instead of closing it between messages (clients then see 1006). Off by default:
+    /// a websocket frame's shape does not tell it from a binary protocol's message, and
+    /// no other protocol may get one.
+    #[arg(long, conflicts_with = "no_connection_close")]
+    pub websocket_close: bool,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -253,6 +260,7 @@ impl DrainArgs {
             pid: self.pid,
             successor_port: self.successor_port,
             no_connection_close: self.no_connection_close,
+            websocket_close: self.websocket_close,
         }
     }
 }

@@ -95,6 +95,11 @@ pub struct DrainPlan {
     /// busy connections are then closed at their boundaries only.
     #[serde(default)]
     pub no_connection_close: bool,
+    /// The port's upgraded connections are websockets: a server message at a proven
+    /// response boundary that is whole websocket frames gets a close frame (1001) after
+    /// it ([`drain_common::inband`]). Off: websockets are closed at their boundaries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket_close: bool,
 }
 
 impl DrainPlan {
@@ -411,7 +416,8 @@ pub async fn drain_scoped(
     let mut close_http = if plan.no_connection_close {
         None
     } else {
-        blocking::run(load_close_http)
+        let websocket_close = plan.websocket_close;
+        blocking::run(move || load_close_http(websocket_close))
     };
     let mut failed_scans = 0;
     let mut scanner = Some(Box::new(Scanner {
@@ -610,8 +616,8 @@ pub async fn drain_scoped(
 
 /// The `Connection: close` rewriting, or `None` (said once) where the kernel refuses
 /// sk_msg programs: the drain then closes busy connections at their boundaries only.
-fn load_close_http() -> Option<CloseHttp> {
-    CloseHttp::load()
+fn load_close_http(websocket_close: bool) -> Option<CloseHttp> {
+    CloseHttp::load(websocket_close)
         .inspect_err(|err| {
             warn!("cannot ask HTTP/1.x clients to close (`Connection: close`): {err}; back-to-back clients are left to the deadline")
         })
@@ -1062,6 +1068,7 @@ mod tests {
             pid: None,
             successor_port: None,
             no_connection_close: false,
+            websocket_close: false,
         };
         let later = plan.after(Duration::from_secs(3));
         assert_eq!(later.accept_grace, Duration::from_secs(2));

@@ -38,7 +38,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use drain_common::{
-    CLOSE_DONE_MAP, CLOSE_SOCKETS_MAP, COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP,
+    CLOSE_SOCKETS_MAP, CLOSE_STATE_MAP, COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP,
     LISTENER_SLOTS, LISTENER_SLOTS_GLOBAL, MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME,
     SUCCESSORS_MAP, SUCCESSOR_SLOTS_GLOBAL, V6ONLY_MAP,
 };
@@ -555,7 +555,7 @@ fn load_and_attach<E: From<SteerError>>(
         // The object holds the sk_msg program too (close_http): its maps, 65536 entries
         // each and the hash preallocated, are created at the least size.
         .map_max_entries(CLOSE_SOCKETS_MAP, 1)
-        .map_max_entries(CLOSE_DONE_MAP, 1)
+        .map_max_entries(CLOSE_STATE_MAP, 1)
         .override_global(aya_log::LEVEL, &(log_level as u8), true)
         .load(PROGRAM_OBJECT)
         .map_err(SteerError::from)?;
