@@ -245,6 +245,9 @@ fn drain_through(mut command: Command, addr: SocketAddr, name: &str) -> ChildGua
     daemon_log
         .wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the daemon ran the drain");
+    // The in-band close loaded: it needs CAP_PERFMON (the unit says why).
+    let refused = daemon_log.wait_for_line(SECOND, |line| line.contains("cannot ask HTTP/1.x"));
+    assert_eq!(refused, None, "log:\n{}", daemon_log.all_lines().join("\n"));
     daemon
 }
 

@@ -271,6 +271,9 @@ struct Drain {
     cpu: Duration,
     /// Connections the drain closed (gracefully or not, at a boundary or idle).
     closed: u64,
+    /// Connections asked to close in their own protocol (`connection_close_sent` +
+    /// `websocket_close_sent`).
+    asked: u64,
     /// The peer's CPU time over the same run: `ss -tin` of the port every poll interval.
     peer_cpu: Duration,
 }
@@ -319,10 +322,11 @@ pub fn run(machine: &Machine, options: &Options, target: &Path, release: &Path) 
                 Ok(result) => {
                     let drain = result.drain.as_ref().map_or(String::new(), |d| {
                         format!(
-                            " (drain exit {:?}, {} left, {} closed, CPU {:.0} ms, ss -tin polled {:.0} ms)",
+                            " (drain exit {:?}, {} left, {} closed, {} asked in-band, CPU {:.0} ms, ss -tin polled {:.0} ms)",
                             d.code,
                             d.remaining,
                             d.closed,
+                            d.asked,
                             ms(d.cpu),
                             ms(d.peer_cpu)
                         )
@@ -669,6 +673,7 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         remaining: report["remaining"].as_array().map_or(0, Vec::len),
         cpu: run.cpu,
         closed: count("closed_gracefully") + count("closed_abortively"),
+        asked: count("connection_close_sent") + count("websocket_close_sent"),
         peer_cpu,
     })
 }
@@ -890,9 +895,9 @@ fn render_cost(out: &mut String, cells: &[Cell], results: &[Vec<RunResult>]) {
     );
     let _ = writeln!(
         out,
-        "| server | clients | stop | drain s | closed | drainctl CPU ms | CPU ms per closed | ss -tin polled CPU ms | drainctl / ss |"
+        "| server | clients | stop | drain s | closed | asked in-band | drainctl CPU ms | CPU ms per closed | ss -tin polled CPU ms | drainctl / ss |"
     );
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let _ = writeln!(out, "{row}");
     }
@@ -910,6 +915,7 @@ fn cost_row(cell: Cell, runs: &[RunResult]) -> Option<String> {
     let cpu = median_of(&|d| d.cpu);
     let peer = median_of(&|d| d.peer_cpu);
     let closed = median_u64(&drains.iter().map(|d| d.closed).collect::<Vec<_>>());
+    let asked = median_u64(&drains.iter().map(|d| d.asked).collect::<Vec<_>>());
     let per_closed: Vec<Duration> = drains
         .iter()
         .filter(|d| d.closed > 0)
@@ -923,7 +929,7 @@ fn cost_row(cell: Cell, runs: &[RunResult]) -> Option<String> {
         .collect();
     let ratio = median(&ratios).map_or("—".to_string(), |r| format!("{:.2}", r.as_secs_f64()));
     Some(format!(
-        "| {} | {} | {} | {:.1} | {closed} | {:.0} | {per_closed} | {:.0} | {ratio} |",
+        "| {} | {} | {} | {:.1} | {closed} | {asked} | {:.0} | {per_closed} | {:.0} | {ratio} |",
         cell.server.label(),
         cell.clients.label(),
         cell.stop_label(),
