@@ -257,19 +257,9 @@ fn a_streamed_response_after_a_learned_rhythm_is_delivered_whole() {
     drop(proxy);
 }
 
-/// An nginx master stopped with TERM, so that it stops its worker too (a KILL would
-/// leave the worker running).
-struct Nginx(ChildGuard);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.terminate(5 * SECOND);
-    }
-}
-
 /// nginx on 127.0.0.1:8080 proxying to the demo server on `backend`, as the busy
 /// benchmark runs it.
-fn start_nginx(nginx: &std::path::Path, backend: u16) -> Nginx {
+fn start_nginx(nginx: &std::path::Path, backend: u16) -> nginx::Nginx {
     let prefix = std::env::temp_dir().join(format!(
         "drain-busy-nginx-{}-{:?}",
         std::process::id(),
@@ -280,7 +270,7 @@ fn start_nginx(nginx: &std::path::Path, backend: u16) -> Nginx {
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("start nginx");
-    Nginx(ChildGuard(child))
+    nginx::Nginx(ChildGuard(child))
 }
 
 fn connect_when_listening(addr: &str) -> KeepAliveClient {

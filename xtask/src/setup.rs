@@ -3,10 +3,11 @@
 //! The eBPF program needs the pinned nightly with `rust-src` (for `-Z build-std=core`)
 //! and bpf-linker built against that nightly's LLVM; both are named in
 //! drain-ebpf/toolchain, and installed exactly as named whatever else the machine has.
-//! The tests and the demo need iproute2, curl and a keep-alive load generator. Each step
+//! The tests and the demo need iproute2, curl and a keep-alive load generator, and
+//! tests/integrity.rs its real servers (nginx, Go, Python `websockets`, Redis). Each step
 //! checks first and does nothing when its part is there, so a second run takes about a
-//! second. The busy-server benchmark's real servers are installed by `cargo xtask bench`
-//! only ([`bench_packages`]), so that CI, which runs `setup`, stays lean.
+//! second. haproxy, which only the busy-server benchmark runs, is installed by `cargo
+//! xtask bench` only ([`bench_packages`]), so that CI, which runs `setup`, stays lean.
 
 use std::process::Command;
 
@@ -16,10 +17,12 @@ use drain_ebpf_toolchain::{self as toolchain, BPF_LINKER_VERSION, LLVM_MAJOR, NI
 use crate::{output_of, run};
 
 /// Debian packages besides LLVM: iproute2 (`ip`, `ss`) for namespaces and comparisons,
-/// curl and hey as real clients, nginx as a real proxy (tests/busy.rs), strace to inject
-/// system call failures (tests/closing.rs, tests/systemd.rs). The tests and the
-/// benchmark run their own nginx, in a private netns: the service Debian starts and
-/// enables with the package is stopped and disabled ([`HOST_SERVICES`]).
+/// curl and hey as real clients, nginx as a real proxy (tests/busy.rs) and static
+/// server (tests/integrity.rs), strace to inject system call failures
+/// (tests/closing.rs, tests/systemd.rs), Go for the Go net/http server and Redis as a
+/// binary protocol's server (tests/integrity.rs). The tests and the benchmark run
+/// their own nginx and Redis, in a private netns: the services Debian starts and
+/// enables with the packages are stopped and disabled ([`HOST_SERVICES`]).
 const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "iproute2",
@@ -30,10 +33,13 @@ const APT_PACKAGES: &[&str] = &[
     "lintian",
     "strace",
     "python3-venv",
+    "golang-go",
+    "redis-server",
 ];
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
+    python_websockets()?;
     pinned_nightly()?;
     bpf_linker()?;
     kubernetes_validate()?;
@@ -55,21 +61,24 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
-/// Debian packages of the busy-server benchmark besides setup's (nginx): haproxy and the
-/// Go toolchain (for its Go net/http server). The benchmark runs its own haproxy, in a
-/// private netns ([`HOST_SERVICES`]).
-const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "golang-go"];
+/// Debian packages of the busy-server benchmark besides setup's (nginx, Go): haproxy.
+/// The benchmark runs its own haproxy, in a private netns ([`HOST_SERVICES`]).
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy"];
 
 /// Packages whose installation starts and enables a host service of the same name
 /// (Debian's policy): when setup installed one, it stops and disables that service, so
-/// that `cargo xtask test` leaves no web server or proxy listening on the host's ports
-/// 80 and 443. A package that was there before setup ran is left as it was.
-const HOST_SERVICES: &[&str] = &["nginx", "haproxy"];
+/// that `cargo xtask test` leaves no web server, proxy or Redis listening on the host's
+/// ports (80, 443, 6379). A package that was there before setup ran is left as it was.
+const HOST_SERVICES: &[&str] = &["nginx", "haproxy", "redis-server"];
 
-/// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`] and the Python
-/// `websockets` package (pip, or Debian's python3-websockets where pip may not install).
+/// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`].
 pub fn bench_packages() -> Result<()> {
-    apt_install(BENCH_APT_PACKAGES.iter().copied())?;
+    apt_install(BENCH_APT_PACKAGES.iter().copied())
+}
+
+/// The Python `websockets` package for the websocket servers of the tests and the
+/// benchmark (pip, or Debian's python3-websockets where pip may not install).
+fn python_websockets() -> Result<()> {
     let has_websockets = || {
         Command::new("python3")
             .args(["-c", "import websockets"])

@@ -1,0 +1,3 @@
+module drain-tests/go-server
+
+go 1.19
