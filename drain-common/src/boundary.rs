@@ -15,11 +15,26 @@
 //!   is half read;
 //! - the server has read new bytes since its previous write (`copied_seq` moved since the
 //!   mark): it is answering something new. The first write seen after arming only sets
-//!   the mark: whether the server read since its previous write is unknown then.
+//!   the mark: whether the server read since its previous write is unknown then;
+//! - nothing was waiting unread at that previous write (`copied_seq == rcv_nxt` then):
+//!   what the server read since arrived after it wrote, as a request sent after its
+//!   answer does. Input already waiting while the server wrote (a pipelined request, a
+//!   request body read after the response head) may be read in the middle of a
+//!   response, and the write after such a read may be a body.
+//!
+//! A client that sends while the server's output is still unacknowledged (input arrived
+//! since the previous write, and this write finds output in flight) is pipelining or
+//! speaks a full-duplex protocol: the server may read in the middle of its units, so the
+//! connection is left alone for good ([`Write::Duplex`]).
 //!
 //! The pieces of one response have no read between them, and a body written while the
 //! previous piece is unacknowledged is not at a boundary either: neither is a candidate,
-//! whatever its bytes look like. [`crate::http1`] then judges a candidate's bytes.
+//! whatever its bytes look like. [`crate::http1`] then judges a candidate's bytes. What
+//! the socket cannot tell is a server that reads input which arrived *after* one of its
+//! writes before it writes the rest of the same unit (a full-duplex protocol such as a
+//! websocket, a client that pipelines while the response is in flight): that piece is a
+//! candidate, and changes only if its bytes are a complete response head by the grammar
+//! (docs/in-band-close.md states this limit).
 
 /// The sequence numbers of the server's `tcp_sock` the decision needs, read when a
 /// message is about to be sent (the socket is locked then, so they are consistent).
@@ -42,6 +57,8 @@ pub const ASKED: u32 = 1 << 1;
 /// [`Inspection::flags`]: the connection is left alone for good (its stream did not
 /// follow the grammar, a write could not be changed, or it switched protocols).
 pub const LEFT_ALONE: u32 = 1 << 2;
+/// [`Inspection::flags`]: nothing was waiting unread when the mark was set.
+pub const READ_ALL_AT_MARK: u32 = 1 << 3;
 
 /// What the program keeps per connection (the value of the state map).
 #[repr(C)]
@@ -49,8 +66,22 @@ pub const LEFT_ALONE: u32 = 1 << 2;
 pub struct Inspection {
     /// `copied_seq` at the server's previous write.
     pub read_mark: u32,
-    /// [`MARKED`], [`ASKED`], [`LEFT_ALONE`].
+    /// [`MARKED`], [`ASKED`], [`LEFT_ALONE`], [`READ_ALL_AT_MARK`].
     pub flags: u32,
+    /// `rcv_nxt` at the server's previous write.
+    pub received_mark: u32,
+}
+
+/// Where a write stands ([`Inspection::next_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The first write of a response to something the server read after its previous
+    /// write, at a proven boundary.
+    Candidate,
+    /// Anything else: a piece of a unit, or a write the socket cannot place.
+    Within,
+    /// The client sent while the server's output was in flight: leave it alone for good.
+    Duplex,
 }
 
 impl Inspection {
@@ -60,19 +91,36 @@ impl Inspection {
         self.flags & (ASKED | LEFT_ALONE) != 0
     }
 
-    /// Records a write of the server and says whether it is a candidate: the first write of
-    /// a response to something the server read after its previous write.
-    pub fn next_write(&mut self, seqs: &SocketSeqs) -> bool {
+    /// Records a write of the server and says where it stands.
+    pub fn next_write(&mut self, seqs: &SocketSeqs) -> Write {
         if self.finished() {
-            return false;
+            return Write::Within;
         }
-        let candidate = self.flags & MARKED != 0
-            && seqs.snd_una == seqs.write_seq
-            && seqs.copied_seq == seqs.rcv_nxt
+        let marked = self.flags & MARKED != 0;
+        let acked = seqs.snd_una == seqs.write_seq;
+        let read_all = seqs.copied_seq == seqs.rcv_nxt;
+        if marked && !acked && seqs.rcv_nxt != self.received_mark {
+            self.flags |= LEFT_ALONE;
+            return Write::Duplex;
+        }
+        let candidate = marked
+            && self.flags & READ_ALL_AT_MARK != 0
+            && acked
+            && read_all
             && seqs.copied_seq != self.read_mark;
         self.read_mark = seqs.copied_seq;
+        self.received_mark = seqs.rcv_nxt;
         self.flags |= MARKED;
-        candidate
+        if read_all {
+            self.flags |= READ_ALL_AT_MARK;
+        } else {
+            self.flags &= !READ_ALL_AT_MARK;
+        }
+        if candidate {
+            Write::Candidate
+        } else {
+            Write::Within
+        }
     }
 }
 
@@ -92,46 +140,67 @@ mod tests {
     #[test]
     fn the_first_write_seen_only_sets_the_mark() {
         let mut inspection = Inspection::default();
-        assert!(!inspection.next_write(&seqs(100, 100, 50, 50)));
-        assert!(
-            !inspection.next_write(&seqs(200, 200, 50, 50)),
-            "no read between"
-        );
-        assert!(
-            inspection.next_write(&seqs(300, 300, 80, 80)),
-            "read, all acked"
-        );
+        let first = inspection.next_write(&seqs(100, 100, 50, 50));
+        assert_eq!(first, Write::Within);
+        let no_read = inspection.next_write(&seqs(200, 200, 50, 50));
+        assert_eq!(no_read, Write::Within);
+        let read_all_acked = inspection.next_write(&seqs(300, 300, 80, 80));
+        assert_eq!(read_all_acked, Write::Candidate);
     }
 
     #[test]
-    fn unacknowledged_output_or_an_unread_request_is_no_boundary() {
+    fn an_unread_request_is_no_boundary() {
         let mut inspection = Inspection::default();
         inspection.next_write(&seqs(100, 100, 50, 50));
-        assert!(
-            !inspection.next_write(&seqs(200, 150, 80, 80)),
-            "output in flight"
-        );
+        let half_read = inspection.next_write(&seqs(200, 200, 90, 80));
+        assert_eq!(half_read, Write::Within);
+    }
+
+    #[test]
+    fn input_waiting_at_the_previous_write_makes_no_boundary() {
+        let mut inspection = Inspection::default();
+        // A head written while a pipelined request (or the request's body) waits unread.
+        inspection.next_write(&seqs(100, 100, 90, 50));
+        let read_mid_response = inspection.next_write(&seqs(200, 200, 90, 90));
+        assert_eq!(read_mid_response, Write::Within);
+        let clean_again = inspection.next_write(&seqs(300, 300, 120, 120));
+        assert_eq!(clean_again, Write::Candidate);
+    }
+
+    #[test]
+    fn a_client_sending_while_output_is_in_flight_is_left_alone() {
         let mut inspection = Inspection::default();
         inspection.next_write(&seqs(100, 100, 50, 50));
-        assert!(
-            !inspection.next_write(&seqs(200, 200, 90, 80)),
-            "request half read"
+        // A frame's first piece is unacknowledged when the client's next message arrives.
+        assert_eq!(
+            Write::Duplex,
+            inspection.next_write(&seqs(200, 150, 60, 60))
         );
+        assert!(inspection.finished());
+        // Output in flight with no new input is a body going out, not a doubt.
+        let mut inspection = Inspection::default();
+        inspection.next_write(&seqs(100, 100, 50, 50));
+        assert_eq!(
+            Write::Within,
+            inspection.next_write(&seqs(200, 150, 50, 50))
+        );
+        assert!(!inspection.finished());
     }
 
     #[test]
     fn sequence_numbers_wrap() {
         let mut inspection = Inspection::default();
         inspection.next_write(&seqs(u32::MAX, u32::MAX, u32::MAX - 2, u32::MAX - 2));
-        assert!(inspection.next_write(&seqs(5, 5, 3, 3)));
+        assert_eq!(Write::Candidate, inspection.next_write(&seqs(5, 5, 3, 3)));
     }
 
     #[test]
     fn a_finished_connection_has_no_candidate() {
         let mut inspection = Inspection {
             read_mark: 1,
-            flags: MARKED | LEFT_ALONE,
+            flags: MARKED | READ_ALL_AT_MARK | LEFT_ALONE,
+            received_mark: 1,
         };
-        assert!(!inspection.next_write(&seqs(10, 10, 9, 9)));
+        assert_eq!(Write::Within, inspection.next_write(&seqs(10, 10, 9, 9)));
     }
 }

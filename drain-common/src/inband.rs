@@ -4,7 +4,7 @@
 //! [`Action`]; the host's tests and fuzzer call [`decide`] with the same inputs.
 
 use crate::{
-    boundary::{Inspection, SocketSeqs, ASKED, LEFT_ALONE},
+    boundary::{Inspection, SocketSeqs, Write, ASKED, LEFT_ALONE},
     http1::{Verdict, HEAD_MAX},
     websocket::MESSAGE_MAX,
 };
@@ -62,8 +62,10 @@ pub fn decide(
         inspection.flags |= LEFT_ALONE;
         return Action::LeaveAlone;
     };
-    if !inspection.next_write(seqs) || size == 0 {
-        return Action::Pass;
+    match inspection.next_write(seqs) {
+        Write::Candidate if size > 0 => {}
+        Write::Candidate | Write::Within => return Action::Pass,
+        Write::Duplex => return Action::LeaveAlone,
     }
     let action = match judge.head(window(size)) {
         Verdict::Final { status_line_end } => Action::ConnectionClose {

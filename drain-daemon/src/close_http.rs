@@ -84,8 +84,8 @@ enum Armed {
 /// `Connection: close` into.
 pub struct CloseHttp {
     sockets: SockHash<MapData, u64>,
-    /// The program's records ([`Inspection`], as its two words).
-    state: HashMap<MapData, [u32; 11], [u32; 2]>,
+    /// The program's records ([`Inspection`], as its three words).
+    state: HashMap<MapData, [u32; 11], [u32; 3]>,
     counts: PerCpuArray<MapData, u64>,
     /// Every connection tried, by cookie, until it closes.
     armed: StdHashMap<u64, Armed>,
@@ -177,10 +177,11 @@ impl CloseHttp {
             .state
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, [read_mark, flags])| {
+            .filter(|&(_, [read_mark, flags, received_mark])| {
                 Inspection {
-                    read_mark: *read_mark,
-                    flags: *flags,
+                    read_mark,
+                    flags,
+                    received_mark,
                 }
                 .finished()
             })

@@ -638,8 +638,11 @@ fn ask_http_clients_to_close(close_http: &mut CloseHttp, snapshot: &PortInventor
         if close_http.is_armed(connection) {
             continue;
         }
-        if let Err(err) = close_http.arm(connection) {
-            debug!(peer = %connection.socket.id.remote, "not asking for Connection: close: {err}");
+        match close_http.arm(connection) {
+            Ok(()) => debug!(peer = %connection.socket.id.remote, "in-band close: armed"),
+            Err(err) => {
+                debug!(peer = %connection.socket.id.remote, "not asking for Connection: close: {err}");
+            }
         }
     }
 }
