@@ -946,3 +946,35 @@ fn a_second_drain_of_a_port_is_refused_before_its_accept_grace() {
     first.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(first.wait(10 * SECOND).code, Some(130));
 }
+
+/// The sockets get their modes from how they are made, whatever the umask (the unit
+/// runs the daemon with `UMask=0077`): the root socket 0600, the pod socket 0666 in a
+/// directory of 0755.
+#[test]
+fn the_sockets_have_their_modes_under_a_restrictive_umask() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let root_socket = daemon_socket_path("umask-root");
+    let pod_socket = daemon_socket_path("umask-pods");
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", r#"umask 077; exec "$@""#, "sh"])
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&root_socket)
+        .arg("--pod-socket")
+        .arg(&pod_socket);
+    let (_daemon, _log) = spawn_daemon_with(command, SERVING);
+    let mode = |path: &std::path::Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(&root_socket), 0o600);
+    assert_eq!(mode(&pod_socket), 0o666);
+    assert_eq!(mode(pod_socket.parent().unwrap()), 0o755);
+    assert_eq!(mode(root_socket.parent().unwrap()), 0o700);
+}

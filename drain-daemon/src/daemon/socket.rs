@@ -14,7 +14,7 @@
 
 use std::{
     io,
-    os::unix::net::{UnixListener, UnixStream},
+    os::unix::net::UnixListener,
     path::{Path, PathBuf},
 };
 
@@ -150,14 +150,12 @@ fn check_replaceable(dir: &SafeDir, name: &str, path: &Path) -> Result<(), Socke
         }
     };
     let kind = match found {
-        FileType::Socket => {
-            return match UnixStream::connect(dir.fd_path(name)) {
-                Ok(_) => Err(SocketError::InUse {
-                    path: path.to_path_buf(),
-                }),
-                Err(_) => Ok(()),
-            }
+        FileType::Socket if served(&dir.fd_path(name)) => {
+            return Err(SocketError::InUse {
+                path: path.to_path_buf(),
+            })
         }
+        FileType::Socket => return Ok(()),
         FileType::Symlink => "a symbolic link",
         FileType::Directory => "a directory",
         FileType::RegularFile => "a regular file",
@@ -167,6 +165,29 @@ fn check_replaceable(dir: &SafeDir, name: &str, path: &Path) -> Result<(), Socke
         path: path.to_path_buf(),
         kind,
     })
+}
+
+/// Whether a process listens on the socket at `path`. Without waiting: a daemon whose
+/// backlog is full is as alive as one that accepts.
+fn served(path: &Path) -> bool {
+    use rustix::net::{
+        connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
+    };
+    let Ok(address) = SocketAddrUnix::new(path) else {
+        return false;
+    };
+    let Ok(probe) = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    !matches!(
+        connect(&probe, &address),
+        Err(rustix::io::Errno::CONNREFUSED | rustix::io::Errno::NOENT)
+    )
 }
 
 /// Binds a listening socket at `path` (a name in a directory held open, through
