@@ -765,3 +765,216 @@ fn a_drain_stuck_in_a_system_call_holds_up_neither_the_daemon_nor_deadlines() {
     assert_eq!(output.code, Some(1), "{}", output.stderr_text());
     assert_eq!(output.json()["outcome"], "deadline_reached");
 }
+
+/// A daemon that takes connections but answers nothing (stopped with SIGSTOP: its
+/// socket still queues connections and requests).
+fn silent_daemon(name: &str) -> (ChildGuard, std::path::PathBuf) {
+    let socket = daemon_socket_path(name);
+    let (daemon, _log) = spawn_daemon(&socket);
+    daemon.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    (daemon, socket)
+}
+
+/// `drainctl -v --daemon-socket SOCKET drain --port 8080 ARGS...`, once it has sent its
+/// request (its signal handlers are in place by then).
+fn drainctl_asking(socket: &std::path::Path, args: &[&str]) -> drain_tests::Drainctl {
+    let mut all = vec!["-v", "--daemon-socket", socket.to_str().unwrap(), "drain"];
+    all.extend_from_slice(&["--port", "8080"]);
+    all.extend_from_slice(args);
+    let drainctl = spawn_drainctl(all);
+    drainctl
+        .log()
+        .wait_for_line(10 * SECOND, |line| line.contains("using drain-daemon"))
+        .expect("drainctl talks to the daemon");
+    std::thread::sleep(Duration::from_millis(500));
+    drainctl
+}
+
+/// SIGTERM or SIGINT ends drainctl at once with its documented code (143, 130), whatever
+/// the daemon does: one that answers nothing gets the cancel line and a second at most.
+#[test]
+fn a_signal_ends_drainctl_at_once_even_when_the_daemon_answers_nothing() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_daemon, socket) = silent_daemon("silent-signal");
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGINT, 130),
+    ] {
+        let drainctl = drainctl_asking(&socket, &["--timeout", "60s"]);
+        let signalled = Instant::now();
+        drainctl.signal(signal);
+        let output = drainctl.wait(10 * SECOND);
+        let took = signalled.elapsed();
+        eprintln!("{signal}: drainctl exited {:?} after {took:?}", output.code);
+        assert_eq!(output.code, Some(code), "{}", output.stderr_text());
+        assert!(took < 3 * SECOND, "{signal}: drainctl took {took:?}");
+        assert!(
+            output
+                .stderr_text()
+                .contains("stopped by a signal before drain-daemon reported"),
+            "{}",
+            output.stderr_text()
+        );
+    }
+}
+
+/// drainctl waits for a silent daemon as long as the drain itself could take (accept
+/// grace, timeout, close grace) and a margin, then fails (exit 4) saying so.
+#[test]
+fn drainctl_waits_for_a_silent_daemon_no_longer_than_its_own_timeout() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let (_daemon, socket) = silent_daemon("silent-timeout");
+    let started = Instant::now();
+    let drainctl = drainctl_asking(&socket, &["--timeout", "1s", "--close-grace", "0s"]);
+    let output = drainctl.wait(30 * SECOND);
+    let took = started.elapsed();
+    eprintln!("drainctl gave up after {took:?}");
+    assert_eq!(output.code, Some(4), "{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("drain-daemon did not report within 6s"),
+        "{}",
+        output.stderr_text()
+    );
+    assert!(took < 10 * SECOND, "drainctl took {took:?}");
+}
+
+/// Someone who can write the socket's directory swaps every socket that appears in it
+/// for a symlink to a root file of mode 0600 (as fast as it can, while the daemon starts,
+/// 200 times): the daemon never gives that file the socket's mode 0666, because it never
+/// changes a mode by path.
+#[test]
+fn a_symlink_swapped_in_for_the_pod_socket_never_gets_its_mode() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let root_socket = daemon_socket_path("swap-root");
+    let pod_socket = daemon_socket_path("swap-pods");
+    let dir = pod_socket.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    let canary = std::env::temp_dir().join(format!("drain-test-{}-canary", std::process::id()));
+    std::fs::write(&canary, b"root's").unwrap();
+    std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let (dir, canary, stop) = (dir.clone(), canary.clone(), stop.clone());
+        move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let is_socket = entry
+                        .file_type()
+                        .is_ok_and(|kind| std::os::unix::fs::FileTypeExt::is_socket(&kind));
+                    if is_socket && std::fs::remove_file(entry.path()).is_ok() {
+                        let _ = std::os::unix::fs::symlink(&canary, entry.path());
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        }
+    });
+    let mut served = 0;
+    for start in 0..200 {
+        // What the swapper left at the path would only make the daemon refuse to start.
+        let _ = std::fs::remove_file(&pod_socket);
+        let mut command = std::process::Command::new(bin_path("drain-daemon"));
+        command
+            .arg("--socket")
+            .arg(&root_socket)
+            .arg("--pod-socket")
+            .arg(&pod_socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut daemon = ChildGuard(command.spawn().unwrap());
+        let log =
+            drain_tests::EventReader::from_reader("drain-daemon", daemon.0.stderr.take().unwrap());
+        if log
+            .wait_for_line(10 * SECOND, |line| line.contains(SERVING))
+            .is_some()
+        {
+            served += 1;
+        }
+        drop(daemon);
+        let mode = std::fs::metadata(&canary).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the canary's mode after start {start}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("{served} of 200 starts served; {swaps} sockets swapped for a symlink");
+    assert!(swaps >= 100, "the race was not run: {swaps} swaps");
+    std::fs::remove_file(&canary).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The port's lock is taken before the accept grace: a second drain of a port in its
+/// grace is refused at once (exit 3, who holds it), not after a grace of its own.
+#[test]
+fn a_second_drain_of_a_port_is_refused_before_its_accept_grace() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let socket = daemon_socket_path("grace-lock");
+    let socket_arg = socket.to_str().unwrap();
+    let (_daemon, log) = spawn_daemon(&socket);
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let grace = ["--port", "8080", "--accept-grace", "10s", "--timeout", "2s"];
+    let mut first_args = vec!["--daemon-socket", socket_arg, "drain"];
+    first_args.extend_from_slice(&grace);
+    let first = spawn_drainctl(first_args);
+    log.wait_for_line(10 * SECOND, |line| line.contains("for the accept grace"))
+        .expect("the first drain is in its grace");
+    let started = Instant::now();
+    let second = drain_through_daemon(socket_arg, &grace);
+    let took = started.elapsed();
+    assert_eq!(second.code, Some(3), "{}", second.stderr_text());
+    assert!(
+        second
+            .stderr_text()
+            .contains("port 8080 is already being drained"),
+        "{}",
+        second.stderr_text()
+    );
+    assert!(took < 2 * SECOND, "refused after {took:?}");
+    first.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(first.wait(10 * SECOND).code, Some(130));
+}
+
+/// The sockets get their modes from how they are made, whatever the umask (the unit
+/// runs the daemon with `UMask=0077`): the root socket 0600, the pod socket 0666 in a
+/// directory of 0755.
+#[test]
+fn the_sockets_have_their_modes_under_a_restrictive_umask() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let root_socket = daemon_socket_path("umask-root");
+    let pod_socket = daemon_socket_path("umask-pods");
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", r#"umask 077; exec "$@""#, "sh"])
+        .arg(bin_path("drain-daemon"))
+        .arg("--socket")
+        .arg(&root_socket)
+        .arg("--pod-socket")
+        .arg(&pod_socket);
+    let (_daemon, _log) = spawn_daemon_with(command, SERVING);
+    let mode = |path: &std::path::Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(&root_socket), 0o600);
+    assert_eq!(mode(&pod_socket), 0o666);
+    assert_eq!(mode(pod_socket.parent().unwrap()), 0o755);
+    assert_eq!(mode(root_socket.parent().unwrap()), 0o700);
+}

@@ -197,10 +197,22 @@ fn the_pod_holds_no_capability_and_its_drain_fits_the_grace_period() {
             .unwrap(),
     );
     assert_eq!(on_node, Path::new(pod_socket));
+    // Read-only: a pod's root must not be able to put a symlink where the daemon makes
+    // its socket, nor replace the socket. A directory (or the socket itself), never a
+    // path the kubelet would create empty.
+    assert_eq!(mount["readOnly"], true, "{mount}");
+    assert!(
+        ["Directory", "Socket"].contains(&volume["hostPath"]["type"].as_str().unwrap_or("")),
+        "{volume}"
+    );
     // preStop counts against the grace period, and the server still has to stop after
     // it: accept grace + timeout + the server's own stop must fit.
     let server_stop = 5;
     let budget = seconds_of(&hook, "--accept-grace") + seconds_of(&hook, "--timeout") + server_stop;
+    // The pod socket's caps (drain-daemon/src/control/pod_limits.rs): 60 s of grace,
+    // 10 min of timeout.
+    assert!(seconds_of(&hook, "--accept-grace") <= 60);
+    assert!(seconds_of(&hook, "--timeout") <= 600);
     let grace = app_pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
         budget < grace,
@@ -597,4 +609,146 @@ fn a_pod_hands_its_new_connections_only_to_a_successor_of_its_own() {
     successor_events
         .wait_for(&format!("accepted {}", client.local_addr()), 5 * SECOND)
         .expect("the pod's successor on 8082 accepted it");
+}
+
+/// A drain request for `port` in the network namespace `netns`, as drainctl sends it.
+fn drain_request(port: u16, netns: u64, accept_grace_ms: u64) -> String {
+    format!(
+        r#"{{"request":"drain","plan":{{"port":{port},"timeout_ms":10000,"poll_interval_ms":100,"quiet_period_ms":200,"close_grace_ms":0,"pace":{{"spread":0}},"force":false,"accept_grace_ms":{accept_grace_ms}}},"netns_inode":{netns}}}"#
+    )
+}
+
+/// `drain-control-client POD_SOCKET ARGS...` run in `pod` as nobody.
+fn control_client_in_pod(pod: &Pod, socket: &Path, args: &[&str]) -> Command {
+    let mut command = pod.command(PodUser::Nobody, true, bin_path("drain-control-client"));
+    command.arg(socket).args(args);
+    command
+}
+
+/// One pod opens 260 drain requests at once on the pod socket and holds them (each with
+/// the longest accept grace a pod may ask for, on a listener of its own): it gets a few
+/// at once, the port's lock refuses a second drain of the same port before its grace,
+/// and the rest are refused at once. Another pod's drain meanwhile takes what it takes
+/// alone, under 2 s, and a request with a grace past the cap is refused.
+#[test]
+fn a_pod_flooding_the_pod_socket_holds_up_no_other_pods_drain() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_nsenter) = require_tool("nsenter") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("flood");
+
+    let attacker = Pod::enter();
+    let (_attacker_server, _attacker_events, _) = start_pod_server(&attacker, "127.0.0.1:8080");
+    let flood_line = drain_request(8080, attacker.netns().inode(), 60_000);
+    let mut flood = ChildGuard(
+        control_client_in_pod(
+            &attacker,
+            &pod_socket,
+            &["--send", &flood_line, "--connections", "260"],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut connected = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.0.stdout.as_mut().unwrap()),
+        &mut connected,
+    )
+    .unwrap();
+    eprintln!("the attacker's flood: {}", connected.trim());
+
+    let victim = Pod::enter();
+    let (_victim_server, _victim_events, _) = start_pod_server(&victim, "127.0.0.1:9090");
+    let mut command = victim.drainctl(PodUser::Nobody);
+    command
+        .arg("--daemon-socket")
+        .arg(&pod_socket)
+        .args(["drain", "--port", "9090", "--quiet-period", "200ms"])
+        .args(["--timeout", "3s", "--json"]);
+    let started = std::time::Instant::now();
+    let output = spawn_drainctl_with(&mut command).wait(15 * SECOND);
+    let took = started.elapsed();
+    eprintln!("the victim's drain during the flood took {took:?}");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["outcome"], "drained");
+    assert!(took < 2 * SECOND, "the victim's drain took {took:?}");
+    drop(victim);
+    drop(flood);
+    let too_long = control_client_in_pod(
+        &attacker,
+        &pod_socket,
+        &[
+            "--send",
+            &drain_request(8080, attacker.netns().inode(), 86_400_000),
+        ],
+    )
+    .output()
+    .unwrap();
+    let too_long = String::from_utf8_lossy(&too_long.stdout);
+    assert!(
+        too_long.contains("--accept-grace 86400s is longer than the pod socket allows"),
+        "{too_long}"
+    );
+}
+
+/// A pod that sends a drain request and then bytes without end and no newline: the
+/// daemon reads no more than a line's bound of them, cuts the pod (its drain ends as if
+/// it had left), and its memory stays small (the peak, VmHWM, under 64 MiB).
+#[test]
+fn a_pod_streaming_a_line_without_end_costs_the_daemon_no_memory() {
+    let Some(_setpriv) = require_tool("setpriv") else {
+        return;
+    };
+    let Some(_nsenter) = require_tool("nsenter") else {
+        return;
+    };
+    let Some(_node) = Netns::require() else {
+        return;
+    };
+    let (daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("endless");
+    let pod = Pod::enter();
+    let (_server, _events, _) = start_pod_server(&pod, "127.0.0.1:8080");
+    // In its accept grace, the drain reads nothing but the cancel line.
+    let request = drain_request(8080, pod.netns().inode(), 30_000);
+    let junk = (256usize << 20).to_string();
+    let started = std::time::Instant::now();
+    let output = control_client_in_pod(
+        &pod,
+        &pod_socket,
+        &["--send", &request, "--send-junk", &junk],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    let peak_kib = vm_kib(daemon.pid(), "VmHWM:");
+    eprintln!(
+        "after {:?}: daemon peak RSS {peak_kib} KiB; the pod saw: {}",
+        started.elapsed(),
+        said.lines().next().unwrap_or_default()
+    );
+    assert!(
+        said.starts_with("write failed"),
+        "the pod was not cut: {said}"
+    );
+    assert!(peak_kib < 64 * 1024, "daemon peak RSS {peak_kib} KiB");
+    assert!(said.contains(r#""outcome":"cancelled""#), "{said}");
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

@@ -13,6 +13,14 @@
 //! systemd, and when it stops it refuses new drains ([`ErrorKind::Stopping`]: drainctl
 //! then drains on its own) but lets the running ones reach their reports, since cutting
 //! one midway would break the `ExecStop=` line that asked for it.
+//!
+//! No peer holds up another: every line read from a peer is bounded ([`lines`]), a peer
+//! has [`REQUEST_TIMEOUT`] to send its request and as long to take each reply, and on
+//! the pod socket each pod has a few requests at once and drains of bounded length
+//! ([`pod_limits`]).
+
+pub mod lines;
+pub mod pod_limits;
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +42,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use self::lines::LineError;
 use crate::{
     capabilities,
     drain::{self, blocking, AbortOnDrop, Cancel, DrainError, DrainPlan, DrainReport, Progress},
@@ -295,12 +304,13 @@ impl Running {
     }
 }
 
-/// Connections served at once; more wait in the listen backlog. A drain holds its
-/// connection for its whole run, so this is also the most drains at once.
+/// Connections served at once per socket; more wait in the listen backlog. A drain
+/// holds its connection for its whole run, so this is also the most drains at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// The longest request line: a drain request is about 300 bytes.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
-/// How long a client may take to send its request once connected.
+pub const MAX_REQUEST_BYTES: usize = lines::MAX_LINE_BYTES;
+/// How long a client may take to send its request once connected, and to take each
+/// reply: a peer slower than that is cut.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves clients on `listener` until the future is dropped; the drains it started go
@@ -315,6 +325,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let quota = pod_limits::Quota::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
@@ -329,8 +340,9 @@ pub async fn serve(
         };
         let drains = drains.clone();
         let metrics = metrics.clone();
+        let quota = quota.clone();
         tokio::spawn(async move {
-            if let Err(err) = handle(stream, kind, own_netns, drains, metrics).await {
+            if let Err(err) = handle(stream, kind, own_netns, &quota, drains, metrics).await {
                 warn!("control connection: {err}");
             }
             drop(slot);
@@ -383,6 +395,7 @@ async fn handle(
     stream: UnixStream,
     kind: SocketKind,
     own_netns: u64,
+    quota: &pod_limits::Quota,
     drains: Drains,
     metrics: Metrics,
 ) -> Result<(), ControlError> {
@@ -395,18 +408,40 @@ async fn handle(
             return write_reply(&mut writer, &error_reply(ErrorKind::Environment, why)).await
         }
     };
+    // Held until the connection's last reply: a pod's drains and its silent peers alike.
+    let _held = match target {
+        Target::Own => None,
+        Target::Pod(_) => match quota.take(peer_netns) {
+            Some(held) => Some(held),
+            None => {
+                let reply = error_reply(
+                    ErrorKind::Environment,
+                    format!(
+                        "this pod has {} requests open on the pod socket already, the most one \
+                         pod may have: wait for one to end",
+                        pod_limits::MAX_REQUESTS_PER_POD
+                    ),
+                );
+                return write_reply(&mut writer, &reply).await;
+            }
+        },
+    };
     let mut reader = BufReader::new(reader);
-    let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request_line(&mut reader)).await {
+    let line = match tokio::time::timeout(REQUEST_TIMEOUT, lines::next_line(&mut reader)).await {
         Ok(Ok(Some(line))) => line,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(RequestLineError::TooLong)) => {
+        Ok(Err(LineError::TooLong)) => {
             let reply = error_reply(
                 ErrorKind::Failure,
                 format!("request longer than {MAX_REQUEST_BYTES} bytes"),
             );
             return write_reply(&mut writer, &reply).await;
         }
-        Ok(Err(RequestLineError::Io(err))) => return Err(err.into()),
+        Ok(Err(LineError::NotUtf8)) => {
+            let reply = error_reply(ErrorKind::Failure, "request is not UTF-8".into());
+            return write_reply(&mut writer, &reply).await;
+        }
+        Ok(Err(LineError::Io(err))) => return Err(err.into()),
         Err(_) => {
             let reply = error_reply(
                 ErrorKind::Failure,
@@ -415,7 +450,6 @@ async fn handle(
             return write_reply(&mut writer, &reply).await;
         }
     };
-    let lines = reader.lines();
     let request = match parse_request(&line) {
         Ok(request) => request,
         Err(err) => {
@@ -459,7 +493,7 @@ async fn handle(
                 return write_reply(&mut writer, &reply).await;
             };
             info!(port = plan.port, timeout = ?plan.timeout, pod = scope.is_some(), "drain requested");
-            return run_drain(plan, target, scope, lines, writer, &metrics).await;
+            return run_drain(plan, target, scope, reader, writer, &metrics).await;
         }
         Request::Release { port, .. } => {
             let released = match target {
@@ -496,6 +530,7 @@ async fn handle(
 /// process, which must be in the pod's PID namespace. The lookup walks `/proc`, off
 /// the async workers: a `/proc` read can wait on a stuck process.
 fn pod_plan(plan: &mut DrainPlan, peer: &PodPeer) -> Result<(), String> {
+    pod_limits::check_plan(plan)?;
     if let Some(pid) = plan.pid {
         let Some(own_number) = blocking::run(|| peer.pidns.translate(pid)) else {
             return Err(format!(
@@ -566,50 +601,21 @@ impl Peer {
     }
 }
 
-enum RequestLineError {
-    TooLong,
-    Io(io::Error),
-}
-
-/// The first line, without its newline, read in at most [`MAX_REQUEST_BYTES`];
-/// `None` when the client closed without sending one.
-async fn read_request_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-) -> Result<Option<String>, RequestLineError> {
-    use tokio::io::AsyncReadExt as _;
-    let mut line = Vec::new();
-    let read = (&mut *reader)
-        .take(MAX_REQUEST_BYTES as u64 + 1)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(RequestLineError::Io)?;
-    if read == 0 {
-        return Ok(None);
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    } else if line.len() > MAX_REQUEST_BYTES {
-        return Err(RequestLineError::TooLong);
-    }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|err| RequestLineError::Io(io::Error::new(io::ErrorKind::InvalidData, err)))
-}
-
 async fn run_drain(
     plan: DrainPlan,
     target: Target,
     scope: Option<PidNamespace>,
-    mut lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    mut reader: BufReader<OwnedReadHalf>,
     mut writer: OwnedWriteHalf,
     metrics: &Metrics,
 ) -> Result<(), ControlError> {
     // A cancel line, or the client going away, ends the drain early. Read here and
-    // passed on by a channel: a pod's drain runs on a thread and runtime of its own.
+    // passed on by a channel: a pod's drain runs on a thread and runtime of its own. A
+    // line over the bound is a peer cut: it ends the drain as leaving would.
     let (cancel_tx, cancel_rx) = oneshot::channel();
     let cancel_reader = AbortOnDrop(tokio::spawn(async move {
         let mode = loop {
-            match lines.next_line().await {
+            match lines::next_line(&mut reader).await {
                 Ok(Some(line)) => match parse_request(&line) {
                     Ok(Request::Cancel { abort: true }) => break Cancel::Abort,
                     Ok(Request::Cancel { abort: false }) => break Cancel::Stop,
@@ -627,8 +633,9 @@ async fn run_drain(
     let (progress_tx, mut progress_rx) = mpsc::channel::<Reply>(16);
     let mut progress_writer = tokio::spawn(async move {
         while let Some(progress) = progress_rx.recv().await {
-            // A client that left still gets its drain finished.
-            if write_reply(&mut writer, &progress).await.is_err() {
+            // A client that left still gets its drain finished. Unbounded here: a slow
+            // reader still gets its report, and the wait for this task is bounded below.
+            if write_line(&mut writer, &progress).await.is_err() {
                 break;
             }
         }
@@ -686,7 +693,19 @@ fn error_reply(kind: ErrorKind, message: String) -> Reply {
     Reply::Error { kind, message }
 }
 
+/// Writes one reply line; a peer that does not take it within [`REQUEST_TIMEOUT`] is cut
+/// (its connection, and its slot, are given up).
 async fn write_reply(writer: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, write_line(writer, reply)).await {
+        Ok(written) => written,
+        Err(_) => Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took no reply within {REQUEST_TIMEOUT:?}; cut"),
+        ))),
+    }
+}
+
+async fn write_line(writer: &mut OwnedWriteHalf, reply: &Reply) -> Result<(), ControlError> {
     let mut line = serde_json::to_vec(reply)?;
     line.push(b'\n');
     writer.write_all(&line).await?;

@@ -12,19 +12,21 @@
 //! systemd it logs to journald with priorities ([`crate::journal`]); with
 //! `--metrics-address` it serves Prometheus metrics ([`crate::metrics`]).
 
+mod socket;
+
 use std::{
-    fs, io,
+    io,
     net::SocketAddr,
-    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use clap::Parser;
 use sd_notify::NotifyState;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tracing::{error, info, warn};
 
+use self::socket::OwnSocket;
 use crate::{
     cli::Exit,
     control::{self, Drains, Running, SocketKind},
@@ -138,13 +140,19 @@ async fn run(
     let (listener, own_socket) = match inherited {
         Some(listener) => {
             listener.set_nonblocking(true)?;
-            (UnixListener::from_std(listener)?, false)
+            (UnixListener::from_std(listener)?, None)
         }
-        None => (bind(socket, ROOT_ONLY).await?, true),
+        None => {
+            let (listener, own) = bind(socket, ROOT_ONLY)?;
+            (listener, Some(own))
+        }
     };
-    let pod_listener = match pod_socket {
-        Some(path) => Some(bind(path, FOR_PODS).await?),
-        None => None,
+    let (pod_listener, own_pod_socket) = match pod_socket {
+        Some(path) => {
+            let (listener, own) = bind(path, FOR_PODS)?;
+            (Some(listener), Some(own))
+        }
+        None => (None, None),
     };
     let metrics = Metrics::default();
     if let Some(address) = metrics_address {
@@ -169,7 +177,7 @@ async fn run(
     };
     info!(
         socket = %socket.display(),
-        activated = !own_socket,
+        activated = own_socket.is_none(),
         pod_socket = pod_socket.map(|path| path.display().to_string()),
         "serving drainctl"
     );
@@ -192,11 +200,8 @@ async fn run(
     // systemd shows it while the drains finish.
     drains.stop();
     notify(&[NotifyState::Stopping]);
-    if own_socket {
-        let _ = fs::remove_file(socket);
-    }
-    if let Some(path) = pod_socket {
-        let _ = fs::remove_file(path);
+    for own in own_socket.iter().chain(&own_pod_socket) {
+        own.remove();
     }
     let running = drains.subscribe().borrow().clone();
     if running.count() > 0 {
@@ -277,57 +282,11 @@ const FOR_PODS: Access = Access {
     directory: 0o755,
 };
 
-/// Binds a control socket, replacing a stale socket but never a live daemon's, and
-/// never anything that is not a socket: the path is an argument, and root must not
-/// delete the file a mistyped `--socket` names.
-async fn bind(socket: &Path, access: Access) -> io::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(access.directory)
-            .create(dir)?;
-    }
-    match fs::symlink_metadata(socket) {
-        Ok(found) if found.file_type().is_socket() => {
-            if UnixStream::connect(socket).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another drain-daemon serves {}", socket.display()),
-                ));
-            }
-            fs::remove_file(socket)?;
-        }
-        Ok(found) => {
-            let kind = if found.is_symlink() {
-                "a symbolic link"
-            } else if found.is_dir() {
-                "a directory"
-            } else if found.is_file() {
-                "a regular file"
-            } else {
-                "a special file"
-            };
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} is {kind}, not a socket: refusing to replace it (choose another --socket)",
-                    socket.display()
-                ),
-            ));
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(io::Error::new(
-                err.kind(),
-                format!("lstat {}: {err}", socket.display()),
-            ))
-        }
-    }
-    let listener = UnixListener::bind(socket).map_err(|err| {
-        io::Error::new(err.kind(), format!("binding {}: {err}", socket.display()))
-    })?;
-    fs::set_permissions(socket, fs::Permissions::from_mode(access.socket))?;
-    Ok(listener)
+/// Creates a control socket ([`OwnSocket`]) and serves it with tokio.
+fn bind(path: &Path, access: Access) -> io::Result<(UnixListener, OwnSocket)> {
+    let (listener, socket) = OwnSocket::bind(path, access.socket, access.directory)?;
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, socket))
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not

@@ -100,6 +100,17 @@ impl SafeDir {
     /// Opens an absolute path of existing system directories from `/`, one level at a
     /// time, none of them a symlink, each root's and not writable by others unless sticky.
     pub fn open_system(path: &Path) -> Result<SafeDir, DirError> {
+        SafeDir::walk_system(path, None)
+    }
+
+    /// [`SafeDir::open_system`], creating the levels that are missing with `mode` (root's,
+    /// whatever the process umask): a directory for a socket that others reach (0755), or
+    /// root's alone (0700).
+    pub fn open_system_creating(path: &Path, mode: u32) -> Result<SafeDir, DirError> {
+        SafeDir::walk_system(path, Some(Mode::from_raw_mode(mode)))
+    }
+
+    fn walk_system(path: &Path, create: Option<Mode>) -> Result<SafeDir, DirError> {
         let mut dir = SafeDir::open_at(rfs::CWD, Path::new("/"), "/", Owner::System)?;
         for component in path.components() {
             match component {
@@ -108,7 +119,20 @@ impl SafeDir {
                     let name = name.to_str().ok_or_else(|| DirError::NotADirectory {
                         path: path.to_path_buf(),
                     })?;
+                    let created = match create.map(|mode| rfs::mkdirat(&dir.fd, name, mode)) {
+                        Some(Ok(())) => create,
+                        None | Some(Err(Errno::EXIST)) => None,
+                        Some(Err(errno)) => {
+                            return Err(DirError::io("mkdirat", &dir.path.join(name), errno))
+                        }
+                    };
                     dir = dir.open_child(name, Owner::System)?;
+                    // mkdirat's mode went through the umask; the descriptor is the one
+                    // checked, so the mode is set there, not by path.
+                    if let Some(mode) = created {
+                        rfs::fchmod(&dir.fd, mode)
+                            .map_err(|errno| DirError::io("fchmod", &dir.path, errno))?;
+                    }
                 }
                 _ => {
                     return Err(DirError::NotADirectory {

@@ -1,7 +1,8 @@
 //! Fuzzing the parsers of bytes drain-daemon does not control, for a bounded time inside
 //! `cargo test`: the control protocol's request lines (any process that can connect to
 //! the daemon's socket sends them, and the daemon parses before it checks who is
-//! asking), sock_diag answers and `TCP_INFO` (kernel ABI that differs between kernels).
+//! asking), the line framing of a peer's byte stream (slow, endless and many peers at
+//! once), sock_diag answers and `TCP_INFO` (kernel ABI that differs between kernels).
 //! A panic in any of them ends a drain or the daemon, so none may panic on any input.
 //!
 //! Why not cargo-fuzz: it needs a nightly toolchain and its own setup, and the fuzzing
@@ -25,7 +26,7 @@ use std::{
 };
 
 use drain_daemon::{
-    control::{parse_request, Request},
+    control::{lines, parse_request, Request},
     drain::schedule::CloseSchedule,
     inventory::{
         classify,
@@ -290,6 +291,147 @@ fn control_requests() {
             }
         },
         control_target,
+    );
+}
+
+// --- The peer's byte stream: lines from slow, endless and many peers --------------------
+
+/// A peer that sends `data` in chunks of `chunk` bytes, with nothing ready every other
+/// time it is asked (a slow peer), then `x` for ever when `endless`.
+struct Peer {
+    data: Vec<u8>,
+    at: usize,
+    chunk: usize,
+    ready: bool,
+    endless: bool,
+    given: usize,
+}
+
+impl tokio::io::AsyncRead for Peer {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.ready = !self.ready;
+        if !self.ready {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = self.chunk.min(buf.remaining());
+        let end = (self.at + n).min(self.data.len());
+        if self.at < end {
+            buf.put_slice(&self.data[self.at..end]);
+            self.at = end;
+        } else if self.endless {
+            buf.put_slice(&vec![b'x'; n]);
+        }
+        self.given += buf.filled().len();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Peer {
+    fn new(data: &[u8], chunk: usize, endless: bool) -> Peer {
+        Peer {
+            data: data.to_vec(),
+            at: 0,
+            chunk: chunk.max(1),
+            ready: false,
+            endless,
+            given: 0,
+        }
+    }
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+}
+
+/// Reads lines as the daemon does from a peer that sends `input` slowly, in chunks of
+/// the first byte's size, then (when the second byte is odd) `x` for ever: every line
+/// is within the bound, an endless peer is cut at it, and the reader always ends.
+fn peer_lines_target(input: &[u8]) -> bool {
+    let (chunk, endless, data) = match input {
+        [chunk, endless, data @ ..] => (usize::from(*chunk), endless % 2 == 1, data),
+        _ => return false,
+    };
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let mut reader = tokio::io::BufReader::new(Peer::new(data, chunk, endless));
+            let mut lines = 0;
+            loop {
+                match lines::next_line(&mut reader).await {
+                    Ok(Some(line)) => {
+                        assert!(line.len() <= lines::MAX_LINE_BYTES && !line.contains('\n'));
+                        lines += 1;
+                    }
+                    Ok(None) => {
+                        assert!(!endless, "an endless peer never ends");
+                        return lines > 0;
+                    }
+                    Err(lines::LineError::TooLong) => return true,
+                    Err(lines::LineError::NotUtf8) => continue,
+                    Err(err) => panic!("{err}"),
+                }
+            }
+        })
+    })
+}
+
+#[test]
+fn pod_protocol_peers() {
+    let seeds: Vec<Vec<u8>> = control_seeds()
+        .into_iter()
+        .map(|line| [&[7u8, 0][..], &line, b"\n"].concat())
+        .collect();
+    fuzz(
+        "pod protocol peer",
+        move |rng| {
+            let mut input = mutate(rng, &seeds);
+            if input.len() >= 2 && rng.u8(..8) == 0 {
+                // An endless peer, now and then.
+                input[1] |= 1;
+            }
+            input
+        },
+        peer_lines_target,
+    );
+}
+
+/// Many peers at once, each sending bytes without a newline for ever, slowly: each is
+/// cut once it has sent the bound (and a read buffer's worth at most), none holds up
+/// the others.
+#[test]
+fn pod_protocol_endless_peers_are_cut_at_the_bound() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let given: Vec<usize> = runtime.block_on(async {
+        let peers: Vec<_> = (0..256)
+            .map(|peer| {
+                tokio::spawn(async move {
+                    let mut reader =
+                        tokio::io::BufReader::new(Peer::new(b"", 1 + peer * 61 % 4096, true));
+                    let cut = lines::next_line(&mut reader).await;
+                    assert!(matches!(cut, Err(lines::LineError::TooLong)), "{cut:?}");
+                    reader.get_ref().given
+                })
+            })
+            .collect();
+        let mut given = Vec::new();
+        for peer in peers {
+            given.push(peer.await.unwrap());
+        }
+        given
+    });
+    let most = given.iter().max().unwrap();
+    assert!(
+        *most <= lines::MAX_LINE_BYTES + 8 * 1024,
+        "{most} bytes read from one peer"
     );
 }
 

@@ -474,6 +474,10 @@ async fn run_drain(args: DrainArgs, route: Route) -> Result<Exit, Failure> {
     };
     let result = match via_daemon {
         Ok(ViaDaemon::Report(report)) => Ok(report),
+        Ok(ViaDaemon::Stopped(exit)) => {
+            progress.finish();
+            return Ok(exit);
+        }
         Ok(ViaDaemon::NotThere | ViaDaemon::WentAway) => {
             drain::drain(&plan, interrupted(), |p: &Progress| progress.show(p))
                 .await
@@ -505,10 +509,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Result<Exit, Failure> {
     Ok(match report.outcome {
         Outcome::Drained => Exit::Drained,
         Outcome::DeadlineReached => Exit::Remaining,
-        Outcome::Cancelled if TERMINATED.load(std::sync::atomic::Ordering::Relaxed) => {
-            Exit::Terminated
-        }
-        Outcome::Cancelled => Exit::Interrupted,
+        Outcome::Cancelled => signal_exit(),
     })
 }
 
@@ -520,9 +521,21 @@ enum ViaDaemon {
     NotThere,
     /// The daemon went away midway: the caller carries on standalone.
     WentAway,
+    /// A signal ended the drain and the daemon did not report in time: drainctl exits
+    /// with this code and no report.
+    Stopped(Exit),
 }
 
-/// Runs the drain in the daemon.
+/// How long past the drain's own end (accept grace, timeout, close grace) drainctl waits
+/// for the daemon's report: the daemon reports within about 2 s of it.
+const DAEMON_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long drainctl, asked to stop by a signal, waits for the daemon to confirm: the
+/// signal ends drainctl whatever the daemon does.
+const CANCEL_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the drain in the daemon, for as long as the drain itself at most
+/// ([`DAEMON_MARGIN`]): a daemon that stops answering does not hold drainctl, nor the
+/// service stop that runs it.
 async fn drain_via_daemon(
     mut client: Client,
     plan: &DrainPlan,
@@ -536,27 +549,46 @@ async fn drain_via_daemon(
         plan: plan.clone(),
         netns_inode,
     };
-    client.send(&request).await.map_err(Failure::daemon)?;
+    let bound = plan.accept_grace + plan.timeout + plan.close_grace + DAEMON_MARGIN;
+    let give_up = tokio::time::sleep(bound);
+    tokio::pin!(give_up);
     let cancel = interrupted();
     tokio::pin!(cancel);
+    client.send(&request).await.map_err(Failure::daemon)?;
     let mut cancelled = false;
     loop {
         let reply = tokio::select! {
             reply = client.next_reply() => match reply {
                 Ok(reply) => reply,
+                Err(_) if cancelled => return Ok(stopped_by_signal("closed the connection")),
                 // The daemon was killed or crashed midway (a stop lets drains finish):
                 // the service's stop still needs its drain.
-                Err(err) if !cancelled => {
+                Err(err) => {
                     warn!("drain-daemon went away in the middle of the drain ({err}); carrying on standalone (what it closed is not in this report)");
                     return Ok(ViaDaemon::WentAway);
                 }
-                Err(err) => return Err(Failure::daemon(err)),
             },
             mode = &mut cancel, if !cancelled => {
                 cancelled = true;
-                let abort = mode == Cancel::Abort;
-                client.send(&Request::Cancel { abort }).await.map_err(Failure::daemon)?;
+                give_up.as_mut().reset(tokio::time::Instant::now() + CANCEL_REPLY_WAIT);
+                ask_to_cancel(&mut client, mode).await;
                 continue;
+            }
+            () = &mut give_up => {
+                if cancelled {
+                    return Ok(stopped_by_signal(&format!(
+                        "did not confirm the cancel within {CANCEL_REPLY_WAIT:?}"
+                    )));
+                }
+                ask_to_cancel(&mut client, Cancel::Stop).await;
+                return Err(Failure {
+                    exit: Exit::Failure,
+                    message: format!(
+                        "drain-daemon did not report within {bound:?} (the drain's accept grace, \
+                         timeout and close grace, and {DAEMON_MARGIN:?}): asked it to stop; \
+                         check its log (journalctl -u drain-daemon)"
+                    ),
+                });
             }
         };
         match reply {
@@ -577,6 +609,36 @@ async fn drain_via_daemon(
                 })
             }
         }
+    }
+}
+
+/// Sends the cancel line, for [`CANCEL_REPLY_WAIT`] at most: a daemon that does not read
+/// it still sees the connection close when drainctl exits, which cancels the drain too.
+async fn ask_to_cancel(client: &mut Client, mode: Cancel) {
+    let cancel = Request::Cancel {
+        abort: mode == Cancel::Abort,
+    };
+    if let Ok(Err(err)) = tokio::time::timeout(CANCEL_REPLY_WAIT, client.send(&cancel)).await {
+        debug!("sending the cancel to drain-daemon: {err}");
+    }
+}
+
+/// SIGTERM or SIGINT ended the drain and the daemon sent no report: drainctl still exits
+/// with the signal's code, saying so on stderr (there is no report to print).
+fn stopped_by_signal(daemon_did: &str) -> ViaDaemon {
+    view::error_line(&format!(
+        "stopped by a signal before drain-daemon reported (it {daemon_did}); the daemon ends \
+         the drain on its own, as for a client that left"
+    ));
+    ViaDaemon::Stopped(signal_exit())
+}
+
+/// The exit code of a drain a signal ended.
+fn signal_exit() -> Exit {
+    if TERMINATED.load(std::sync::atomic::Ordering::Relaxed) {
+        Exit::Terminated
+    } else {
+        Exit::Interrupted
     }
 }
 
@@ -627,7 +689,17 @@ async fn release_via_daemon(client: &mut Client, port: u16) -> Result<Option<boo
         .send(&Request::Release { port, netns_inode })
         .await
         .map_err(Failure::daemon)?;
-    match client.next_reply().await.map_err(Failure::daemon)? {
+    // A release is one map lookup and an unpin: a daemon silent for this long is stuck.
+    let reply = tokio::time::timeout(2 * DAEMON_MARGIN, client.next_reply())
+        .await
+        .map_err(|_| Failure {
+            exit: Exit::Failure,
+            message: format!(
+                "drain-daemon did not answer the release within {:?}: check its log (journalctl -u drain-daemon)",
+                2 * DAEMON_MARGIN
+            ),
+        })?;
+    match reply.map_err(Failure::daemon)? {
         Reply::Released { released } => Ok(Some(released)),
         Reply::Error {
             kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,

@@ -274,6 +274,12 @@ pub async fn drain_scoped(
         if let Some(successor_port) = plan.successor_port {
             blocking::run(|| successor_listeners(&mut inventory, successor_port))?;
         }
+    }
+    // Before the grace: a second drain of the port is told at once that it is busy,
+    // rather than hold its place (in the daemon, a connection slot) for a grace that
+    // would end in that refusal anyway.
+    let port_lock = blocking::run(|| Steering::lock(port))?;
+    if !plan.accept_grace.is_zero() {
         info!(port, grace = ?plan.accept_grace, "still accepting new connections for the accept grace");
         tokio::select! {
             () = tokio::time::sleep(plan.accept_grace) => {}
@@ -372,7 +378,7 @@ pub async fn drain_scoped(
             successors: first_successors.len(),
         };
         Steering::refuse(
-            port,
+            port_lock,
             size,
             || {
                 let draining = borrow_listeners(port, &draining)?;

@@ -17,7 +17,7 @@
 //! pin directory locked for its whole run: a second drain of the port is refused
 //! ([`PinError::Busy`]) instead of sharing, and later tearing down, the first one's
 //! steering. A pinned drain whose listeners are all gone is stale and is removed by the
-//! next [`Steering::refuse`] or [`sweep_stale`] in any namespace. Where bpffs cannot be
+//! next [`Steering::lock`] or [`sweep_stale`] in any namespace. Where bpffs cannot be
 //! mounted, the refusal is held by this process only, and the caller is told through
 //! [`Persistence`].
 
@@ -167,6 +167,14 @@ fn count_u32(count: usize) -> u32 {
     u32::try_from(count).unwrap_or(u32::MAX)
 }
 
+/// One drain's hold on its port ([`Steering::lock`]): no other drain, release or sweep
+/// touches the port's pins while it lives.
+pub struct PortLock {
+    port: u16,
+    netns: Netns,
+    pins: Option<PortDir>,
+}
+
 /// The refusal of new connections to one port's draining listeners.
 pub struct Steering {
     port: u16,
@@ -204,29 +212,17 @@ impl Steering {
     /// earlier drain of the same port in this namespace if its listeners are still open,
     /// it has room for `size`, and the refusal is to last until they close;
     /// [`Lasting::WhileHeld`] unpins it instead. Minimum kernel: 5.9 (sk_lookup, bpf_link
-    /// for network namespaces, listening sockets in SOCKHASH).
+    /// for network namespaces, listening sockets in SOCKHASH). `lock` is the port's, from
+    /// [`Steering::lock`].
     pub fn refuse<E: From<SteerError>>(
-        port: u16,
+        lock: PortLock,
         size: Size,
         borrow: impl FnOnce() -> Result<Sockets, E>,
         lasting: Lasting,
     ) -> Result<Self, E> {
+        let PortLock { port, netns, pins } = lock;
         // Only stalls are injected here (a slow load under CPU contention).
         let _ = crate::failpoint::hit(crate::failpoint::Point::Attach, port);
-        let netns = Netns::current().map_err(SteerError::Netns)?;
-        let identity = netns.identity();
-        let pins = match PinRoot::open_or_create() {
-            Ok(root) => {
-                root.sweep_stale();
-                root.lock_port(&identity, port, true)
-                    .map_err(SteerError::from)?
-            }
-            Err(err) if err.is_unavailable() => {
-                warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
-                None
-            }
-            Err(err) => return Err(SteerError::from(err).into()),
-        };
         let pin = lasting == Lasting::UntilListenersClose;
         match pins {
             Some(pins) if pin && pins.has_link() => match open_pinned(pins, size)? {
@@ -249,6 +245,26 @@ impl Steering {
             }
             None => load_and_attach(port, netns.file(), size, borrow, None, pin),
         }
+    }
+
+    /// Locks `port`'s pin directory in this network namespace for one drain, from its
+    /// start (before its accept grace: a second drain of the port is refused at once,
+    /// not after waiting out a grace of its own) to its end. Where bpffs is unavailable
+    /// there is nothing to lock, and the refusal lasts while this process runs.
+    pub fn lock(port: u16) -> Result<PortLock, SteerError> {
+        let netns = Netns::current().map_err(SteerError::Netns)?;
+        let pins = match PinRoot::open_or_create() {
+            Ok(root) => {
+                root.sweep_stale();
+                root.lock_port(&netns.identity(), port, true)?
+            }
+            Err(err) if err.is_unavailable() => {
+                warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
+                None
+            }
+            Err(err) => return Err(err.into()),
+        };
+        Ok(PortLock { port, netns, pins })
     }
 
     /// The port whose listeners are refused.

@@ -4,13 +4,17 @@
 //! cannot be that peer itself: it runs as root, and the daemon judges a peer's network
 //! namespace by its main thread, not by the test's thread.)
 //!
-//! Usage: `drain-control-client SOCKET [--send-junk BYTES | --send LINE] [--read-when-told]`
+//! Usage: `drain-control-client SOCKET [--send LINE] [--send-junk BYTES] [--read-when-told]
+//! [--connections N]`
 //!
-//! Connects, writes BYTES bytes of `x` with no newline, or LINE and a newline, when
+//! Connects, writes LINE and a newline, then BYTES bytes of `x` with no newline, when
 //! asked; with `--read-when-told`, reads nothing until a line arrives on stdin. Then
 //! reads reply lines until the daemon closes (10 s at most per line). Prints `wrote N`
 //! (or `write failed: ERROR after N`), then `reply LINE` for each reply, then `closed`
-//! or `read failed: ERROR`. Exit 2 on bad arguments, 1 when the connection fails.
+//! or `read failed: ERROR`. With `--connections N` (a flood), opens N connections and
+//! writes to each, prints `connected N` (those that connected and took the bytes), and
+//! holds them, reading nothing, until a line or the end arrives on stdin. Exit 2 on bad
+//! arguments, 1 when the connection fails.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -19,8 +23,8 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str =
-    "usage: drain-control-client SOCKET [--send-junk BYTES | --send LINE] [--read-when-told]";
+const USAGE: &str = "usage: drain-control-client SOCKET [--send LINE] [--send-junk BYTES] \
+                     [--read-when-told] [--connections N]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -30,22 +34,33 @@ fn main() -> ExitCode {
     };
     let mut send = Vec::new();
     let mut read_when_told = false;
+    let mut connections = None;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--send-junk", Some(bytes)) => match bytes.parse::<usize>() {
-                Ok(bytes) => send = vec![b'x'; bytes],
+                Ok(bytes) => send.extend(std::iter::repeat_n(b'x', bytes)),
                 Err(_) => {
                     eprintln!("{USAGE}");
                     return ExitCode::from(2);
                 }
             },
-            ("--send", Some(line)) => send = format!("{line}\n").into_bytes(),
+            ("--send", Some(line)) => send.extend(format!("{line}\n").into_bytes()),
+            ("--connections", Some(count)) => match count.parse::<usize>() {
+                Ok(count) => connections = Some(count),
+                Err(_) => {
+                    eprintln!("{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             ("--read-when-told", None) => read_when_told = true,
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(count) = connections {
+        return flood(&socket, count, &send);
     }
     let mut stream = match UnixStream::connect(&socket) {
         Ok(stream) => stream,
@@ -89,5 +104,21 @@ fn main() -> ExitCode {
             }
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// Opens `count` connections, writes `send` on each, and holds them until stdin says so.
+fn flood(socket: &str, count: usize, send: &[u8]) -> ExitCode {
+    let held: Vec<UnixStream> = (0..count)
+        .filter_map(|_| {
+            let mut stream = UnixStream::connect(socket).ok()?;
+            stream.write_all(send).ok()?;
+            Some(stream)
+        })
+        .collect();
+    println!("connected {}", held.len());
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().lines().next();
+    drop(held);
     ExitCode::SUCCESS
 }
