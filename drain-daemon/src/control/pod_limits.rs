@@ -121,6 +121,7 @@ mod tests {
             pid: None,
             successor_port: None,
             no_connection_close: false,
+            websocket_close: false,
         };
         assert!(check_plan(&plan).is_ok());
         plan.accept_grace = Duration::from_secs(24 * 3600);
