@@ -72,12 +72,12 @@ impl HeadParser {
     }
 
     /// Takes the next byte of the message; `Some` once the head is judged (the bytes after
-    /// it are not looked at).
+    /// it are not looked at). The caller feeds at most [`HEAD_MAX`] bytes, then asks
+    /// [`unfinished`]: the parser keeps no bound of its own, so that the kernel's verifier
+    /// sees no comparison of the byte count and verifies the callback that feeds it in a
+    /// few rounds rather than once per byte.
     pub fn push(&mut self, byte: u8) -> Option<Verdict> {
         self.at += 1;
-        if self.at > HEAD_MAX {
-            return Some(Verdict::TooLong);
-        }
         let next = match self.state {
             VERSION => {
                 // `HTTP/1.`, spelled out: no table for the kernel side to index.
@@ -147,16 +147,26 @@ impl HeadParser {
     }
 }
 
+/// What a message of `size` bytes holds when its first `HEAD_MAX` (or all) bytes ended
+/// before the head did.
+pub const fn unfinished(size: u32) -> Verdict {
+    if size > HEAD_MAX {
+        Verdict::TooLong
+    } else {
+        Verdict::Incomplete
+    }
+}
+
 /// Judges the head at the start of `message` (the host's way in; the kernel's feeds the
 /// same parser from packet memory).
 pub fn judge(message: &[u8]) -> Verdict {
     let mut parser = HeadParser::new();
-    for &byte in message {
+    for &byte in message.iter().take(HEAD_MAX as usize) {
         if let Some(verdict) = parser.push(byte) {
             return verdict;
         }
     }
-    Verdict::Incomplete
+    unfinished(u32::try_from(message.len()).unwrap_or(u32::MAX))
 }
 
 /// `tchar` (RFC 9110 section 5.6.2): the bytes of a field name.

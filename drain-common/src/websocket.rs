@@ -20,7 +20,6 @@ pub struct FramesParser {
     /// 0: the first header byte is next; 1: the second; 2: payload.
     part: u8,
     frames: u32,
-    at: u32,
 }
 
 impl FramesParser {
@@ -29,16 +28,13 @@ impl FramesParser {
             payload_left: 0,
             part: 0,
             frames: 0,
-            at: 0,
         }
     }
 
-    /// Takes the next byte; `false` once the bytes cannot be whole server frames.
+    /// Takes the next byte; `false` once the bytes cannot be whole server frames. The
+    /// caller feeds at most [`MESSAGE_MAX`] bytes (the parser keeps no count the kernel's
+    /// verifier would have to follow byte by byte).
     pub fn push(&mut self, byte: u8) -> bool {
-        self.at += 1;
-        if self.at > MESSAGE_MAX {
-            return false;
-        }
         match self.part {
             0 => {
                 let opcode = byte & 0x0f;
@@ -86,7 +82,9 @@ impl FramesParser {
 /// Whether `message` is one or more whole server frames (the host's way in).
 pub fn whole_frames(message: &[u8]) -> bool {
     let mut parser = FramesParser::new();
-    message.iter().all(|&byte| parser.push(byte)) && parser.whole()
+    message.len() <= MESSAGE_MAX as usize
+        && message.iter().all(|&byte| parser.push(byte))
+        && parser.whole()
 }
 
 #[cfg(test)]

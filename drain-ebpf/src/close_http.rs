@@ -34,7 +34,7 @@ use aya_ebpf::{
 };
 use drain_common::{
     boundary::{Inspection, SocketSeqs},
-    http1::{HeadParser, Verdict, HEAD_MAX},
+    http1::{unfinished, HeadParser, Verdict, HEAD_MAX},
     inband::{decide, Action, Judge},
     websocket::{FramesParser, MESSAGE_MAX},
     FlowKey, CONNECTION_CLOSE, COUNT_CLOSE_INJECTED, COUNT_LEFT_ALONE, COUNT_WEBSOCKET_CLOSED,
@@ -89,7 +89,10 @@ fn inspect(ctx: &SkMsgContext) -> Option<()> {
         seqs.as_ref(),
         ctx.size(),
         websocket_close,
-        &mut Message(ctx.msg),
+        &mut Message {
+            msg: ctx.msg,
+            size: ctx.size(),
+        },
     );
     let done = match action {
         Action::Pass => return Some(()),
@@ -192,25 +195,28 @@ impl<P> Scan<P> {
 
 /// The write's bytes, judged in place: pulled (made linear), then fed to the shared
 /// parsers one byte per `bpf_loop` iteration.
-struct Message(*mut sk_msg_md);
+struct Message {
+    msg: *mut sk_msg_md,
+    size: u32,
+}
 
 impl Judge for Message {
     fn head(&mut self, window: u32) -> Verdict {
-        if pull(self.0, 0, window).is_none() {
+        if pull(self.msg, 0, window).is_none() {
             // Bytes the program cannot read are bytes it cannot prove anything of.
             return Verdict::Unusual;
         }
-        let mut scan = Scan::new(self.0, HeadParser::new());
+        let mut scan = Scan::new(self.msg, HeadParser::new());
         run(window, head_step, &mut scan);
         if scan.stopped == 0 {
-            return Verdict::Incomplete;
+            return unfinished(self.size);
         }
         verdict_of(scan.words)
     }
 
     fn whole_frames(&mut self, size: u32) -> bool {
         // `head` pulled the bytes up to its window, which holds a write this short whole.
-        let mut scan = Scan::new(self.0, FramesParser::new());
+        let mut scan = Scan::new(self.msg, FramesParser::new());
         run(size, frames_step, &mut scan);
         scan.stopped == 0 && scan.parser.whole()
     }

@@ -19,6 +19,7 @@
 
 pub(crate) mod blocking;
 mod boundary;
+mod in_band;
 mod ownership;
 pub mod report;
 pub mod schedule;
@@ -32,6 +33,7 @@ use std::{
 
 use blocking::Scanner;
 use boundary::Rhythms;
+use in_band::InBand;
 use ownership::Ownership;
 use report::Tally;
 pub use report::{DrainReport, ProcessRef, Remaining};
@@ -419,12 +421,7 @@ pub async fn drain_scoped(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
-    let mut close_http = if plan.no_connection_close {
-        None
-    } else {
-        let websocket_close = plan.websocket_close;
-        blocking::run(move || load_close_http(websocket_close))
-    };
+    let mut in_band = InBand::start(plan.no_connection_close, plan.websocket_close);
     let mut failed_scans = 0;
     let mut scanner = Some(Box::new(Scanner {
         inventory,
@@ -502,8 +499,8 @@ pub async fn drain_scoped(
         let snapshot = scan.ours;
         tally.observe(&snapshot);
         rhythms.observe(&snapshot, scanned_at);
-        if let Some(close_http) = &mut close_http {
-            blocking::run(|| ask_http_clients_to_close(close_http, &snapshot));
+        if let Some(close_http) = in_band.ready().await {
+            blocking::run(|| in_band::arm_busy(close_http, &snapshot));
         }
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
             last = snapshot;
@@ -573,8 +570,8 @@ pub async fn drain_scoped(
     }
     let refused_connections = steering.refused_connections();
     tally.steered = steering.steered_connections();
-    tally.connection_close_sent = close_http.as_ref().map_or(0, CloseHttp::rewritten);
-    tally.websocket_close_sent = close_http.as_ref().map_or(0, CloseHttp::websockets_closed);
+    tally.connection_close_sent = in_band.loaded().map_or(0, CloseHttp::rewritten);
+    tally.websocket_close_sent = in_band.loaded().map_or(0, CloseHttp::websockets_closed);
     tally.client_pauses = last
         .connections
         .iter()
@@ -618,39 +615,6 @@ pub async fn drain_scoped(
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
     report.successors = successors.len().try_into().unwrap_or(u32::MAX);
     Ok(report)
-}
-
-/// The `Connection: close` rewriting, or `None` (said once) where the kernel refuses
-/// sk_msg programs: the drain then closes busy connections at their boundaries only.
-fn load_close_http(websocket_close: bool) -> Option<CloseHttp> {
-    CloseHttp::load(websocket_close)
-        .inspect_err(|err| {
-            warn!("cannot ask HTTP/1.x clients to close (`Connection: close`): {err}; back-to-back clients are left to the deadline")
-        })
-        .ok()
-}
-
-/// Adds the busy connections not seen before to the rewriting, and takes out those
-/// whose response was rewritten. Idle ones are closed gracefully anyway; a connection
-/// that cannot be added (a kTLS socket, its owner gone) is left to the boundaries.
-fn ask_http_clients_to_close(close_http: &mut CloseHttp, snapshot: &PortInventory) {
-    let open: HashSet<u64> = snapshot
-        .connections
-        .iter()
-        .map(|c| c.socket.id.cookie)
-        .collect();
-    close_http.retire(|cookie| open.contains(&cookie));
-    for connection in snapshot.in_flight() {
-        if close_http.is_armed(connection) {
-            continue;
-        }
-        match close_http.arm(connection) {
-            Ok(()) => debug!(peer = %connection.socket.id.remote, "in-band close: armed"),
-            Err(err) => {
-                debug!(peer = %connection.socket.id.remote, "not asking for Connection: close: {err}");
-            }
-        }
-    }
 }
 
 /// Passes in a row whose scan may fail before the drain gives up (with the default poll
