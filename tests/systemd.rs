@@ -220,10 +220,13 @@ fn daemon_with_the_units_capabilities_drains_a_server_of_another_user() {
 
 /// Starts the daemon with `command` (a wrapper followed by the drain-daemon binary; the
 /// socket option is added here), drains the server at `addr` through it with drainctl,
-/// and checks that an idle connection was closed gracefully. Returns the daemon, still
-/// running.
+/// and checks that an idle connection and one in flight were closed gracefully, the
+/// in-flight one once answered, and that the in-band close loaded (a busy connection
+/// makes the drain load it). Returns the daemon, still running.
 fn drain_through(mut command: Command, addr: SocketAddr, name: &str) -> ChildGuard {
     let mut idle = idle_client(addr);
+    let mut busy = idle_client(addr);
+    busy.send_request("GET", "/sleep/300", b"").unwrap();
     let socket = daemon_socket_path(name);
     command.arg("--socket").arg(&socket);
     let (daemon, daemon_log) = spawn_daemon_with(command, SERVING);
@@ -239,9 +242,11 @@ fn drain_through(mut command: Command, addr: SocketAddr, name: &str) -> ChildGua
     );
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     let report = output.json();
-    assert_eq!(report["closed_gracefully"], 1, "{report}");
+    assert_eq!(report["closed_gracefully"], 2, "{report}");
     assert_eq!(report["closed_abortively"], 0, "{report}");
     assert_eq!(idle.wait_closed(5 * SECOND), Closed::Eof);
+    assert_eq!(busy.read_response().unwrap().status, 200);
+    assert_eq!(busy.wait_closed(5 * SECOND), Closed::Eof);
     daemon_log
         .wait_for_line(5 * SECOND, |line| line.contains("drain requested"))
         .expect("the daemon ran the drain");
