@@ -454,6 +454,18 @@ fn a_pod_drains_only_what_its_own_processes_hold() {
     assert_untouched(&mut other_client, other_addr);
 }
 
+/// The pid the pod's PID namespace gives the process the host numbers `host_pid` (the
+/// last of `NSpid:`).
+fn pod_pid_of(host_pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .and_then(|pid| pid.parse().ok())
+        .expect("NSpid of the process")
+}
+
 /// `--pid` is read in the pod's PID namespace: the host's number of the pod's own
 /// server is not a pid of the pod (refused, nothing done), the pod's number is.
 #[test]
@@ -469,13 +481,7 @@ fn a_pod_names_processes_by_its_own_pids_and_only_its_own() {
     let (server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
     // The guard holds nsenter; setpriv exec'd the server as its child.
     let host_pid = server.first_child();
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
-    let pod_pid: i32 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))
-        .and_then(|pids| pids.split_whitespace().last())
-        .and_then(|pid| pid.parse().ok())
-        .expect("NSpid of the server");
+    let pod_pid = pod_pid_of(host_pid);
     assert_ne!(
         pod_pid, host_pid,
         "the server is in the pod's PID namespace"
@@ -884,4 +890,39 @@ fn replies_to_a_pod_name_no_process_outside_its_pid_namespace() {
     );
     drop(listener);
     let _ = addr;
+}
+
+/// A connection left at the deadline is reported with its owner as the pod numbers it
+/// (the server is pid 2 or so in the pod, not its host pid).
+#[test]
+fn a_pods_report_names_the_owner_of_a_connection_left_by_the_pods_pid() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("pod-remaining");
+    let pod = Pod::enter();
+    let (server, events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
+    let host_pid = server.first_child();
+    let mut busy = busy_client(addr, &events, "/sleep/6000");
+    let output = drain_in_pod(
+        &pod,
+        PodUser::Nobody,
+        &pod_socket,
+        &[
+            "--port",
+            "8080",
+            "--quiet-period",
+            "200ms",
+            "--timeout",
+            "2s",
+            "--json",
+        ],
+    );
+    assert_eq!(output.code, Some(1), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    let owner = &report["remaining"][0]["owner_pid"];
+    let owner = owner.as_i64().unwrap_or_else(|| panic!("{report}"));
+    assert_ne!(owner, i64::from(host_pid), "{report}");
+    assert_eq!(owner, i64::from(pod_pid_of(host_pid)), "{report}");
+    let _ = busy.read_response();
 }

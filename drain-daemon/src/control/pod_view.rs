@@ -12,9 +12,16 @@ use crate::{
 };
 
 /// `report` as the pod of `scope` may read it: the processes that keep the drained
-/// listener open beside the drained ones, those of the pod only.
+/// listener open beside the drained ones, those of the pod only, and the owner of each
+/// connection left only when it is the pod's.
 pub fn report(mut report: DrainReport, scope: PidNamespace) -> DrainReport {
     report.listener_kept_by = visible(std::mem::take(&mut report.listener_kept_by), scope);
+    for connection in &mut report.remaining {
+        connection.owner_pid = connection.owner_pid.and_then(|pid| scope.number_of(pid));
+        if connection.owner_pid.is_none() {
+            connection.owner_command = None;
+        }
+    }
     report
 }
 
