@@ -220,8 +220,25 @@ fn the_pod_holds_no_capability_and_its_drain_fits_the_grace_period() {
     );
 }
 
+/// What a pod case needs: `setpriv` and `nsenter`, and a network namespace of its own
+/// for the node's side; `None` once a missing one was reported ([`require_tool`],
+/// [`Netns::require`]).
+fn pod_node() -> Option<Netns> {
+    require_tool("setpriv")?;
+    require_tool("nsenter")?;
+    Netns::require()
+}
+
 /// The daemon with both sockets, in the calling thread's network namespace.
 fn spawn_daemon_for_pods(name: &str) -> (ChildGuard, EventReader, PathBuf, PathBuf) {
+    spawn_daemon_for_pods_with(name, &[])
+}
+
+/// [`spawn_daemon_for_pods`] with `env` set (failpoints).
+fn spawn_daemon_for_pods_with(
+    name: &str,
+    env: &[(&str, &str)],
+) -> (ChildGuard, EventReader, PathBuf, PathBuf) {
     let root_socket = daemon_socket_path(&format!("{name}-root"));
     let pod_socket = daemon_socket_path(&format!("{name}-pods"));
     let mut command = Command::new(bin_path("drain-daemon"));
@@ -229,7 +246,8 @@ fn spawn_daemon_for_pods(name: &str) -> (ChildGuard, EventReader, PathBuf, PathB
         .arg("--socket")
         .arg(&root_socket)
         .arg("--pod-socket")
-        .arg(&pod_socket);
+        .arg(&pod_socket)
+        .envs(env.iter().copied());
     let (daemon, log) = spawn_daemon_with(command, SERVING);
     (daemon, log, root_socket, pod_socket)
 }
@@ -276,13 +294,7 @@ fn a_pods_root_without_capabilities_drains_itself_through_the_pod_socket() {
 /// The preStop flow: idle keep-alive connections closed gracefully, a request in flight
 /// answered first, new connections refused, exit 0, all from a hook run as `user`.
 fn pod_drains_itself(user: PodUser) {
-    let Some(_setpriv) = require_tool("setpriv") else {
-        return;
-    };
-    let Some(_nsenter) = require_tool("nsenter") else {
-        return;
-    };
-    let Some(_node) = Netns::require() else {
+    let Some(_node) = pod_node() else {
         return;
     };
     let (_daemon, daemon_log, _root_socket, pod_socket) =
@@ -442,6 +454,18 @@ fn a_pod_drains_only_what_its_own_processes_hold() {
     assert_untouched(&mut other_client, other_addr);
 }
 
+/// The pid the pod's PID namespace gives the process the host numbers `host_pid` (the
+/// last of `NSpid:`).
+fn pod_pid_of(host_pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .and_then(|pids| pids.split_whitespace().last())
+        .and_then(|pid| pid.parse().ok())
+        .expect("NSpid of the process")
+}
+
 /// `--pid` is read in the pod's PID namespace: the host's number of the pod's own
 /// server is not a pid of the pod (refused, nothing done), the pod's number is.
 #[test]
@@ -457,13 +481,7 @@ fn a_pod_names_processes_by_its_own_pids_and_only_its_own() {
     let (server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
     // The guard holds nsenter; setpriv exec'd the server as its child.
     let host_pid = server.first_child();
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
-    let pod_pid: i32 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))
-        .and_then(|pids| pids.split_whitespace().last())
-        .and_then(|pid| pid.parse().ok())
-        .expect("NSpid of the server");
+    let pod_pid = pod_pid_of(host_pid);
     assert_ne!(
         pod_pid, host_pid,
         "the server is in the pod's PID namespace"
@@ -632,13 +650,7 @@ fn control_client_in_pod(pod: &Pod, socket: &Path, args: &[&str]) -> Command {
 /// alone, under 2 s, and a request with a grace past the cap is refused.
 #[test]
 fn a_pod_flooding_the_pod_socket_holds_up_no_other_pods_drain() {
-    let Some(_setpriv) = require_tool("setpriv") else {
-        return;
-    };
-    let Some(_nsenter) = require_tool("nsenter") else {
-        return;
-    };
-    let Some(_node) = Netns::require() else {
+    let Some(_node) = pod_node() else {
         return;
     };
     let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("flood");
@@ -704,13 +716,7 @@ fn a_pod_flooding_the_pod_socket_holds_up_no_other_pods_drain() {
 /// it had left), and its memory stays small (the peak, VmHWM, under 64 MiB).
 #[test]
 fn a_pod_streaming_a_line_without_end_costs_the_daemon_no_memory() {
-    let Some(_setpriv) = require_tool("setpriv") else {
-        return;
-    };
-    let Some(_nsenter) = require_tool("nsenter") else {
-        return;
-    };
-    let Some(_node) = Netns::require() else {
+    let Some(_node) = pod_node() else {
         return;
     };
     let (daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("endless");
@@ -751,4 +757,172 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
         .and_then(|value| value.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Where the kernel cannot name the peer by a pidfd (`SO_PEERPIDFD`, Linux 6.5+; here a
+/// failpoint answers `ENOPROTOOPT` as such a kernel does), the pod is refused and told
+/// what to do: its `SO_PEERCRED` pid is never opened instead, since by then it could be
+/// another pod's process. Its server is left alone.
+#[test]
+fn a_pod_the_kernel_cannot_name_by_a_pidfd_is_refused_not_looked_up_by_pid() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods_with(
+        "no-peerpidfd",
+        &[("DRAIN_FAILPOINTS", "peerpidfd:0=enoprotoopt")],
+    );
+    let pod = Pod::enter();
+    let (_server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
+    let mut idle = idle_client(addr);
+    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("SO_PEERPIDFD) on the pod socket: this kernel cannot name a peer by a pidfd")
+            && output.stderr_text().contains("upgrade the node's kernel"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_untouched(&mut idle, addr);
+}
+
+/// `drainctl --daemon-socket SOCKET release --port 8080 --json` run by `drainctl`.
+fn release_with(mut drainctl: Command, socket: &Path) -> DrainctlOutput {
+    drainctl
+        .arg("--daemon-socket")
+        .arg(socket)
+        .args(["release", "--port", "8080", "--json"]);
+    spawn_drainctl_with(&mut drainctl).wait(30 * SECOND)
+}
+
+/// `release` is scoped like `drain`: another container of the pod (its network
+/// namespace, a PID namespace of its own) cannot end the pinned refusal of the first
+/// container's listener; the first container can.
+#[test]
+fn a_container_ends_only_the_refusal_of_its_own_listeners() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("release-scope");
+    let pod = Pod::enter();
+    let (_server, _events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
+    let output = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_refused_at_once(addr);
+
+    let other = pod.another_container();
+    let output = release_with(other.drainctl(PodUser::Nobody), &pod_socket);
+    assert_eq!(output.code, Some(3), "log:\n{}", output.stderr_text());
+    assert!(
+        output
+            .stderr_text()
+            .contains("a pod ends only the refusal of its own listeners"),
+        "{}",
+        output.stderr_text()
+    );
+    assert_refused_at_once(addr);
+
+    let output = release_with(pod.drainctl(PodUser::Nobody), &pod_socket);
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert_eq!(output.json()["released"], true, "{}", output.stdout);
+    let mut client = idle_client(addr);
+    assert_eq!(
+        client.request("GET", "/", b"").unwrap().status,
+        200,
+        "accepted again"
+    );
+    drop(other);
+}
+
+/// A pod is told of no process outside its PID namespace: a second drain of its port
+/// is busy "by another process" (the daemon itself holds the port for the first, and
+/// its host pid is not the pod's business), and a process of the node that keeps the
+/// drained listener open beside the pod's server is not in `listener_kept_by`.
+#[test]
+fn replies_to_a_pod_name_no_process_outside_its_pid_namespace() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let (_daemon, daemon_log, _root_socket, pod_socket) = spawn_daemon_for_pods("pod-view");
+    let pod = Pod::enter();
+    // Bound by the test (a process of the node) and inherited by the pod's server: both
+    // hold it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:8080").unwrap();
+    let inherited = nix::unistd::dup(&listener).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited).to_string();
+    let wrapper = pod.wrapper(PodUser::Nobody, true);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (_server, _events, addr) = start_server_via(&wrapper, ["--listen-fd", fd.as_str()]);
+    drop(inherited);
+
+    let mut first = pod.drainctl(PodUser::Nobody);
+    first
+        .arg("--daemon-socket")
+        .arg(&pod_socket)
+        .arg("drain")
+        .args(POD_DRAIN)
+        .args(["--accept-grace", "3s"]);
+    let first = spawn_drainctl_with(&mut first);
+    daemon_log
+        .wait_for_line(10 * SECOND, |line| {
+            line.contains("still accepting new connections")
+        })
+        .expect("the first drain holds the port");
+    let second = drain_in_pod(&pod, PodUser::Nobody, &pod_socket, POD_DRAIN);
+    assert_eq!(second.code, Some(3), "log:\n{}", second.stderr_text());
+    assert!(
+        second
+            .stderr_text()
+            .contains("port 8080 is already being drained by another process"),
+        "{}",
+        second.stderr_text()
+    );
+
+    let first = first.wait(30 * SECOND);
+    assert_eq!(first.code, Some(0), "log:\n{}", first.stderr_text());
+    let report = first.json();
+    assert_eq!(
+        report["listener_kept_by"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    drop(listener);
+    let _ = addr;
+}
+
+/// A connection left at the deadline is reported with its owner as the pod numbers it
+/// (the server is pid 2 or so in the pod, not its host pid).
+#[test]
+fn a_pods_report_names_the_owner_of_a_connection_left_by_the_pods_pid() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("pod-remaining");
+    let pod = Pod::enter();
+    let (server, events, addr) = start_pod_server(&pod, "127.0.0.1:8080");
+    let host_pid = server.first_child();
+    let mut busy = busy_client(addr, &events, "/sleep/6000");
+    let output = drain_in_pod(
+        &pod,
+        PodUser::Nobody,
+        &pod_socket,
+        &[
+            "--port",
+            "8080",
+            "--quiet-period",
+            "200ms",
+            "--timeout",
+            "2s",
+            "--json",
+        ],
+    );
+    assert_eq!(output.code, Some(1), "log:\n{}", output.stderr_text());
+    let report = output.json();
+    let owner = &report["remaining"][0]["owner_pid"];
+    let owner = owner.as_i64().unwrap_or_else(|| panic!("{report}"));
+    assert_ne!(owner, i64::from(host_pid), "{report}");
+    assert_eq!(owner, i64::from(pod_pid_of(host_pid)), "{report}");
+    let _ = busy.read_response();
 }

@@ -21,6 +21,7 @@
 
 pub mod lines;
 pub mod pod_limits;
+pub mod pod_view;
 
 use std::{
     collections::BTreeMap,
@@ -474,6 +475,7 @@ async fn handle(
             )
         }
         Request::Drain { mut plan, .. } => {
+            let asked_pid = plan.pid;
             let scope = match &target {
                 Target::Own => None,
                 Target::Pod(peer) => match pod_plan(&mut plan, peer) {
@@ -493,29 +495,27 @@ async fn handle(
                 return write_reply(&mut writer, &reply).await;
             };
             info!(port = plan.port, timeout = ?plan.timeout, pod = scope.is_some(), "drain requested");
-            return run_drain(plan, target, scope, reader, writer, &metrics).await;
+            return run_drain(plan, target, scope, asked_pid, reader, writer, &metrics).await;
         }
         Request::Release { port, .. } => {
             let released = match target {
-                Target::Own => blocking::run(|| steer::release(port)),
+                Target::Own => blocking::run(|| steer::release(port)).map_err(DrainError::from),
+                // Scoped like its drain: only the refusal of the pod's own listeners.
                 Target::Pod(peer) => {
+                    let scope = peer.pidns;
                     netns::run_in(peer.pidfd, peer.netns, move || async move {
-                        steer::release(port)
+                        steer::release_checked(port, || drain::check_release_scope(port, scope))
+                            .map_err(|err| pod_view::drain_error(err, scope, None))
                     })
                     .await
-                    .unwrap_or_else(|err| Err(SteerError::Netns(io::Error::other(err))))
+                    .unwrap_or_else(|err| {
+                        Err(SteerError::Netns(io::Error::other(err)).into())
+                    })
                 }
             };
             match released {
                 Ok(released) => Reply::Released { released },
-                Err(err) => {
-                    let kind = if err.is_environment() {
-                        ErrorKind::Environment
-                    } else {
-                        ErrorKind::Failure
-                    };
-                    error_reply(kind, err.to_string())
-                }
+                Err(err) => drain_error_reply(&err),
             }
         }
         Request::Cancel { .. } => error_reply(
@@ -601,10 +601,13 @@ impl Peer {
     }
 }
 
+/// `asked_pid`: the `--pid` of a pod's plan as the pod numbers it, for its replies
+/// ([`pod_view`]).
 async fn run_drain(
     plan: DrainPlan,
     target: Target,
     scope: Option<PidNamespace>,
+    asked_pid: Option<i32>,
     mut reader: BufReader<OwnedReadHalf>,
     mut writer: OwnedWriteHalf,
     metrics: &Metrics,
@@ -654,10 +657,17 @@ async fn run_drain(
     };
     let reply = match target {
         Target::Own => drain_reply(work().await),
-        Target::Pod(peer) => match netns::run_in(peer.pidfd, peer.netns, work).await {
-            Ok(result) => drain_reply(result),
-            Err(err) => error_reply(ErrorKind::Failure, err.to_string()),
-        },
+        Target::Pod(peer) => {
+            let scope = peer.pidns;
+            match netns::run_in(peer.pidfd, peer.netns, work).await {
+                Ok(result) => drain_reply(
+                    result
+                        .map(|report| pod_view::report(report, scope))
+                        .map_err(|err| pod_view::drain_error(err, scope, asked_pid)),
+                ),
+                Err(err) => error_reply(ErrorKind::Failure, err.to_string()),
+            }
+        }
     };
     drop(cancel_reader);
     // The callback (and with it the sender) is gone: the writer ends after what is

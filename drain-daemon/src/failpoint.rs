@@ -2,19 +2,22 @@
 //! misbehaves: a sock_diag dump failing with ENOBUFS, timing out, or answering a
 //! malformed message, and a system call that stalls for seconds (a /proc read of a stuck
 //! process, a slow attach), `pidfd_getfd` denied for a connection's server (an LSM
-//! policy for one process, not the host's ptrace rules). Such faults cannot be caused from outside on demand.
+//! policy for one process, not the host's ptrace rules), a kernel without
+//! `SO_PEERPIDFD` (before Linux 6.5) under the pod socket. Such faults cannot be caused
+//! from outside on demand.
 //!
 //! Debug builds only: in a release build (the package, `cargo xtask bench`) [`hit`] is a
 //! constant `None` and the environment is never read, so nobody can switch a fault on in
 //! a deployed daemon. In a debug build, `DRAIN_FAILPOINTS` is read once, at the first
 //! [`hit`]: `;`-separated entries `POINT:PORT=FAULT [from=N] [times=M]`, where `POINT` is
 //! `scan` (a sock_diag dump of the port), `attach` (setting up the port's steering;
-//! stalls only) or `borrow` (`pidfd_getfd` of one of the port's connections, to close
-//! it), `FAULT` is `enobufs`, `timeout`, `malformed`, `eperm` or `stall-MS` (sleep MS
-//! milliseconds, then go on), `from=N` starts at the Nth time the point is reached for that port
-//! (1-based, default 1) and `times=M` stops after M faults (default: never). For example
-//! `scan:8080=enobufs from=2 times=1` fails the first scan of a drain's passes once (its
-//! setup scans the port once before them).
+//! stalls only), `borrow` (`pidfd_getfd` of one of the port's connections, to close
+//! it) or `peerpidfd` (`SO_PEERPIDFD` of a pod socket peer; `PORT` is 0, `enoprotoopt`
+//! only), `FAULT` is `enobufs`, `timeout`, `malformed`, `eperm`, `enoprotoopt` or
+//! `stall-MS` (sleep MS milliseconds, then go on), `from=N` starts at the Nth time the
+//! point is reached for that port (1-based, default 1) and `times=M` stops after M
+//! faults (default: never). For example `scan:8080=enobufs from=2 times=1` fails the
+//! first scan of a drain's passes once (its setup scans the port once before them).
 #![forbid(unsafe_code)]
 
 /// A failure to inject in place of the real call's result.
@@ -28,6 +31,9 @@ pub enum Fault {
     Malformed,
     /// The call fails with `EPERM`, as `pidfd_getfd` does where ptrace is denied.
     PermissionDenied,
+    /// The call fails with `ENOPROTOOPT`, as `getsockopt(SO_PEERPIDFD)` does before
+    /// Linux 6.5.
+    NoProtocolOption,
 }
 
 /// Where a fault can be injected.
@@ -39,6 +45,8 @@ pub enum Point {
     Attach,
     /// Borrowing a connection's socket from its server (`pidfd_getfd`), to close it.
     Borrow,
+    /// Naming a pod socket peer by a pidfd (`SO_PEERPIDFD`); its port is 0.
+    PeerPidfd,
 }
 
 /// Called where a fault can be injected: the fault to inject this time, if any. A stall
@@ -126,7 +134,8 @@ mod armed {
                     "scan" => Point::Scan,
                     "attach" => Point::Attach,
                     "borrow" => Point::Borrow,
-                    _ => return Err(bad("the point is scan, attach or borrow")),
+                    "peerpidfd" => Point::PeerPidfd,
+                    _ => return Err(bad("the point is scan, attach, borrow or peerpidfd")),
                 };
                 let port = port.parse().map_err(|_| bad("bad port"))?;
                 let mut words = rest.split_whitespace();
@@ -135,6 +144,7 @@ mod armed {
                     "timeout" => Action::Fail(Fault::Timeout),
                     "malformed" => Action::Fail(Fault::Malformed),
                     "eperm" => Action::Fail(Fault::PermissionDenied),
+                    "enoprotoopt" => Action::Fail(Fault::NoProtocolOption),
                     other => match other.strip_prefix("stall-").map(str::parse) {
                         Some(Ok(ms)) => Action::Stall(Duration::from_millis(ms)),
                         _ => return Err(bad("unknown fault")),
@@ -144,11 +154,17 @@ mod armed {
                     (Point::Attach, Action::Fail(_)) => {
                         return Err(bad("attach takes stall-MS only"))
                     }
-                    (Point::Scan, Action::Fail(Fault::PermissionDenied)) => {
-                        return Err(bad("scan takes enobufs, timeout, malformed or stall-MS"))
-                    }
+                    (
+                        Point::Scan,
+                        Action::Fail(Fault::PermissionDenied | Fault::NoProtocolOption),
+                    ) => return Err(bad("scan takes enobufs, timeout, malformed or stall-MS")),
                     (Point::Borrow, Action::Fail(fault)) if fault != Fault::PermissionDenied => {
                         return Err(bad("borrow takes eperm or stall-MS"))
+                    }
+                    (Point::PeerPidfd, action)
+                        if action != Action::Fail(Fault::NoProtocolOption) =>
+                    {
+                        return Err(bad("peerpidfd takes enoprotoopt only"))
                     }
                     _ => {}
                 }
@@ -197,6 +213,10 @@ mod armed {
                 parse("borrow:8080=eperm").unwrap()[0].action,
                 Action::Fail(Fault::PermissionDenied)
             );
+            assert_eq!(
+                parse("peerpidfd:0=enoprotoopt").unwrap()[0].action,
+                Action::Fail(Fault::NoProtocolOption)
+            );
             assert!(parse("").unwrap().is_empty());
             for bad in [
                 "scan=enobufs",
@@ -207,6 +227,9 @@ mod armed {
                 "attach:1=enobufs",
                 "scan:1=eperm",
                 "borrow:1=enobufs",
+                "scan:1=enoprotoopt",
+                "peerpidfd:0=eperm",
+                "peerpidfd:0=stall-10",
             ] {
                 assert!(parse(bad).is_err(), "{bad}");
             }

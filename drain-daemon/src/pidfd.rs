@@ -100,6 +100,20 @@ impl PidfdError {
         }
     }
 
+    /// The process the error names, to renumber it for a reader in another PID
+    /// namespace.
+    pub fn pid_mut(&mut self) -> Option<&mut i32> {
+        match self {
+            Self::InvalidPid(pid)
+            | Self::Open { pid, .. }
+            | Self::GetFd { pid, .. }
+            | Self::Stat { pid, .. }
+            | Self::Cookie { pid, .. }
+            | Self::Replaced { pid, .. } => Some(pid),
+            Self::SockfsDevice(_) => None,
+        }
+    }
+
     /// True when the descriptor is gone rather than refused: its process exited
     /// (`ESRCH`), closed it (`EBADF`), or reused its number for something else.
     pub fn is_gone(&self) -> bool {

@@ -65,6 +65,15 @@ impl PidNamespace {
                 && self.contains(pid)
         })
     }
+
+    /// How this namespace numbers process `pid` (the daemon's number): what a reply to a
+    /// pod may call it. `None` when the process is not a member (a pod is told nothing of
+    /// processes it cannot see) or is gone.
+    pub fn number_of(self, pid: i32) -> Option<i32> {
+        let number = innermost_pid(pid).filter(|_| self.contains(pid))?;
+        // Checked again after reading the status: the pid may have been reused.
+        self.contains(pid).then_some(number)
+    }
 }
 
 /// The last pid of `NSpid:` in `/proc/<pid>/status` (the procfs crate): the number
@@ -92,6 +101,8 @@ mod tests {
         assert!(own.contains(pid));
         assert!(own.members().contains(&pid));
         assert_eq!(own.translate(pid), Some(pid));
+        assert_eq!(own.number_of(pid), Some(pid));
+        assert_eq!(PidNamespace::from_inode(1).number_of(pid), None);
         assert!(!PidNamespace::from_inode(1).contains(pid));
         assert_eq!(PidNamespace::from_inode(1).translate(pid), None);
     }

@@ -7,21 +7,27 @@
 //! only where the peer lives, and never where the peer *says* it lives: the network
 //! namespace it drains in is the one the peer's process is in, entered through a pidfd
 //! of the peer (`SO_PEERPIDFD`, which names the connecting process itself, not a pid
-//! that could be reused), and the processes it may act on are those of the peer's PID
-//! namespace ([`PidNamespace`]). A peer in the node's network namespace or the daemon's
+//! that could be reused; a kernel without it, before Linux 6.5, is refused: a pid read
+//! with `SO_PEERCRED` may be another process's by the time it is opened), and the
+//! processes it may act on are those of the peer's PID namespace ([`PidNamespace`]). A peer in the node's network namespace or the daemon's
 //! PID namespace (a `hostNetwork` or `hostPID` pod) is refused: its scope would be the
 //! node's.
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 
+use nix::errno::Errno;
 use rustix::{
     fs::{openat, statat, AtFlags, Mode, OFlags, CWD},
-    process::{pidfd_open, Pid, PidfdFlags},
+    process::Pid,
 };
 use tokio::net::UnixStream;
 
-use crate::{netns, pidns::PidNamespace};
+use crate::{
+    failpoint::{self, Fault, Point},
+    netns,
+    pidns::PidNamespace,
+};
 
 /// Why a pod peer is refused. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -30,23 +36,16 @@ pub enum PodPeerError {
     PeerCred(#[source] std::io::Error),
     #[error("the peer is not visible in drain-daemon's PID namespace: run drain-daemon with the host's PID namespace (hostPID: true)")]
     NotVisible,
-    #[error("getsockopt(SO_PEERPIDFD) and pidfd_open({pid}) both failed: {source}")]
-    Pidfd {
-        pid: i32,
-        #[source]
-        source: rustix::io::Errno,
-    },
-    #[error("opening /proc/{pid} of the peer: {source}")]
-    Proc {
-        pid: i32,
-        #[source]
-        source: rustix::io::Errno,
-    },
-    #[error("the peer (pid {pid}) exited while drain-daemon looked at it")]
-    Gone { pid: i32 },
-    #[error("stat /proc/{pid}/ns/{kind} of the peer: {source}")]
+    #[error("getsockopt(SO_PEERPIDFD) on the pod socket: this kernel cannot name a peer by a pidfd (Linux 6.5 or later can), and its pid alone could be another process's by the time it is opened: upgrade the node's kernel, or drain through the root control socket (drain-daemon --socket) with the capabilities of a drain")]
+    NoPeerPidfd,
+    #[error("getsockopt(SO_PEERPIDFD) on the pod socket: {0}: the peer cannot be named by a pidfd, most likely because it exited; drainctl waits for its reply, run it again")]
+    PeerPidfd(#[source] nix::errno::Errno),
+    #[error("opening the peer's /proc entry: {0}")]
+    Proc(#[source] rustix::io::Errno),
+    #[error("the peer exited while drain-daemon looked at it: run drainctl again")]
+    Gone,
+    #[error("stat of the peer's /proc entry ns/{kind}: {source}")]
     Namespace {
-        pid: i32,
         kind: &'static str,
         #[source]
         source: rustix::io::Errno,
@@ -79,24 +78,24 @@ impl PodPeer {
             .and_then(Pid::from_raw)
             .ok_or(PodPeerError::NotVisible)?;
         let pid = peer.as_raw_pid();
-        let pidfd = peer_pidfd(stream, peer)?;
+        let pidfd = peer_pidfd(stream)?;
         let proc_dir = openat(
             CWD,
             format!("/proc/{pid}").as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|source| PodPeerError::Proc { pid, source })?;
+        .map_err(PodPeerError::Proc)?;
         // The pidfd names the peer; while it still has the number `pid` afterwards, the
         // /proc entry opened before was the peer's and not a reused pid's (an open
         // /proc/<pid> stays bound to its process).
         if pidfd_pid(&pidfd) != Some(pid) {
-            return Err(PodPeerError::Gone { pid });
+            return Err(PodPeerError::Gone);
         }
         let namespace = |kind: &'static str| {
             statat(&proc_dir, format!("ns/{kind}").as_str(), AtFlags::empty())
                 .map(|stat| stat.st_ino)
-                .map_err(|source| PodPeerError::Namespace { pid, kind, source })
+                .map_err(|source| PodPeerError::Namespace { kind, source })
         };
         let peer = PodPeer {
             netns: namespace("net")?,
@@ -127,15 +126,24 @@ impl PodPeer {
 }
 
 /// A pidfd of the connecting process: `SO_PEERPIDFD` (Linux 6.5+) names the process
-/// that connected. Older kernels: `pidfd_open` of its pid, which the peer keeps while it
-/// waits for the reply (checked again by [`PodPeer::of`]).
-fn peer_pidfd(stream: &UnixStream, pid: Pid) -> Result<OwnedFd, PodPeerError> {
-    if let Ok(pidfd) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
-        return Ok(pidfd);
-    }
-    pidfd_open(pid, PidfdFlags::empty()).map_err(|source| PodPeerError::Pidfd {
-        pid: pid.as_raw_pid(),
-        source,
+/// that connected, and nothing else does. `pidfd_open` of the `SO_PEERCRED` pid would
+/// name whichever process has that number now, another pod's once the peer exited and
+/// the number was reused, so there is no fallback ([`judge_peer_pidfd`]).
+fn peer_pidfd(stream: &UnixStream) -> Result<OwnedFd, PodPeerError> {
+    let asked = match failpoint::hit(Point::PeerPidfd, 0) {
+        Some(Fault::NoProtocolOption) => Err(Errno::ENOPROTOOPT),
+        _ => nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd),
+    };
+    judge_peer_pidfd(asked)
+}
+
+/// What `SO_PEERPIDFD`'s answer makes of the peer: its pidfd, or a refusal that says
+/// why. `ENOPROTOOPT` is a kernel without the option; any other error (an exited peer
+/// is `ESRCH` or `EINVAL`, by kernel version) is this peer's.
+fn judge_peer_pidfd(asked: Result<OwnedFd, Errno>) -> Result<OwnedFd, PodPeerError> {
+    asked.map_err(|errno| match errno {
+        Errno::ENOPROTOOPT => PodPeerError::NoPeerPidfd,
+        errno => PodPeerError::PeerPidfd(errno),
     })
 }
 
@@ -158,7 +166,30 @@ fn pidfd_pid(pidfd: &impl AsFd) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    use rustix::process::{pidfd_open, PidfdFlags};
+
     use super::*;
+
+    #[test]
+    fn a_peer_without_a_pidfd_from_the_kernel_is_refused_never_looked_up_by_pid() {
+        let own = Pid::from_raw(std::process::id() as i32).unwrap();
+        let pidfd = pidfd_open(own, PidfdFlags::empty()).unwrap();
+        assert!(judge_peer_pidfd(Ok(pidfd)).is_ok());
+        let old_kernel = judge_peer_pidfd(Err(Errno::ENOPROTOOPT)).unwrap_err();
+        assert!(matches!(old_kernel, PodPeerError::NoPeerPidfd));
+        assert!(
+            old_kernel.to_string().contains("upgrade the node's kernel"),
+            "{old_kernel}"
+        );
+        for exited in [Errno::ESRCH, Errno::EINVAL] {
+            let err = judge_peer_pidfd(Err(exited)).unwrap_err();
+            assert!(
+                matches!(err, PodPeerError::PeerPidfd(errno) if errno == exited),
+                "{err}"
+            );
+            assert!(err.to_string().contains("run it again"), "{err}");
+        }
+    }
 
     #[test]
     fn a_pidfd_names_its_process_until_it_exits() {

@@ -261,6 +261,20 @@ impl SafeDir {
         }
     }
 
+    /// Takes a shared `flock` on this directory, waiting for an exclusive holder to
+    /// let go: for holds that are only ever brief.
+    pub fn lock_shared(&self) -> Result<(), DirError> {
+        rfs::flock(&self.fd, FlockOperation::LockShared)
+            .map_err(|errno| DirError::io("flock", &self.path, errno))
+    }
+
+    /// Gives up this description's `flock`, shared or exclusive, before the [`SafeDir`]
+    /// is dropped.
+    pub fn unlock(&self) -> Result<(), DirError> {
+        rfs::flock(&self.fd, FlockOperation::Unlock)
+            .map_err(|errno| DirError::io("flock", &self.path, errno))
+    }
+
     /// Whether `child` is still linked in this directory as `name` (not removed or
     /// replaced since it was opened).
     pub fn still_holds(&self, name: &str, child: &SafeDir) -> bool {

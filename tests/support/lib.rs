@@ -55,7 +55,7 @@ pub use http::{
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
 pub use netns::{current_thread_netns_inode, Netns};
-pub use pod::{Pod, PodUser};
+pub use pod::{Container, Pod, PodUser};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,
     spawn_demo_server_via, ChildGuard,

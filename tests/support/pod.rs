@@ -27,9 +27,14 @@ pub enum PodUser {
 /// A pod: its network namespace is the calling thread's while the guard lives.
 pub struct Pod {
     // Dropped first: the pod's processes die with their pid 1.
+    container: Container,
+    netns: Netns,
+}
+
+/// A container of a pod with a PID namespace of its own: its pid 1 and what runs in it.
+pub struct Container {
     _pause: ChildGuard,
     pause_pid: i32,
-    netns: Netns,
 }
 
 impl Pod {
@@ -37,6 +42,43 @@ impl Pod {
     /// processes started with [`Pod::command`]). Panics if it cannot (test contract).
     pub fn enter() -> Pod {
         let netns = Netns::new().expect("the pod's network namespace");
+        Pod {
+            container: Container::start(),
+            netns,
+        }
+    }
+
+    /// Another container of the pod: the pod's network namespace, a PID namespace of its
+    /// own (as without `shareProcessNamespace`). Drop it before the pod.
+    pub fn another_container(&self) -> Container {
+        Container::start()
+    }
+
+    /// The pod's network namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// [`Container::wrapper`] of the pod's first container.
+    pub fn wrapper(&self, user: PodUser, own_proc: bool) -> Vec<String> {
+        self.container.wrapper(user, own_proc)
+    }
+
+    /// [`Container::command`] of the pod's first container.
+    pub fn command(&self, user: PodUser, own_proc: bool, program: impl AsRef<OsStr>) -> Command {
+        self.container.command(user, own_proc, program)
+    }
+
+    /// [`Container::drainctl`] of the pod's first container.
+    pub fn drainctl(&self, user: PodUser) -> Command {
+        self.container.drainctl(user)
+    }
+}
+
+impl Container {
+    /// The pause process of a new PID namespace, in the calling thread's network
+    /// namespace (the pod's).
+    fn start() -> Container {
         let pause = Command::new("unshare")
             .args([
                 "--pid",
@@ -51,19 +93,13 @@ impl Pod {
             .expect("spawn the pod's pause process (unshare)");
         // unshare forks the pod's pid 1.
         let pause_pid = pause.first_child();
-        Pod {
+        Container {
             _pause: pause,
             pause_pid,
-            netns,
         }
     }
 
-    /// The pod's network namespace.
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
-
-    /// The command line that runs a program (appended to it) inside the pod as `user`,
+    /// The command line that runs a program (appended to it) inside the container as `user`,
     /// with no capability. `own_proc`: with the pod's own `/proc` mounted (its mount
     /// namespace), as in a container; without, the host's `/proc` is seen (a pod lying
     /// about pids).
@@ -91,7 +127,7 @@ impl Pod {
         wrapper
     }
 
-    /// [`Pod::wrapper`] running `program`.
+    /// [`Container::wrapper`] running `program`.
     pub fn command(&self, user: PodUser, own_proc: bool, program: impl AsRef<OsStr>) -> Command {
         let wrapper = self.wrapper(user, own_proc);
         let mut command = Command::new(&wrapper[0]);
@@ -99,7 +135,7 @@ impl Pod {
         command
     }
 
-    /// `drainctl ARGS...` in the pod ([`Pod::command`] with the pod's own `/proc`).
+    /// `drainctl ARGS...` in the container ([`Container::command`] with its own `/proc`).
     pub fn drainctl(&self, user: PodUser) -> Command {
         self.command(user, true, bin_path("drainctl"))
     }

@@ -148,15 +148,18 @@ pub enum DrainError {
     NoListenerInScope { port: u16 },
     #[error("the listener on port {port} is held by no visible process: run drainctl in the server's PID namespace")]
     ListenerOwnerUnknown { port: u16 },
+    #[error("a TCP listener on port {port} is held by no process of the caller's PID namespace (another container's, or the node's), and the pinned refusal of the port may be its: a pod ends only the refusal of its own listeners; release it through the root control socket, or wait until that listener closes (ss -tlnp 'sport = :{port}')")]
+    ReleaseNotInScope { port: u16 },
     #[error("no TCP listener on the successor port {successor_port} in this network namespace: start the new instance first (ss -tlnp 'sport = :{successor_port}')")]
     NoSuccessorListener { successor_port: u16 },
     #[error("no TCP listener on the successor port {successor_port} is held by a process of the caller's PID namespace: a pod hands its new connections only to its own listeners")]
     SuccessorNotInScope { successor_port: u16 },
-    #[error("the listener on the successor port {successor_port} is held by process {pid}, which also holds the drained listener on port {port}: the connections handed to it would count as the drain's; start the successor as another process")]
+    #[error("the listener on the successor port {successor_port} is held by {}, which also holds the drained listener on port {port}: the connections handed to it would count as the drain's; start the successor as another process", process_name(*.pid))]
     SuccessorIsDrained {
         port: u16,
         successor_port: u16,
-        pid: i32,
+        /// `None` in a reply to a pod that cannot see the process.
+        pid: Option<i32>,
     },
     #[error("cannot take a reference to the listener on port {port}: {source}{}", source.hint())]
     BorrowListener {
@@ -188,6 +191,7 @@ impl DrainError {
             | DrainError::NoListenerOfPid { .. }
             | DrainError::NoListenerInScope { .. }
             | DrainError::ListenerOwnerUnknown { .. }
+            | DrainError::ReleaseNotInScope { .. }
             | DrainError::NoSuccessorListener { .. }
             | DrainError::SuccessorIsDrained { .. }
             | DrainError::SuccessorNotInScope { .. }
@@ -196,6 +200,11 @@ impl DrainError {
             DrainError::Inventory(_) | DrainError::ScanFailed { .. } => false,
         }
     }
+}
+
+/// "process PID", or "a process" where the reader may not see it.
+fn process_name(pid: Option<i32>) -> String {
+    pid.map_or_else(|| "a process".into(), |pid| format!("process {pid}"))
 }
 
 /// How a drain ended.
@@ -330,7 +339,7 @@ pub async fn drain_scoped(
                 return Err(DrainError::SuccessorIsDrained {
                     port,
                     successor_port,
-                    pid: owner.pid,
+                    pid: Some(owner.pid),
                 });
             }
         }
@@ -819,6 +828,27 @@ fn successor_listeners(
         return Err(DrainError::NoSuccessorListener { successor_port });
     }
     Ok(listeners)
+}
+
+/// Whether a pod of `scope` may end the pinned refusal of `port` in this network
+/// namespace, as it may drain only its own listeners. The pins do not say whose
+/// listeners they refuse (a socket in a SOCKHASH cannot be read back), but they are
+/// among those open on the port: when each of those is held by a process of `scope`,
+/// the refusal is the pod's. Called with the port's lock held, so no drain pins
+/// another's listener meanwhile.
+pub fn check_release_scope(port: u16, scope: PidNamespace) -> Result<(), DrainError> {
+    let scan = Inventory::new(Duration::ZERO)?
+        .with_connection_owners(false)
+        .scan(port)?;
+    if scan
+        .listeners
+        .iter()
+        .all(|listener| held_in(Some(scope), listener))
+    {
+        Ok(())
+    } else {
+        Err(DrainError::ReleaseNotInScope { port })
+    }
 }
 
 /// Whether a process of `scope` holds `listener` (a pod's drain hands its new connections

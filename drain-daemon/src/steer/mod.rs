@@ -439,15 +439,32 @@ pub(crate) fn counter(counts: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
 /// Stops refusing connections to `port` in this network namespace (a pinned drain set up
 /// by an earlier `drainctl drain`). Returns false when nothing was pinned for the port.
 pub fn release(port: u16) -> Result<bool, SteerError> {
+    release_checked(port, || Ok::<(), SteerError>(()))
+}
+
+/// [`release`], if `may` allows it: asked under the port's lock (no drain changes the
+/// pins meanwhile), and only when the pins still refuse something (stale ones go
+/// whoever asks).
+pub fn release_checked<E: From<SteerError>>(
+    port: u16,
+    may: impl FnOnce() -> Result<(), E>,
+) -> Result<bool, E> {
     let identity = netns::Identity::current().map_err(SteerError::Netns)?;
-    let Some(root) = PinRoot::open_existing()? else {
+    let Some(root) = PinRoot::open_existing().map_err(SteerError::from)? else {
         return Ok(false);
     };
-    let Some(pins) = root.lock_port(&identity, port, false)? else {
+    let Some(pins) = root
+        .lock_port(&identity, port, false)
+        .map_err(SteerError::from)?
+    else {
         return Ok(false);
     };
     let pinned = pins.has_link();
-    pins.remove().map_err(PinError::from)?;
+    if pinned && pins.has_open_listeners() {
+        may()?;
+    }
+    pins.remove()
+        .map_err(|err| SteerError::from(PinError::from(err)))?;
     Ok(pinned)
 }
 

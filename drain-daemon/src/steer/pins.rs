@@ -12,6 +12,12 @@
 //!   no regular files, so the directory itself is the lock file. Holding it is what makes
 //!   the pins in it ours: nobody else pins, reuses or removes them meanwhile, and a
 //!   second drain of the port is told who holds it ([`PinError::Busy`]).
+//! - A sweep's hold on a port must not pass for a drain's: a drain starting while a
+//!   sweep looks at its port would be refused as busy. So a sweep holds its namespace's
+//!   directory exclusively while it holds any of that namespace's ports (and skips a
+//!   namespace it cannot have at once), and a drain, a release, takes its port's lock
+//!   under a shared hold of the namespace's directory, given up once the port is
+//!   locked: a port found locked then is held by a drain or a release, never a sweep.
 //! - Pins are made under a staging name and renamed into place, the link last, so a
 //!   `link` pin is only ever seen with its maps beside it and the listeners already in
 //!   them. Removal unlinks only the names listed here; anything else is left alone.
@@ -158,7 +164,12 @@ impl PinRoot {
                 Err(err) if err.is_not_found() => continue,
                 Err(err) => return Err(err.into()),
             };
-            if !dir.try_lock()? {
+            // Waits out a sweep of the namespace (it holds no port for long), so that a
+            // lock found held below is a drain's or a release's.
+            netns.lock_shared()?;
+            let locked = dir.try_lock();
+            netns.unlock()?;
+            if !locked? {
                 return Err(PinError::Busy {
                     port,
                     holder: lock_holder(&dir),
@@ -205,6 +216,17 @@ impl PinRoot {
                     continue;
                 }
             };
+            // Held until this namespace is done (dropping `netns` gives it up): a drain
+            // locking one of its ports meanwhile waits rather than find a sweep's hold.
+            // Held by a drain taking its lock now: swept next time.
+            match netns.try_lock() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(err) => {
+                    warn!("not sweeping: {err}");
+                    continue;
+                }
+            }
             for port_name in netns.names().unwrap_or_default() {
                 let Some(port) = port_of(&port_name) else {
                     debug!(
@@ -479,6 +501,47 @@ mod tests {
         assert_eq!(flock_holder(locks, 0, 0x2d, 77), Some(1234));
         assert_eq!(flock_holder(locks, 0, 0x2d, 78), Some(4321));
         assert_eq!(flock_holder(locks, 0, 0x2e, 77), None);
+    }
+
+    /// Sweeps (every drain starts with one) run all the while a port is locked and
+    /// given up over and over, its empty directory stale each time: a sweep's hold is
+    /// never reported as another drain. A namespace no process has (inode 1), so the
+    /// host's pin tree is used without touching a real namespace's entry.
+    #[test]
+    fn a_sweep_never_makes_a_drain_starting_beside_it_find_its_port_busy() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let root = PinRoot::open_or_create().expect("bpffs as root");
+        let netns = Identity::from_dir_name(&format!("netns-1-{}", std::process::id())).unwrap();
+        let port = 47_001;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let locked = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    PinRoot::open_or_create().unwrap().sweep_stale();
+                }
+            });
+            let mut locked = 0;
+            for _ in 0..20_000 {
+                match root.lock_port(&netns, port, true) {
+                    Ok(dir) => locked += usize::from(dir.is_some()),
+                    // Removed by the sweep between each step, 8 times over: not a refusal.
+                    Err(PinError::Contended { .. }) => {}
+                    Err(err) => {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        panic!("a drain beside a sweep failed: {err}");
+                    }
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            locked
+        });
+        if let Ok(Some(dir)) = root.lock_port(&netns, port, false) {
+            dir.remove().unwrap();
+        }
+        let _ = root.dir.remove_dir(&netns.dir_name());
+        assert!(locked > 19_000, "locked {locked} times of 20000");
     }
 
     #[test]

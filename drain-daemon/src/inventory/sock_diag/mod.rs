@@ -453,8 +453,8 @@ impl SockDiag {
                     source: Errno::EAGAIN,
                 })
             }
-            // A borrow's fault is refused for scans when the failpoints are parsed.
-            Some(Fault::Malformed | Fault::PermissionDenied) | None => {}
+            // Other points' faults are refused for scans when the failpoints are parsed.
+            Some(Fault::Malformed | Fault::PermissionDenied | Fault::NoProtocolOption) | None => {}
         }
         let fd = self.fd.as_raw_fd();
         let size = loop {
