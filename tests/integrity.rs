@@ -1245,14 +1245,15 @@ fn run_corpus(cases: Vec<Case>, args: &[&str], going_away: bool) {
     );
 }
 
-/// Waits (at most 10 s) until the drain's first pass is over: it logs its progress
-/// after it armed the connections it found in flight. Loading the program takes most
-/// of a second in a debug build, so a fixed sleep would race it.
+/// Waits (at most 10 s) until the drain has the in-band close in place: it loads the
+/// program once a pass finds a busy connection, which takes most of a second in a debug
+/// build, so a fixed sleep would race it.
 fn wait_until_armed(drainctl: &Drainctl) {
     drainctl
         .log()
-        .wait_for_line(10 * SECOND, |line| line.contains("draining port 8080"))
-        .expect("the drain reports its first pass");
+        .wait_for_line(10 * SECOND, |line| line.contains("in-band close in place"))
+        .expect("the drain loads the in-band close");
+    // The pass that found the program in arms every busy connection right after.
     thread::sleep(Duration::from_millis(200));
 }
 

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{close_http::CloseHttp, inventory::PortInventory};
 
@@ -49,7 +49,10 @@ impl InBand {
                 return None;
             }
             *self = match loading.await {
-                Ok(Some(close_http)) => Self::Ready(Box::new(close_http)),
+                Ok(Some(close_http)) => {
+                    info!("in-band close in place: busy HTTP/1.x connections are asked to close in a response");
+                    Self::Ready(Box::new(close_http))
+                }
                 Ok(None) => Self::Off,
                 Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
                 Err(_) => Self::Off,
