@@ -170,7 +170,7 @@ pub fn judge(message: &[u8]) -> Verdict {
 }
 
 /// `tchar` (RFC 9110 section 5.6.2): the bytes of a field name.
-const fn is_token_char(byte: u8) -> bool {
+const fn tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
         || matches!(
             byte,
@@ -193,8 +193,32 @@ const fn is_token_char(byte: u8) -> bool {
 
 /// `VCHAR / obs-text / SP / HTAB` (RFC 9110 section 5.5): the bytes of a field value and
 /// of a reason phrase. OWS is made of them too.
-const fn is_field_char(byte: u8) -> bool {
+const fn field_char(byte: u8) -> bool {
     byte == b' ' || byte == b'\t' || (byte >= 0x21 && byte != 0x7f)
+}
+
+/// A class per byte, looked up rather than computed: the kernel's verifier would follow
+/// each comparison of the computation as a path of its own, for every byte.
+const TOKEN: u8 = 1;
+const FIELD: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut classes = [0; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        classes[byte] =
+            (if tchar(b) { TOKEN } else { 0 }) | (if field_char(b) { FIELD } else { 0 });
+        byte += 1;
+    }
+    classes
+};
+
+fn is_token_char(byte: u8) -> bool {
+    CLASSES[byte as usize] & TOKEN != 0
+}
+
+fn is_field_char(byte: u8) -> bool {
+    CLASSES[byte as usize] & FIELD != 0
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! The drain's side of the in-band close ([`crate::close_http`]): the program loaded
 //! while the passes already run, and each pass's busy connections armed.
 //!
-//! Loading the sk_msg program takes a few hundred milliseconds of verification (0.26 s
-//! of CPU on this project's machines). Done before the first pass, it held up every idle
-//! close and bunched the close schedule's first slice; so it loads on a blocking thread,
-//! and only once a pass finds a busy connection: a drain of idle connections never pays
-//! for it. The passes arm connections from the first one after it is in.
+//! Loading the sk_msg program takes about 0.2 s of verification on this project's
+//! machines. Done before the first pass, it held up every idle close and bunched the
+//! close schedule's first slice; so it loads on a blocking thread from the drain's start
+//! (waiting for a busy connection to start it would leave a server's graceful stop, sent
+//! a moment after the drain, without it), and the passes arm connections from the first
+//! one after it is in.
 
 use std::collections::HashSet;
 
@@ -18,32 +19,21 @@ use crate::{close_http::CloseHttp, inventory::PortInventory};
 pub(super) enum InBand {
     /// Turned off (`--no-connection-close`), or refused by the kernel (said once).
     Off,
-    /// Not needed yet: no busy connection seen.
-    Wanted {
-        websocket_close: bool,
-    },
     Loading(JoinHandle<Option<CloseHttp>>),
     Ready(Box<CloseHttp>),
 }
 
 impl InBand {
-    /// The in-band close of a drain, unless `off`.
-    pub(super) fn new(off: bool, websocket_close: bool) -> Self {
+    /// Starts loading the program, unless `off`.
+    pub(super) fn start(off: bool, websocket_close: bool) -> Self {
         if off {
-            Self::Off
-        } else {
-            Self::Wanted { websocket_close }
+            return Self::Off;
         }
+        Self::Loading(tokio::task::spawn_blocking(move || load(websocket_close)))
     }
 
-    /// The loaded program, once it is in; never waits for it. `busy`: the pass found a
-    /// connection in flight, which starts the loading.
-    pub(super) async fn ready(&mut self, busy: bool) -> Option<&mut CloseHttp> {
-        if let Self::Wanted { websocket_close } = *self {
-            if busy {
-                *self = Self::Loading(tokio::task::spawn_blocking(move || load(websocket_close)));
-            }
-        }
+    /// The loaded program, once it is in; never waits for it.
+    pub(super) async fn ready(&mut self) -> Option<&mut CloseHttp> {
         if let Self::Loading(loading) = self {
             if !loading.is_finished() {
                 return None;
@@ -60,7 +50,7 @@ impl InBand {
         }
         match self {
             Self::Ready(close_http) => Some(close_http),
-            Self::Off | Self::Wanted { .. } | Self::Loading(_) => None,
+            Self::Off | Self::Loading(_) => None,
         }
     }
 
@@ -68,7 +58,7 @@ impl InBand {
     pub(super) fn loaded(&self) -> Option<&CloseHttp> {
         match self {
             Self::Ready(close_http) => Some(close_http),
-            Self::Off | Self::Wanted { .. } | Self::Loading(_) => None,
+            Self::Off | Self::Loading(_) => None,
         }
     }
 }

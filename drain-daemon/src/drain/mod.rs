@@ -430,7 +430,7 @@ pub async fn drain_scoped(
     let mut schedule = CloseSchedule::new(plan.pace, Instant::now());
     let mut tally = Tally::default();
     let mut rhythms = Rhythms::default();
-    let mut in_band = InBand::new(plan.no_connection_close, plan.websocket_close);
+    let mut in_band = InBand::start(plan.no_connection_close, plan.websocket_close);
     let mut failed_scans = 0;
     let mut scanner = Some(Box::new(Scanner {
         inventory,
@@ -508,8 +508,7 @@ pub async fn drain_scoped(
         let snapshot = scan.ours;
         tally.observe(&snapshot);
         rhythms.observe(&snapshot, scanned_at);
-        let busy = snapshot.in_flight().next().is_some();
-        if let Some(close_http) = in_band.ready(busy).await {
+        if let Some(close_http) = in_band.ready().await {
             blocking::run(|| in_band::arm_busy(close_http, &snapshot));
         }
         if snapshot.connections.is_empty() && snapshot.accept_queue() == 0 {
