@@ -40,7 +40,7 @@ pub enum Verdict {
 const VERSION: u8 = 0; // within `HTTP/1.` (`matched` bytes of it so far)
 const MINOR: u8 = 1; // the version's minor digit
 const VERSION_SP: u8 = 2; // the SP after the version
-const CODE: u8 = 3; // the status code's digits (`matched` so far)
+const CODE: u8 = 3; // the status code's digits (`matched` so far, `kind` what they say)
 const CODE_END: u8 = 4; // SP before the reason phrase, or CR
 const REASON: u8 = 5; // the reason phrase
 const STATUS_LF: u8 = 6; // the LF of the status line
@@ -50,13 +50,20 @@ const VALUE: u8 = 9; // a field value, up to CR
 const FIELD_LF: u8 = 10; // the LF of a field line
 const END_LF: u8 = 11; // the LF of the empty line that ends the head
 
+// What the status code's digits so far say. The code is not accumulated as a number: the
+// kernel's verifier would follow each of its values as a state of its own.
+const FINAL: u8 = 1; // 2xx to 5xx
+const ONE: u8 = 2; // `1`
+const ONE_ZERO: u8 = 3; // `10`
+const INTERIM: u8 = 4; // 1xx but 101
+const SWITCHING: u8 = 5; // `101`
+
 /// An HTTP/1.x response head parser, fed one byte at a time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeadParser {
     state: u8,
     matched: u8,
-    code: u16,
-    at: u32,
+    kind: u8,
     status_line_end: u32,
 }
 
@@ -65,19 +72,18 @@ impl HeadParser {
         Self {
             state: VERSION,
             matched: 0,
-            code: 0,
-            at: 0,
+            kind: 0,
             status_line_end: 0,
         }
     }
 
-    /// Takes the next byte of the message; `Some` once the head is judged (the bytes after
-    /// it are not looked at). The caller feeds at most [`HEAD_MAX`] bytes, then asks
-    /// [`unfinished`]: the parser keeps no bound of its own, so that the kernel's verifier
-    /// sees no comparison of the byte count and verifies the callback that feeds it in a
-    /// few rounds rather than once per byte.
-    pub fn push(&mut self, byte: u8) -> Option<Verdict> {
-        self.at += 1;
+    /// Takes byte `at` of the message (the bytes in order, from 0); `Some` once the head is
+    /// judged (the bytes after it are not looked at). The caller feeds at most
+    /// [`HEAD_MAX`] bytes, then asks [`unfinished`]. The parser keeps no count of its own:
+    /// the kernel's verifier would follow each value of a counter carried from byte to
+    /// byte as a state of its own, where the offset the kernel's loop passes in is one
+    /// unknown number.
+    pub fn push(&mut self, at: u32, byte: u8) -> Option<Verdict> {
         let next = match self.state {
             VERSION => {
                 // `HTTP/1.`, spelled out: no table for the kernel side to index.
@@ -105,7 +111,16 @@ impl HeadParser {
                 CODE
             }
             CODE if byte.is_ascii_digit() => {
-                self.code = self.code * 10 + u16::from(byte - b'0');
+                self.kind = match (self.matched, self.kind, byte) {
+                    (0, _, b'1') => ONE,
+                    (0, _, b'2'..=b'5') => FINAL,
+                    // 000 to 099 and 600 to 999.
+                    (0, _, _) => return Some(Verdict::Unusual),
+                    (1, ONE, b'0') => ONE_ZERO,
+                    (2, ONE_ZERO, b'1') => SWITCHING,
+                    (1, ONE, _) | (2, ONE_ZERO, _) => INTERIM,
+                    (_, kind, _) => kind,
+                };
                 self.matched += 1;
                 if self.matched == 3 {
                     CODE_END
@@ -117,10 +132,7 @@ impl HeadParser {
             CODE_END | REASON if byte == b'\r' => STATUS_LF,
             REASON if is_field_char(byte) => REASON,
             STATUS_LF if byte == b'\n' => {
-                if !(100..=599).contains(&self.code) {
-                    return Some(Verdict::Unusual);
-                }
-                self.status_line_end = self.at;
+                self.status_line_end = at + 1;
                 LINE_START
             }
             LINE_START if byte == b'\r' => END_LF,
@@ -137,12 +149,12 @@ impl HeadParser {
     }
 
     fn complete(&self) -> Verdict {
-        match self.code {
-            101 => Verdict::Switching,
-            100..=199 => Verdict::Interim,
-            _ => Verdict::Final {
+        match self.kind {
+            SWITCHING => Verdict::Switching,
+            FINAL => Verdict::Final {
                 status_line_end: self.status_line_end,
             },
+            _ => Verdict::Interim,
         }
     }
 }
@@ -161,8 +173,8 @@ pub const fn unfinished(size: u32) -> Verdict {
 /// same parser from packet memory).
 pub fn judge(message: &[u8]) -> Verdict {
     let mut parser = HeadParser::new();
-    for &byte in message.iter().take(HEAD_MAX as usize) {
-        if let Some(verdict) = parser.push(byte) {
+    for (at, &byte) in (0..HEAD_MAX).zip(message) {
+        if let Some(verdict) = parser.push(at, byte) {
             return verdict;
         }
     }

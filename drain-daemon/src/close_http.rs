@@ -126,6 +126,12 @@ impl CloseHttp {
             .try_into()
             .map_err(CloseHttpError::Program)?;
         program.load().map_err(CloseHttpError::Program)?;
+        if let Ok(info) = program.info() {
+            debug!(
+                verified_instructions = info.verified_instruction_count(),
+                "in-band close: sk_msg program loaded"
+            );
+        }
         program
             .attach(sockets.fd())
             .map_err(CloseHttpError::Program)?;

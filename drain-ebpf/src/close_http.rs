@@ -226,7 +226,7 @@ extern "C" fn head_step(index: u64, scan: *mut c_void) -> i64 {
     // SAFETY: `bpf_loop` passes the `Scan` given to it in `Message::head`.
     let scan = unsafe { &mut *scan.cast::<Scan<HeadParser>>() };
     let verdict = match byte_at(scan.msg, index, HEAD_MAX) {
-        Some(byte) => scan.parser.push(byte),
+        Some(byte) => scan.parser.push(index as u32, byte),
         None => Some(Verdict::Incomplete),
     };
     let Some(verdict) = verdict else {
