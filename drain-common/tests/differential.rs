@@ -23,9 +23,10 @@
 //! (a client that pipelines while a response is in flight, a full-duplex protocol). The
 //! socket cannot tell that read from a request's, and the bytes then decide alone:
 //! docs/in-band-close.md states it. The fuzzer generates such servers and counts these
-//! decisions by protocol, and fails when they are more than one in 100,000 streams (a
-//! decision that ignored input waiting at the previous write, or a client sending while
-//! output is in flight, makes about one in 3,400); any other wrong decision fails at once.
+//! decisions by protocol, and fails when they are more than one in 20,000 streams (seen:
+//! one in 150,000 to 600,000; a decision that ignored input waiting at the previous write,
+//! or a client sending while output is in flight, makes about one in 3,400); any other
+//! wrong decision fails at once.
 //! The tests at the end hold one case of each kind those rules close.
 
 use std::{
@@ -1321,8 +1322,8 @@ fn every_decision_on_generated_connections_matches_the_model() {
         return;
     }
     assert!(
-        tally.findings * 100_000 <= tally.streams.max(100_000),
-        "{} decisions of the known limit in {} streams: more than one in 100,000 (seed {seed})",
+        tally.findings * 20_000 <= tally.streams.max(20_000),
+        "{} decisions of the known limit in {} streams: more than one in 20,000 (seed {seed})",
         tally.findings,
         tally.streams
     );
