@@ -1,11 +1,10 @@
 //! The drain's side of the in-band close ([`crate::close_http`]): the program loaded
 //! while the passes already run, and each pass's busy connections armed.
 //!
-//! Loading the sk_msg program takes about 0.2 s of verification on this project's
-//! machines. Done before the first pass, it held up every idle close and bunched the
-//! close schedule's first slice; so it loads on a blocking thread from the drain's start
-//! (waiting for a busy connection to start it would leave a server's graceful stop, sent
-//! a moment after the drain, without it), and the passes arm connections from the first
+//! Loading the sk_msg program is a verification of tens of milliseconds (0.04 s on this
+//! project's machines, and slower on a loaded host): done before the first pass, it would
+//! hold up every idle close and bunch the close schedule's first slice. So it loads on a
+//! blocking thread from the drain's start, and the passes arm connections from the first
 //! one after it is in.
 
 use std::collections::HashSet;
