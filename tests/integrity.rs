@@ -1593,21 +1593,8 @@ fn nginx_files_sent_by_sendfile_arrive_byte_for_byte_with_one_connection_close()
 fn go_server() -> Option<PathBuf> {
     let go = require_tool("go")?;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-server");
-    let bin = dir.join("go-server");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/go-server");
-    let status = Command::new(go)
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(source)
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOPATH", dir.join("path"))
-        .env("GOPROXY", "off")
-        .env("GOTOOLCHAIN", "local")
-        .status()
-        .expect("run go build");
-    assert!(status.success(), "go build of tests/support/go-server");
-    Some(bin)
+    Some(drain_tests::go::build(&go, &source, &dir).expect("go build of tests/support/go-server"))
 }
 
 #[test]

@@ -29,6 +29,7 @@
 pub mod daemon;
 pub mod drainctl;
 pub mod events;
+pub mod go;
 pub mod http;
 pub mod load;
 pub mod mountns;

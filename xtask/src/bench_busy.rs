@@ -362,7 +362,12 @@ impl Tools {
         let tools = Tools {
             drainctl: release.join("drainctl"),
             demo_server: release.join("drain-demo-server"),
-            go_server: build_go_server(&scripts.join("go-server"), &target.join("bench/go"))?,
+            go_server: drain_tests::go::build(
+                Path::new("go"),
+                &scripts.join("go-server"),
+                &target.join("bench/go"),
+            )
+            .context("building the Go server (apt golang-go; `cargo xtask bench` installs it)")?,
             python: python_with_websockets()?,
             scripts,
             work,
@@ -383,25 +388,6 @@ impl Tools {
         let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(file.into())
     }
-}
-
-/// `go build` of the Go server, offline (standard library only), with its caches under
-/// `dir`. Returns the binary.
-fn build_go_server(source: &Path, dir: &Path) -> Result<PathBuf> {
-    let bin = dir.join("go-server");
-    crate::run(
-        Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(source)
-            .env("GOCACHE", dir.join("cache"))
-            .env("GOPATH", dir.join("path"))
-            .env("GOPROXY", "off")
-            .env("GOTOOLCHAIN", "local"),
-    )
-    .context("building the Go server (apt golang-go; `cargo xtask bench` installs it)")?;
-    Ok(bin)
 }
 
 /// The interpreter that `python3` runs, if it can import `websockets` (its real path: a
