@@ -11,8 +11,9 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, busy_client, spawn_drainctl_with, start_server, DrainctlOutput,
-    KeepAliveClient, Netns, PrivateMounts,
+    assert_refused_at_once, bin_path, busy_client, daemon_socket_path, drain_through_daemon,
+    spawn_daemon_with, spawn_drainctl_with, start_server, DrainctlOutput, KeepAliveClient, Netns,
+    PrivateMounts, SERVING,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -294,26 +295,101 @@ fn a_sweep_leaves_a_locked_port_alone() {
     );
 }
 
+/// Drains port 8080 in a new network namespace that is deleted afterwards (its server
+/// stopped, the thread back where it was), leaving its record and pins. Returns the
+/// namespace's directory name and inode.
+fn drain_in_a_deleted_namespace(mounts: &PrivateMounts) -> (String, u64) {
+    let inner = Netns::new().expect("a second network namespace");
+    let (mut server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let output = drain(mounts, "8080");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    server.terminate(5 * SECOND).unwrap();
+    (inner.dir_name(), inner.inode())
+}
+
 #[test]
 fn pins_of_a_deleted_namespace_are_swept_with_its_directory() {
     let Some(_netns) = Netns::require() else {
         return;
     };
     let mounts = PrivateMounts::new(true);
-    let deleted = {
-        let inner = Netns::new().expect("a second network namespace");
-        let (mut server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
-        let output = drain(&mounts, "8080");
-        assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
-        server.terminate(5 * SECOND).unwrap();
-        mounts.path(&format!("/sys/fs/bpf/drain-daemon/{}", inner.dir_name()))
-    };
+    let (deleted, _) = drain_in_a_deleted_namespace(&mounts);
+    let deleted = mounts.path(&format!("/sys/fs/bpf/drain-daemon/{deleted}"));
     // The thread is back in the test's namespace; nothing holds the inner one any more.
     assert!(deleted.join("port-8080/link").exists());
     let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let output = drain(&mounts, "8080");
     assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
     assert!(!deleted.exists(), "{} was not swept", deleted.display());
+}
+
+/// Polls for up to 10 s until `path` is gone.
+fn gone_within_10s(path: &Path) -> bool {
+    (0..100).any(|_| {
+        let gone = !path.exists();
+        if !gone {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        gone
+    })
+}
+
+/// A namespace that is deleted leaves its drain record and pins behind; the daemon
+/// sweeps them when it starts and after each drain it runs, while a live namespace's
+/// (its drained server still listening) stay.
+#[test]
+fn the_daemon_sweeps_the_records_and_pins_of_deleted_namespaces_and_keeps_live_ones() {
+    let Some(live) = Netns::require() else {
+        return;
+    };
+    let mounts = PrivateMounts::new(true);
+    let records = mounts.path("/run/drain-daemon/drains");
+    let pins = mounts.path("/sys/fs/bpf/drain-daemon");
+    let deleted: Vec<String> = (0..3)
+        .map(|_| drain_in_a_deleted_namespace(&mounts).0)
+        .collect();
+    let (_server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let output = drain(&mounts, "8080");
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    for name in &deleted {
+        assert!(
+            records.join(name).join("port-8080.json").is_file(),
+            "{name}"
+        );
+    }
+
+    let socket = daemon_socket_path("sweep");
+    let mut command = mounts.command(bin_path("drain-daemon"));
+    command.arg("--socket").arg(&socket);
+    let (_daemon, _log) = spawn_daemon_with(command, SERVING);
+    for name in &deleted {
+        assert!(
+            !records.join(name).exists(),
+            "{name}'s records survived the start's sweep"
+        );
+        assert!(
+            !pins.join(name).exists(),
+            "{name}'s pins survived the start's sweep"
+        );
+    }
+    let live = live.dir_name();
+    assert!(records.join(&live).join("port-8080.json").is_file());
+    assert!(pins.join(&live).join("port-8080/link").exists());
+
+    let (deleted, _) = drain_in_a_deleted_namespace(&mounts);
+    assert!(records.join(&deleted).join("port-8080.json").is_file());
+    let (_other, _events, _addr) = start_server(["--listen", "127.0.0.1:9090"]);
+    let output = drain_through_daemon(
+        socket.to_str().unwrap(),
+        &["--port", "9090", "--timeout", "5s"],
+    );
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+    assert!(
+        gone_within_10s(&records.join(&deleted)),
+        "{deleted}'s records survived the sweep after a drain"
+    );
+    assert!(records.join(&live).join("port-8080.json").is_file());
+    assert!(records.join(&live).join("port-9090.json").is_file());
 }
 
 /// The socket inode of the one socket `pid` holds (a demo server with no client yet
@@ -376,14 +452,7 @@ fn a_deleted_namespaces_pins_and_records_are_not_taken_for_a_new_one_with_its_in
         return;
     };
     let mounts = PrivateMounts::new(true);
-    let deleted_inode = {
-        let inner = Netns::new().expect("a second network namespace");
-        let (mut server, _events, _addr) = start_server(["--listen", "127.0.0.1:8080"]);
-        let output = drain(&mounts, "8080");
-        assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
-        server.terminate(5 * SECOND).unwrap();
-        inner.inode()
-    };
+    let (_, deleted_inode) = drain_in_a_deleted_namespace(&mounts);
     let pin_root = mounts.path("/sys/fs/bpf/drain-daemon");
     let records = mounts.path("/run/drain-daemon/drains");
     let planted_pins = rename_for_inode(&pin_root, deleted_inode, netns.inode());

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     drain::{Outcome, Progress},
-    netns::Identity,
+    netns::{self, parse_canonical, Identity},
     safe_dir::{DirError, SafeDir},
 };
 
@@ -188,18 +188,133 @@ pub fn read(netns: &Identity, port: u16) -> Option<DrainRecord> {
     serde_json::from_slice(&text).ok()
 }
 
+/// Removes the records no drain and no listener stands behind, in every namespace's
+/// directory, and the directories left empty. A record goes when its namespace has no
+/// thread (every drain runs on a thread in the namespace it drains, so none is being
+/// written there) and none of its listeners is held by any process: a namespace that is
+/// gone had its sockets closed with it, and a record is only about a listener that still
+/// exists. The namespace's liveness is not needed for that, so a namespace held only by
+/// a mount or a descriptor keeps its records while its listeners are open and loses them
+/// once they are closed. A thread in a namespace with the record's inode counts only if
+/// its namespace has the record's cookie too (the kernel gives a deleted namespace's
+/// inode to the next one it makes). Entries this program does not make are left alone.
+pub fn sweep_stale() {
+    let drains = match drains_dir(false) {
+        Ok(dir) => dir,
+        Err(err) if err.is_not_found() => return,
+        Err(err) => return warn!("not sweeping stale drain records: {err}"),
+    };
+    let namespaces: Vec<(String, Identity)> = match drains.names() {
+        Ok(names) => names
+            .into_iter()
+            .filter_map(|name| Some((Identity::from_dir_name(&name)?, name)))
+            .map(|(identity, name)| (name, identity))
+            .collect(),
+        Err(err) => return warn!("not sweeping stale drain records: {err}"),
+    };
+    // Read after the listing: a drain entering a namespace from here on writes about
+    // listeners a process holds, which stay.
+    let occupied = netns::namespaces_of_threads();
+    let mut unoccupied = Vec::new();
+    for (name, identity) in namespaces {
+        if occupied
+            .get(&identity.inode)
+            .is_some_and(|thread| !another_namespace_at(thread, identity))
+        {
+            continue;
+        }
+        match drains.child(&name, false) {
+            Ok(dir) => unoccupied.push((name, dir)),
+            Err(err) => warn!("not sweeping stale drain records: {err}"),
+        }
+    }
+    let mut records = Vec::new();
+    for (_, dir) in &unoccupied {
+        for file in dir.names().unwrap_or_default() {
+            if is_temporary(&file) {
+                // Left by a writer killed before its rename: nobody writes here now.
+                let _ = dir.unlink(&file);
+                continue;
+            }
+            if port_of_record(&file).is_none() {
+                continue;
+            }
+            let parsed = dir
+                .read(&file)
+                .ok()
+                .and_then(|text| serde_json::from_slice::<DrainRecord>(&text).ok());
+            match parsed {
+                Some(record) => records.push((dir, file, record.listener_inodes)),
+                None => debug!(name = file, "leaving alone a record that does not parse"),
+            }
+        }
+    }
+    let listeners = records
+        .iter()
+        .flat_map(|(_, _, inodes)| inodes.iter().copied())
+        .collect();
+    let held = crate::inventory::owners::held_by_any_process(&listeners);
+    for (dir, file, inodes) in &records {
+        if !inodes.iter().any(|inode| held.contains(inode)) {
+            debug!(dir = %dir.path().display(), record = file, "removing a stale drain record");
+            if let Err(err) = dir.unlink(file) {
+                warn!("cannot remove a stale drain record: {err}");
+            }
+        }
+    }
+    for (name, _) in &unoccupied {
+        // Fails while records remain: that is intended.
+        let _ = drains.remove_dir(name);
+    }
+}
+
+/// Whether the thread's namespace at `thread` is provably not `identity` but one that
+/// got its inode after it was deleted: live namespaces never share an inode, and the
+/// cookie tells them apart. Without a cookie (or the namespace) nothing is proven.
+fn another_namespace_at(thread: &Path, identity: Identity) -> bool {
+    match netns::identity_at(thread, identity.inode) {
+        Ok(Some(found)) => identity.cookie.is_some() && found.cookie.is_some() && found != identity,
+        Ok(None) | Err(_) => false,
+    }
+}
+
 /// `/run/drain-daemon/drains/netns-<inode>-<cookie>`, opened level by level (created
 /// when `create`).
 fn record_dir(netns: &Identity, create: bool) -> Result<SafeDir, DirError> {
+    drains_dir(create)?.child(&netns.dir_name(), create)
+}
+
+/// `/run/drain-daemon/drains`, opened level by level (created when `create`).
+fn drains_dir(create: bool) -> Result<SafeDir, DirError> {
     let mut dir = SafeDir::open_system(Path::new(RUN))?;
     for name in RECORD_DIRS {
         dir = dir.child(name, create)?;
     }
-    dir.child(&netns.dir_name(), create)
+    Ok(dir)
 }
 
 fn record_name(port: u16) -> String {
     format!("port-{port}.json")
+}
+
+/// The port a record named `port-<port>.json` is for (canonical spelling only).
+fn port_of_record(name: &str) -> Option<u16> {
+    let digits = name.strip_prefix("port-")?.strip_suffix(".json")?;
+    parse_canonical(digits).and_then(|port| u16::try_from(port).ok())
+}
+
+/// Whether `name` is a record being written: `.<record>.<16 hex digits>`
+/// ([`SafeDir::write_atomically`]).
+fn is_temporary(name: &str) -> bool {
+    let Some((record, suffix)) = name
+        .strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once('.'))
+    else {
+        return false;
+    };
+    port_of_record(record).is_some()
+        && suffix.len() == 16
+        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Milliseconds since the Unix epoch, the time base of the records.
@@ -235,6 +350,28 @@ mod tests {
         assert_eq!(serde_json::from_str::<DrainRecord>(&json).unwrap(), record);
         assert!(record.concerns_any(&[3, 7]));
         assert!(!record.concerns_any(&[3]));
+    }
+
+    #[test]
+    fn only_record_names_this_program_makes_are_swept() {
+        assert_eq!(port_of_record("port-8080.json"), Some(8080));
+        assert!(is_temporary(".port-8080.json.0123456789abcdef"));
+        for name in [
+            "port-08080.json",
+            "port-8080",
+            "port-65536.json",
+            "port-8080.json.x",
+        ] {
+            assert_eq!(port_of_record(name), None, "{name}");
+        }
+        for name in [
+            "port-8080.json",
+            ".port-8080.json.0123",
+            ".port-8080.json.0123456789abcdeg",
+            ".other.0123456789abcdef",
+        ] {
+            assert!(!is_temporary(name), "{name}");
+        }
     }
 
     #[test]

@@ -670,6 +670,7 @@ async fn run_drain(
         }
     };
     drop(cancel_reader);
+    crate::daemon::sweep::after_drain();
     // The callback (and with it the sender) is gone: the writer ends after what is
     // queued, unless the client stopped reading; then it gets no report.
     let writer = tokio::time::timeout(REQUEST_TIMEOUT, &mut progress_writer).await;

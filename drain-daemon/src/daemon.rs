@@ -13,6 +13,7 @@
 //! `--metrics-address` it serves Prometheus metrics ([`crate::metrics`]).
 
 mod socket;
+pub mod sweep;
 
 use std::{
     io,
@@ -31,7 +32,6 @@ use crate::{
     cli::Exit,
     control::{self, Drains, Running, SocketKind},
     metrics::{self, Metrics},
-    steer,
 };
 
 #[derive(Debug, Parser)]
@@ -163,7 +163,8 @@ async fn run(
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
     let stop = shutdown_signal();
-    steer::sweep_stale();
+    sweep::sweep();
+    tokio::spawn(sweep::every_period());
     let drains = Drains::default();
     tokio::spawn(report_status(drains.subscribe()));
     let mut pod_server = match pod_listener {

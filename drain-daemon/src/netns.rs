@@ -18,10 +18,12 @@
 //! a number the kernel gives each namespace once per boot and never reuses.
 
 use std::{
+    collections::HashMap,
     fs::File,
     future::Future,
     io,
     os::{fd::AsFd, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
 };
 
 use nix::{
@@ -183,6 +185,52 @@ where
 /// The inode of the calling thread's network namespace.
 pub fn current_inode() -> io::Result<u64> {
     Ok(std::fs::metadata(THREAD_NETNS)?.ino())
+}
+
+/// The network namespaces some thread is in: each one's inode, and a thread's `ns/net`
+/// file to reach it by. Threads, not processes: the daemon drains a pod's namespace on
+/// a thread of its own, its other threads elsewhere. Threads that end or cannot be read
+/// meanwhile are left out.
+pub fn namespaces_of_threads() -> HashMap<u64, PathBuf> {
+    let mut namespaces = HashMap::new();
+    for pid in crate::inventory::owners::all_pids() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            let path = task.path().join("ns/net");
+            if let Ok(meta) = std::fs::metadata(&path) {
+                namespaces.entry(meta.ino()).or_insert(path);
+            }
+        }
+    }
+    namespaces
+}
+
+/// The identity of the namespace at `path` (a thread's `ns/net`), if it still has the
+/// inode `inode` once opened: the open file holds the namespace, so no other can take
+/// the inode while its cookie is read, on a thread that enters it and ends.
+pub fn identity_at(path: &Path, inode: u64) -> io::Result<Option<Identity>> {
+    let file = File::open(path)?;
+    if file.metadata()?.ino() != inode {
+        return Ok(None);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Ok(Some(Identity {
+                    inode,
+                    cookie: current_cookie()?,
+                }))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the thread reading a namespace's cookie panicked",
+                ))
+            })
+    })
 }
 
 /// The cookie of the calling thread's network namespace, read from a socket made in it

@@ -166,6 +166,14 @@ impl OwnerFinder {
     }
 }
 
+/// Which of `inodes` (sockets) some process holds, wherever it is: every descriptor of
+/// every process is read, so this is for rare checks (a sweep), not for a drain's scans.
+pub fn held_by_any_process(inodes: &HashSet<u64>) -> HashSet<u64> {
+    read_processes(inodes, &all_pids(), &Reading::Everything)
+        .into_keys()
+        .collect()
+}
+
 /// Visits processes (this network namespace first) until every listener has an owner.
 fn find_first_owners(listeners: &HashSet<u64>) -> Owners {
     let mut owners = Owners::new();
