@@ -31,17 +31,20 @@ pub const fn window(size: u32) -> u32 {
     }
 }
 
-/// The questions [`decide`] asks of a write's bytes; each is asked at most once, and only
-/// of a candidate write.
+/// The write [`decide`] looks at, and the questions it asks of its bytes; each is asked
+/// at most once, and only of a candidate write.
 pub trait Judge {
-    /// The head at the start of the write's first `window` bytes (`crate::http1`).
-    fn head(&mut self, window: u32) -> Verdict;
-    /// Whether the write, all `size` bytes of it, is whole websocket server frames
-    /// (`crate::websocket`).
-    fn whole_frames(&mut self, size: u32) -> bool;
+    /// The write's size in bytes.
+    fn size(&self) -> u32;
+    /// The head at the start of the write, judged within its first [`window`] bytes
+    /// (`crate::http1::judge`).
+    fn head(&mut self) -> Verdict;
+    /// Whether the whole write, at most [`MESSAGE_MAX`] bytes, is whole websocket server
+    /// frames (`crate::websocket`).
+    fn whole_frames(&mut self) -> bool;
 }
 
-/// Decides what to do with a write of `size` bytes on a connection whose record is
+/// Decides what to do with the write `judge` holds on a connection whose record is
 /// `inspection`, given the socket's state before the write. `websocket_close`: the drain
 /// was told the port's upgraded connections are websockets.
 ///
@@ -51,10 +54,10 @@ pub trait Judge {
 pub fn decide(
     inspection: &mut Inspection,
     seqs: Option<&SocketSeqs>,
-    size: u32,
     websocket_close: bool,
     judge: &mut impl Judge,
 ) -> Action {
+    let size = judge.size();
     if inspection.finished() {
         return Action::Pass;
     }
@@ -67,14 +70,14 @@ pub fn decide(
         Write::Candidate | Write::Within => return Action::Pass,
         Write::Duplex => return Action::LeaveAlone,
     }
-    let action = match judge.head(window(size)) {
+    let action = match judge.head() {
         Verdict::Final { status_line_end } => Action::ConnectionClose {
             at: status_line_end,
         },
         // The final response comes after the server's next read, and may get it.
         Verdict::Interim | Verdict::Incomplete | Verdict::TooLong => Action::Pass,
         Verdict::Unusual if websocket_close => {
-            if size <= MESSAGE_MAX && judge.whole_frames(size) {
+            if size <= MESSAGE_MAX && judge.whole_frames() {
                 // After the server's own frames, so an answer it was sending arrives first.
                 Action::WebsocketClose { at: size }
             } else {
@@ -105,12 +108,15 @@ impl Inspection {
 pub struct Bytes<'a>(pub &'a [u8]);
 
 impl Judge for Bytes<'_> {
-    fn head(&mut self, _window: u32) -> Verdict {
-        // `judge` reads the same window, and tells a head longer than it from a short write.
+    fn size(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+
+    fn head(&mut self) -> Verdict {
         crate::http1::judge(self.0)
     }
 
-    fn whole_frames(&mut self, size: u32) -> bool {
-        crate::websocket::whole_frames(&self.0[..(size as usize).min(self.0.len())])
+    fn whole_frames(&mut self) -> bool {
+        crate::websocket::whole_frames(self.0)
     }
 }

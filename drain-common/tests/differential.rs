@@ -1125,7 +1125,6 @@ fn run(stream: &Stream, arm: usize, websocket_close: bool) -> (Vec<Action>, Vec<
         let action = decide(
             &mut inspection,
             Some(&message.seqs),
-            message.len as u32,
             websocket_close,
             &mut Bytes(bytes),
         );

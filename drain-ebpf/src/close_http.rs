@@ -35,7 +35,7 @@ use aya_ebpf::{
 use drain_common::{
     boundary::{Inspection, SocketSeqs},
     http1::{unfinished, HeadParser, Verdict, HEAD_MAX},
-    inband::{decide, Action, Judge},
+    inband::{decide, window, Action, Judge},
     websocket::{FramesParser, MESSAGE_MAX},
     FlowKey, CONNECTION_CLOSE, COUNT_CLOSE_INJECTED, COUNT_LEFT_ALONE, COUNT_WEBSOCKET_CLOSED,
     MAX_CLOSE_SOCKETS, WEBSOCKET_GOING_AWAY,
@@ -87,7 +87,6 @@ fn inspect(ctx: &SkMsgContext) -> Option<()> {
     let action = decide(
         inspection,
         seqs.as_ref(),
-        ctx.size(),
         websocket_close,
         &mut Message {
             msg: ctx.msg,
@@ -201,7 +200,12 @@ struct Message {
 }
 
 impl Judge for Message {
-    fn head(&mut self, window: u32) -> Verdict {
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn head(&mut self) -> Verdict {
+        let window = window(self.size);
         if pull(self.msg, 0, window).is_none() {
             // Bytes the program cannot read are bytes it cannot prove anything of.
             return Verdict::Unusual;
@@ -214,10 +218,10 @@ impl Judge for Message {
         verdict_of(scan.words)
     }
 
-    fn whole_frames(&mut self, size: u32) -> bool {
+    fn whole_frames(&mut self) -> bool {
         // `head` pulled the bytes up to its window, which holds a write this short whole.
         let mut scan = Scan::new(self.msg, FramesParser::new());
-        run(size, frames_step, &mut scan);
+        run(self.size, frames_step, &mut scan);
         scan.stopped == 0 && scan.parser.whole()
     }
 }
