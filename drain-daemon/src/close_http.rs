@@ -20,6 +20,7 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
+    sync::OnceLock,
 };
 
 use aya::{
@@ -97,7 +98,7 @@ impl CloseHttp {
     /// Loads the sk_msg program and attaches it to a fresh, empty map. `websocket_close`:
     /// the port's upgraded connections are websockets (`--websocket-close`).
     pub fn load(websocket_close: bool) -> Result<Self, CloseHttpError> {
-        let offsets = kernel_btf::field_offsets("tcp_sock", TCP_SOCK_FIELDS)?;
+        let offsets = tcp_sock_offsets()?;
         let websocket_close = u32::from(websocket_close);
         let mut loader = EbpfLoader::new();
         for (name, offset) in TCP_SOCK_OFFSET_GLOBALS.iter().zip(&offsets) {
@@ -240,6 +241,18 @@ impl CloseHttp {
     pub fn left_alone(&self) -> u64 {
         counter(&self.counts, COUNT_LEFT_ALONE)
     }
+}
+
+/// Where `struct tcp_sock` keeps the program's sequence numbers, read from the kernel's
+/// BTF once per process: the layout is the running kernel's, and the daemon loads the
+/// program for every drain.
+fn tcp_sock_offsets() -> Result<[u32; 4], BtfError> {
+    static OFFSETS: OnceLock<[u32; 4]> = OnceLock::new();
+    if let Some(offsets) = OFFSETS.get() {
+        return Ok(*offsets);
+    }
+    let offsets = kernel_btf::field_offsets("tcp_sock", TCP_SOCK_FIELDS)?;
+    Ok(*OFFSETS.get_or_init(|| offsets))
 }
 
 /// The connection as the sk_msg program sees it (`struct sk_msg_md`), read from the
