@@ -11,8 +11,8 @@ use std::{
 };
 
 use drain_tests::{
-    hey, nginx, run_drainctl, spawn_drainctl, start_server, systemd::require_tool, ChildGuard,
-    Closed, EventReader, HeyRun, KeepAliveClient, Netns,
+    hey, nginx, run_drainctl, spawn_drainctl, start_server, systemd::require_tool, Closed,
+    EventReader, HeyRun, KeepAliveClient, Netns,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -260,17 +260,7 @@ fn a_streamed_response_after_a_learned_rhythm_is_delivered_whole() {
 /// nginx on 127.0.0.1:8080 proxying to the demo server on `backend`, as the busy
 /// benchmark runs it.
 fn start_nginx(nginx: &std::path::Path, backend: u16) -> nginx::Nginx {
-    let prefix = std::env::temp_dir().join(format!(
-        "drain-busy-nginx-{}-{:?}",
-        std::process::id(),
-        thread::current().id()
-    ));
-    nginx::proxy_prefix(&prefix, 8080, backend).unwrap();
-    let child = nginx::command(nginx, &prefix)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    nginx::Nginx(ChildGuard(child))
+    nginx::spawn_proxy(nginx, "busy", 8080, backend)
 }
 
 fn connect_when_listening(addr: &str) -> KeepAliveClient {

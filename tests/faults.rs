@@ -186,7 +186,7 @@ fn five_failed_scans_in_a_row_stop_the_drain_saying_what_is_left() {
     );
     assert!(log.contains("1 connection(s) were closed before"), "{log}");
     assert!(
-        log.contains("new connections to port 8080 stay refused until its listener closes (pinned at /sys/fs/bpf/drain-daemon/")
+        log.contains("new connections to port 8080 stay refused until its listener closes, at most --keep-refusing after the drain's timeout (pinned at /sys/fs/bpf/drain-daemon/")
             && log.contains("`drainctl release --port 8080` ends it now"),
         "{log}"
     );
@@ -281,10 +281,11 @@ fn a_network_namespace_deleted_mid_drain_ends_the_drain_with_no_pin_left() {
 
 /// bpffs is not mounted and cannot be (drainctl without CAP_SYS_ADMIN, as in a
 /// container that was given only the capabilities a drain needs). The drain works, and
-/// says truthfully that the refusal lasts only while it runs: new connections are
-/// refused during the drain and accepted again after it, nothing is mounted or pinned.
+/// a holder process keeps the refusal after drainctl, until the listener closes: new
+/// connections are refused during the drain and after it, nothing is mounted or pinned,
+/// and the report names the holder.
 #[test]
-fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so() {
+fn without_a_bpffs_it_may_mount_a_holder_keeps_the_refusal_until_the_listener_closes() {
     let Some(setpriv) = require_tool("setpriv") else {
         return;
     };
@@ -292,7 +293,7 @@ fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so
         return;
     };
     let mounts = PrivateMounts::new(false);
-    let (_server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
+    let (mut server, events, addr) = start_server(["--listen", "127.0.0.1:8080"]);
     let mut busy = busy_client(addr, &events, "/sleep/2000");
     let mut command = mounts.command(setpriv);
     command
@@ -308,7 +309,6 @@ fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so
             "--json",
         ]);
     let drainctl = spawn_drainctl_with(&mut command);
-    // The refusal itself, not the warning before it that says it will not be pinned.
     drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     assert_eq!(busy.read_response().expect("answered").status, 200);
@@ -317,16 +317,20 @@ fn without_a_bpffs_it_may_mount_the_drain_refuses_only_while_it_runs_and_says_so
     assert!(
         output.stderr_text().contains(
             "bpffs is not available (mounting bpffs at /sys/fs/bpf (mount): Operation not permitted"
-        ) && output
-            .stderr_text()
-            .contains("new connections are refused only while this process runs"),
+        ),
         "{}",
         output.stderr_text()
     );
     let report = output.json();
-    assert_eq!(report["still_refusing"], false, "{report}");
+    assert_eq!(report["still_refusing"], true, "{report}");
     assert!(report["steering_pinned_at"].is_null(), "{report}");
+    let holder = report["refusal_held_by"].as_u64().expect("held") as i32;
     assert_eq!(mounts.mount_options("/sys/fs/bpf"), None, "nothing mounted");
-    let mut client = KeepAliveClient::connect(addr).expect("accepted after the drain");
-    assert_eq!(client.request("GET", "/", b"").unwrap().status, 200);
+    assert_refused_at_once(addr);
+    server.terminate(5 * SECOND).expect("the server stops");
+    let holder_gone = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder), None).is_err()
+    });
+    assert!(holder_gone, "the holder {holder} outlived the listener");
 }

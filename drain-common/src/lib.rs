@@ -38,6 +38,14 @@ pub const SUCCESSORS_MAP: &str = "SUCCESSORS";
 /// the socket into the slot.
 pub const V6ONLY_MAP: &str = "DRAIN_V6ONLY";
 
+/// Name of the one-entry array (u64) holding when the drain's steering ends: a
+/// `CLOCK_BOOTTIME` instant in nanoseconds (what `bpf_ktime_get_boot_ns` reads), after
+/// which the program steers and refuses nothing. A refusal outlives the process that set
+/// it up (pinned, or held by a holder process) until the draining listeners close, and
+/// this bounds it when they never do: a server that keeps running after a drain whose
+/// `drainctl` was killed gets its connections again. 0: not set yet, no end.
+pub const EXPIRY_MAP: &str = "DRAIN_EXPIRY";
+
 /// Name of the per-CPU array counting what the program did, indexed by the `COUNT_*`
 /// constants.
 pub const COUNTS_MAP: &str = "COUNTS";

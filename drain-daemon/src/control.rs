@@ -748,13 +748,14 @@ mod tests {
                 successor_port: None,
                 no_connection_close: false,
                 websocket_close: false,
+                keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
             },
             netns_inode: 4026531840,
         };
         let line = serde_json::to_string(&request).unwrap();
         assert_eq!(
             line,
-            r#"{"request":"drain","plan":{"port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{"batches":{"percent":25,"interval_ms":500}},"force":true,"accept_grace_ms":0,"pid":null,"no_connection_close":false},"netns_inode":4026531840}"#
+            r#"{"request":"drain","plan":{"port":8080,"timeout_ms":30000,"poll_interval_ms":100,"quiet_period_ms":1000,"close_grace_ms":2000,"pace":{"batches":{"percent":25,"interval_ms":500}},"force":true,"accept_grace_ms":0,"pid":null,"no_connection_close":false,"keep_refusing_ms":90000},"netns_inode":4026531840}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let cancel: Request = serde_json::from_str(r#"{"request":"cancel","abort":true}"#).unwrap();
@@ -775,6 +776,7 @@ mod tests {
             successor_port: None,
             no_connection_close: false,
             websocket_close: false,
+            keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
         }
     }
 

@@ -42,6 +42,7 @@ pub const SPREAD: Limit = Limit::up_to_a_day("--spread", Duration::ZERO);
 /// A batch every 0 s is a busy loop, as for [`POLL_INTERVAL`].
 pub const INTERVAL: Limit = Limit::up_to_a_day("--interval", Duration::from_millis(10));
 pub const ACCEPT_GRACE: Limit = Limit::up_to_a_day("--accept-grace", Duration::ZERO);
+pub const KEEP_REFUSING: Limit = Limit::up_to_a_day("--keep-refusing", Duration::ZERO);
 
 /// Why a duration was refused. Messages are meant to follow the option's name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +165,7 @@ pub fn check_plan(plan: &DrainPlan) -> Result<(), PlanError> {
     check(POLL_INTERVAL, plan.poll_interval)?;
     check(QUIET_PERIOD, plan.quiet_period)?;
     check(CLOSE_GRACE, plan.close_grace)?;
+    check(KEEP_REFUSING, plan.keep_refusing)?;
     check(ACCEPT_GRACE, plan.accept_grace)?;
     match plan.pace {
         Pace::Spread(window) | Pace::Auto { max_window: window } => check(SPREAD, window),
@@ -248,6 +250,7 @@ mod tests {
             successor_port: None,
             no_connection_close: false,
             websocket_close: false,
+            keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
         }
     }
 

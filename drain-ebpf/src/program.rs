@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_sock,
         sk_action::{SK_DROP, SK_PASS},
     },
-    helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
+    helpers::{bpf_ktime_get_boot_ns, bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
     macros::{map, sk_lookup},
     maps::{Array, PerCpuArray},
     programs::SkLookupContext,
@@ -46,6 +46,10 @@ static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drain_common::CO
 /// IPv6-only socket (`bpf_sock` does not carry `IPV6_V6ONLY`).
 #[map(name = "DRAIN_V6ONLY")]
 static DRAIN_V6ONLY: Array<u32> = Array::with_max_entries(LISTENER_SLOTS, 0);
+
+/// `drain_common::EXPIRY_MAP`: when this drain's steering ends (`CLOCK_BOOTTIME`, ns).
+#[map(name = "DRAIN_EXPIRY")]
+static DRAIN_EXPIRY: Array<u64> = Array::with_max_entries(1, 0);
 
 /// A SOCKHASH the program can look sockets up in. aya-ebpf's `SockHash` only offers
 /// `redirect_sk_lookup` (lookup + assign); the refusal needs the socket itself, to compare
@@ -96,7 +100,7 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel passes a valid bpf_sk_lookup for the duration of the call.
     let lookup = unsafe { &*ctx.lookup };
     let port = DRAIN_PORT.load();
-    if lookup.protocol != IPPROTO_TCP || lookup.local_port != u32::from(port) {
+    if lookup.protocol != IPPROTO_TCP || lookup.local_port != u32::from(port) || expired() {
         return SK_PASS;
     }
     let destination = Destination {
@@ -136,6 +140,16 @@ pub fn drain_steer(ctx: SkLookupContext) -> u32 {
     count(COUNT_REFUSED);
     debug!(&ctx, "refused a connection to draining port {}", port);
     SK_DROP
+}
+
+/// Whether the drain's steering has ended (`DRAIN_EXPIRY`).
+fn expired() -> bool {
+    let Some(&expiry) = DRAIN_EXPIRY.get(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments; every program type may call it (5.8+).
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    expiry != 0 && now >= expiry
 }
 
 /// Where the incoming SYN is going, and the device it arrived on. Addresses are in

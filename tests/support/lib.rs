@@ -62,8 +62,8 @@ pub use process::{
     spawn_demo_server_via, ChildGuard,
 };
 pub use scenario::{
-    assert_refused_at_once, assert_untouched, busy_client, idle_client, start_server,
-    start_server_via, wait_request_read,
+    assert_refused_at_once, assert_served, assert_untouched, busy_client, idle_client,
+    start_server, start_server_via, wait_request_read,
 };
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

@@ -51,6 +51,23 @@ pub fn static_prefix(prefix: &Path, port: u16, root: &Path) -> io::Result<()> {
     std::fs::write(prefix.join("nginx.conf"), conf)
 }
 
+/// Starts nginx (`nginx`: its path) as a reverse proxy ([`proxy_prefix`]) on
+/// 127.0.0.1:`port` in front of 127.0.0.1:`backend`, from a prefix under the temporary
+/// directory named after `name`, this process and the calling thread.
+pub fn spawn_proxy(nginx: &Path, name: &str, port: u16, backend: u16) -> Nginx {
+    let prefix = std::env::temp_dir().join(format!(
+        "drain-{name}-nginx-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    proxy_prefix(&prefix, port, backend).expect("write the nginx prefix");
+    let child = command(nginx, &prefix)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    Nginx(ChildGuard(child))
+}
+
 /// The command that runs nginx (`nginx`: its path) in the foreground from `prefix`.
 pub fn command(nginx: &Path, prefix: &Path) -> Command {
     let mut command = Command::new(nginx);

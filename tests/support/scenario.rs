@@ -103,6 +103,17 @@ pub fn assert_refused_at_once(addr: SocketAddr) {
     }
 }
 
+/// Asserts that a new client of `addr` is accepted and served (`why` says when).
+pub fn assert_served(addr: SocketAddr, why: &str) {
+    let mut client =
+        KeepAliveClient::connect(addr).unwrap_or_else(|err| panic!("{why}: not accepted: {err}"));
+    assert_eq!(
+        client.request("GET", "/", b"").unwrap().status,
+        200,
+        "{why}"
+    );
+}
+
 /// Asserts that a drain left `addr` alone: `idle` (an [`idle_client`]) is still open
 /// and served, and a new client is accepted and served.
 pub fn assert_untouched(idle: &mut KeepAliveClient, addr: SocketAddr) {

@@ -228,6 +228,13 @@ pub struct DrainArgs {
     /// no other protocol may get one.
     #[arg(long, conflicts_with = "no_connection_close")]
     pub websocket_close: bool,
+    /// After the drain, new connections stay refused until the drained listener closes
+    /// (the server's stop), for at most this long: a server that keeps running gets them
+    /// again then, also when drainctl was killed (the refusal then ends at the latest
+    /// this long after --timeout). 0s: the refusal ends with the drain.
+    #[arg(long, default_value = "90s", allow_hyphen_values = true, value_name = "DUR",
+          value_parser = |text: &str| duration::KEEP_REFUSING.parse(text))]
+    pub keep_refusing: Duration,
     /// Print the final report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -261,6 +268,7 @@ impl DrainArgs {
             successor_port: self.successor_port,
             no_connection_close: self.no_connection_close,
             websocket_close: self.websocket_close,
+            keep_refusing: self.keep_refusing,
         }
     }
 }
@@ -473,7 +481,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Result<Exit, Failure> {
         _ => plan,
     };
     let result = match via_daemon {
-        Ok(ViaDaemon::Report(report)) => Ok(report),
+        Ok(ViaDaemon::Report(report)) => Ok(*report),
         Ok(ViaDaemon::Stopped(exit)) => {
             progress.finish();
             return Ok(exit);
@@ -515,7 +523,7 @@ async fn run_drain(args: DrainArgs, route: Route) -> Result<Exit, Failure> {
 
 /// How a drain through the daemon ended.
 enum ViaDaemon {
-    Report(DrainReport),
+    Report(Box<DrainReport>),
     /// No daemon serves this drain (none, another network namespace, stopping): the
     /// caller drains standalone.
     NotThere,
@@ -593,7 +601,7 @@ async fn drain_via_daemon(
         };
         match reply {
             Reply::Progress(update) => progress.show(&update),
-            Reply::Report(report) => return Ok(ViaDaemon::Report(report)),
+            Reply::Report(report) => return Ok(ViaDaemon::Report(Box::new(report))),
             Reply::Error {
                 kind: ErrorKind::OtherNamespace | ErrorKind::Stopping,
                 message,
@@ -820,6 +828,7 @@ mod tests {
         );
         assert!(!plan.force);
         assert_eq!(plan.accept_grace, Duration::ZERO);
+        assert_eq!(plan.keep_refusing, crate::drain::DEFAULT_KEEP_REFUSING);
         assert!(!args.json);
     }
 

@@ -250,17 +250,22 @@ pub fn print_report(report: &DrainReport, out: &mut dyn Write) -> io::Result<()>
             kept_by.join(", ")
         )?;
     }
-    if report.still_refusing && report.successors > 0 {
+    if report.still_refusing {
+        let port = report.port;
+        let steered = if report.successors > 0 {
+            format!("go to its {} successor listener(s)", report.successors)
+        } else {
+            "stay refused".to_string()
+        };
+        let at_most =
+            humantime::format_duration(Duration::from_millis(report.refusal_ends_within_ms));
+        let undo = match report.refusal_held_by {
+            Some(pid) => format!("held by process {pid}: kill it to undo that"),
+            None => format!("drainctl release --port {port} undoes that"),
+        };
         writeln!(
             out,
-            "  new connections to port {} go to its {} successor listener(s) until the drained listener closes (drainctl release --port {} undoes that)",
-            report.port, report.successors, report.port
-        )?;
-    } else if report.still_refusing {
-        writeln!(
-            out,
-            "  new connections to port {} stay refused until its listener closes (drainctl release --port {} undoes that)",
-            report.port, report.port
+            "  new connections to port {port} {steered} until the drained listener closes, at most {at_most} ({undo})"
         )?;
     }
     Ok(())

@@ -24,6 +24,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The longest `--close-grace` a pod may ask for (it adds to the drain after its
 /// deadline).
 pub const MAX_CLOSE_GRACE: Duration = Duration::from_secs(60);
+/// The longest `--keep-refusing` a pod may ask for, as long as its `--timeout`: a pod's
+/// containers are killed at the end of its grace period (30 s by default).
+pub const MAX_KEEP_REFUSING: Duration = Duration::from_secs(10 * 60);
 
 /// A pod's plan within the pod socket's bounds, or the message that refuses it.
 pub fn check_plan(plan: &DrainPlan) -> Result<(), String> {
@@ -31,6 +34,7 @@ pub fn check_plan(plan: &DrainPlan) -> Result<(), String> {
         ("--accept-grace", plan.accept_grace, MAX_ACCEPT_GRACE),
         ("--timeout", plan.timeout, MAX_TIMEOUT),
         ("--close-grace", plan.close_grace, MAX_CLOSE_GRACE),
+        ("--keep-refusing", plan.keep_refusing, MAX_KEEP_REFUSING),
     ] {
         if asked > most {
             return Err(format!(
@@ -122,6 +126,7 @@ mod tests {
             successor_port: None,
             no_connection_close: false,
             websocket_close: false,
+            keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
         };
         assert!(check_plan(&plan).is_ok());
         plan.accept_grace = Duration::from_secs(24 * 3600);
@@ -130,5 +135,9 @@ mod tests {
             why.starts_with("--accept-grace 86400s is longer than"),
             "{why}"
         );
+        plan.accept_grace = MAX_ACCEPT_GRACE;
+        plan.keep_refusing = MAX_KEEP_REFUSING + Duration::from_secs(1);
+        let why = check_plan(&plan).unwrap_err();
+        assert!(why.starts_with("--keep-refusing 601s is longer"), "{why}");
     }
 }

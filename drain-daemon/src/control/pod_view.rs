@@ -13,9 +13,11 @@ use crate::{
 
 /// `report` as the pod of `scope` may read it: the processes that keep the drained
 /// listener open beside the drained ones, those of the pod only, and the owner of each
-/// connection left only when it is the pod's.
+/// connection left only when it is the pod's; the daemon's holder of the refusal, never
+/// one of the pod's processes, not at all.
 pub fn report(mut report: DrainReport, scope: PidNamespace) -> DrainReport {
     report.listener_kept_by = visible(std::mem::take(&mut report.listener_kept_by), scope);
+    report.refusal_held_by = None;
     for connection in &mut report.remaining {
         connection.owner_pid = connection.owner_pid.and_then(|pid| scope.number_of(pid));
         if connection.owner_pid.is_none() {

@@ -53,7 +53,7 @@ use crate::{
     netns,
     pidfd::{self, PidfdError},
     pidns::PidNamespace,
-    steer::{Lasting, Persistence, Size, Sockets, SteerError, Steering},
+    steer::{Expiry, Lasting, Persistence, Size, Sockets, SteerError, Steering},
 };
 
 /// What to drain and how. Serialized (durations in milliseconds) as the body of the
@@ -102,6 +102,24 @@ pub struct DrainPlan {
     /// it ([`drain_common::inband`]). Off: websockets are closed at their boundaries.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub websocket_close: bool,
+    /// After the drain, new connections stay refused until the draining listeners close
+    /// (the server's stop), for at most this long: the refusal's end when the server
+    /// keeps running, also when the drain was killed (see [`crate::steer::Expiry`]).
+    #[serde(
+        with = "duration_ms",
+        rename = "keep_refusing_ms",
+        default = "default_keep_refusing"
+    )]
+    pub keep_refusing: Duration,
+}
+
+/// How long new connections stay refused after a drain at most, by default: systemd's
+/// default stop timeout (`DefaultTimeoutStopSec=90s`), the longest a service's stop
+/// takes before it is killed, and three times Kubernetes' default grace period.
+pub const DEFAULT_KEEP_REFUSING: Duration = Duration::from_secs(90);
+
+fn default_keep_refusing() -> Duration {
+    DEFAULT_KEEP_REFUSING
 }
 
 impl DrainPlan {
@@ -383,6 +401,16 @@ pub async fn drain_scoped(
     // closes them. The successors already listening are steered to from the start: a
     // new connection refused until the first pass found them would be lost.
     let mut successors = HashSet::new();
+    // A drain killed midway leaves the refusal to end by itself this long after the
+    // drain would have ended.
+    let forcing = if plan.force {
+        plan.close_grace
+    } else {
+        Duration::ZERO
+    };
+    let ends = Expiry::after(
+        deadline.saturating_duration_since(Instant::now()) + forcing + plan.keep_refusing,
+    );
     let mut steering = blocking::run(|| {
         let size = Size {
             draining: draining.len(),
@@ -401,6 +429,7 @@ pub async fn drain_scoped(
                 })
             },
             lasting,
+            ends,
         )
     })?;
     // Ends with the drain (on every return): a forwarder left running would hold the
@@ -591,7 +620,11 @@ pub async fn drain_scoped(
     }
     let pinned_at = match steering.persistence() {
         Persistence::Pinned(dir) => Some(dir.display().to_string()),
-        Persistence::Process => None,
+        Persistence::Held(_) | Persistence::Process => None,
+    };
+    let held_by = match steering.persistence() {
+        Persistence::Held(pid) => Some(*pid),
+        Persistence::Pinned(_) | Persistence::Process => None,
     };
     let still_refusing = match cancel_mode {
         Some(Cancel::Abort) => {
@@ -600,13 +633,20 @@ pub async fn drain_scoped(
             }
             false
         }
-        // The refusal lasts beyond this process only when pinned.
-        _ if pinned_at.is_none() => false,
-        _ if steering.open_listeners() > 0 => true,
+        _ if !steering.persistence().outlives_process() => false,
+        _ if steering.open_listeners() > 0 && !plan.keep_refusing.is_zero() => {
+            // The server's stop comes next; a server that keeps running gets its new
+            // connections again this long after the drain.
+            if let Err(err) = steering.end_by(Expiry::after(plan.keep_refusing)) {
+                warn!("could not set when the refusal ends: {err}");
+            }
+            true
+        }
         _ => {
             // Every draining listener is gone (the server exited, or its namespace is
-            // going): the pins refuse nothing any more, and in a deleted namespace
-            // nothing would ever reuse them. Removed now rather than at the next sweep.
+            // going), or the refusal is to end with the drain (`--keep-refusing 0s`):
+            // the pins refuse nothing any more, and in a deleted namespace nothing would
+            // ever reuse them. Removed now rather than at the next sweep.
             if let Err(err) = steering.release() {
                 warn!("could not remove the pins of a drain whose listeners are gone: {err}");
             }
@@ -622,6 +662,15 @@ pub async fn drain_scoped(
         pinned_at.filter(|_| still_refusing),
     );
     report.listener_kept_by = keepers.into_iter().map(ProcessRef::from).collect();
+    report.still_refusing = still_refusing;
+    if still_refusing {
+        report.refusal_held_by = held_by;
+        report.refusal_ends_within_ms = plan
+            .keep_refusing
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+    }
     report.successors = successors.len().try_into().unwrap_or(u32::MAX);
     Ok(report)
 }
@@ -634,8 +683,12 @@ const MAX_FAILED_SCANS: u32 = 5;
 fn left_behind(steering: &Steering, closed: u64) -> String {
     let refusal = match steering.persistence() {
         Persistence::Pinned(dir) if steering.open_listeners() > 0 => format!(
-            "new connections to port {port} stay refused until its listener closes (pinned at {}; `drainctl release --port {port}` ends it now)",
+            "new connections to port {port} stay refused until its listener closes, at most --keep-refusing after the drain's timeout (pinned at {}; `drainctl release --port {port}` ends it now)",
             dir.display(),
+            port = steering.port()
+        ),
+        Persistence::Held(pid) if steering.open_listeners() > 0 => format!(
+            "new connections to port {port} stay refused until its listener closes, at most --keep-refusing after the drain's timeout (held by process {pid}; `kill -KILL {pid}` ends it now)",
             port = steering.port()
         ),
         _ => "new connections are accepted again".to_string(),
@@ -1058,8 +1111,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_plan_after_some_time_has_what_is_left_of_the_grace_then_the_timeout() {
-        let plan = DrainPlan {
+    fn a_plan_from_a_client_that_does_not_send_keep_refusing_gets_the_default() {
+        let mut sent = serde_json::to_value(plan()).unwrap();
+        sent.as_object_mut().unwrap().remove("keep_refusing_ms");
+        let received: DrainPlan = serde_json::from_value(sent).unwrap();
+        assert_eq!(received.keep_refusing, DEFAULT_KEEP_REFUSING);
+    }
+
+    fn plan() -> DrainPlan {
+        DrainPlan {
             port: 8080,
             timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
@@ -1072,7 +1132,13 @@ mod tests {
             successor_port: None,
             no_connection_close: false,
             websocket_close: false,
-        };
+            keep_refusing: Duration::from_secs(7),
+        }
+    }
+
+    #[test]
+    fn a_plan_after_some_time_has_what_is_left_of_the_grace_then_the_timeout() {
+        let plan = plan();
         let later = plan.after(Duration::from_secs(3));
         assert_eq!(later.accept_grace, Duration::from_secs(2));
         assert_eq!(later.timeout, Duration::from_secs(30));

@@ -87,6 +87,13 @@ pub struct DrainReport {
     pub steering_pinned_at: Option<String>,
     /// Whether new connections are still refused after the drain returned.
     pub still_refusing: bool,
+    /// The holder process that keeps the refusal where no bpffs outlives the drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_held_by: Option<u32>,
+    /// While [`DrainReport::still_refusing`]: the refusal ends when the listener closes,
+    /// and at the latest this long after the drain (`--keep-refusing`).
+    #[serde(default)]
+    pub refusal_ends_within_ms: u64,
     /// Successor listeners new connections go to instead, while the refusal lasts.
     #[serde(default)]
     pub successors: u32,
@@ -231,6 +238,8 @@ impl Tally {
             remaining,
             still_refusing: steering_pinned_at.is_some(),
             steering_pinned_at,
+            refusal_held_by: None,
+            refusal_ends_within_ms: 0,
             listener_kept_by: Vec::new(),
             successors: 0,
         }

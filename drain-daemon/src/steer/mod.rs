@@ -16,11 +16,17 @@
 //! new clients are refused rather than accepted and then cut). A drain holds the port's
 //! pin directory locked for its whole run: a second drain of the port is refused
 //! ([`PinError::Busy`]) instead of sharing, and later tearing down, the first one's
-//! steering. A pinned drain whose listeners are all gone is stale and is removed by the
-//! next [`Steering::lock`] or [`sweep_stale`] in any namespace. Where bpffs cannot be
-//! mounted, the refusal is held by this process only, and the caller is told through
-//! [`Persistence`].
+//! steering. A pinned drain whose listeners are all gone, or whose [`Expiry`] has passed,
+//! is stale and is removed by the next [`Steering::lock`] or [`sweep_stale`] in any
+//! namespace. Where no bpffs outlives this process, a holder process keeps the link
+//! (`holder`); the caller is told which through [`Persistence`].
+//!
+//! Every refusal ends at the latest at an [`Expiry`] that the program reads from its own
+//! map: one left behind by a killed drain, or over a server that keeps running, does not
+//! refuse for good, and no process needs to be alive to end it.
 
+mod expiry;
+mod holder;
 mod pins;
 
 use std::{
@@ -32,21 +38,21 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, Map, MapData, MapError, PerCpuArray, SockHash},
+    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray, SockHash},
     programs::{links::FdLink, ProgramError, SkLookup},
     EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use drain_common::{
-    CLOSE_SOCKETS_MAP, CLOSE_STATE_MAP, COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, LISTENERS_MAP,
-    LISTENER_SLOTS, LISTENER_SLOTS_GLOBAL, MAX_LISTENERS_PER_PORT, PORT_GLOBAL, PROGRAM_NAME,
-    SUCCESSORS_MAP, SUCCESSOR_SLOTS_GLOBAL, V6ONLY_MAP,
+    CLOSE_SOCKETS_MAP, CLOSE_STATE_MAP, COUNTS_MAP, COUNT_REFUSED, COUNT_STEERED, EXPIRY_MAP,
+    LISTENERS_MAP, LISTENER_SLOTS, LISTENER_SLOTS_GLOBAL, MAX_LISTENERS_PER_PORT, PORT_GLOBAL,
+    PROGRAM_NAME, SUCCESSORS_MAP, SUCCESSOR_SLOTS_GLOBAL, V6ONLY_MAP,
 };
 use nix::sys::socket::{getsockopt, sockopt::Ipv6V6Only};
 use tracing::{info, warn};
 
-pub use self::pins::PinError;
 use self::pins::{PinRoot, PortDir};
+pub use self::{expiry::Expiry, holder::run_if_asked, pins::PinError};
 use crate::netns::{self, Netns};
 
 /// The sk_lookup program, built by this crate's build script.
@@ -113,9 +119,20 @@ pub enum Persistence {
     /// Pinned in bpffs at this directory: the refusal lasts until the draining listeners
     /// close (or [`release`]), whatever happens to this process.
     Pinned(PathBuf),
-    /// Not pinned (bpffs was not available, or [`Lasting::WhileHeld`]): the refusal
-    /// lasts while this [`Steering`] lives.
+    /// Not pinned (no bpffs outlives this process): a holder process, this pid, keeps
+    /// the refusal until the draining listeners close or its [`Expiry`].
+    Held(u32),
+    /// Neither pinned nor held ([`Lasting::WhileHeld`], or no holder could be started):
+    /// the refusal lasts while this [`Steering`] lives.
     Process,
+}
+
+impl Persistence {
+    /// Whether the refusal outlives this process (until the listeners close or its
+    /// [`Expiry`]).
+    pub fn outlives_process(&self) -> bool {
+        !matches!(self, Persistence::Process)
+    }
 }
 
 /// How long a caller wants the refusal to last.
@@ -187,6 +204,8 @@ pub struct Steering {
     v6only: Array<MapData, u32>,
     successors: SockHash<MapData, u32>,
     counts: PerCpuArray<MapData, u64>,
+    /// When the program stops steering ([`Expiry`]).
+    expiry: Array<MapData, u64>,
     persistence: Persistence,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The port's locked pin directory (pinned into or not, see [`Lasting`]): no other
@@ -213,12 +232,14 @@ impl Steering {
     /// it has room for `size`, and the refusal is to last until they close;
     /// [`Lasting::WhileHeld`] unpins it instead. Minimum kernel: 5.9 (sk_lookup, bpf_link
     /// for network namespaces, listening sockets in SOCKHASH). `lock` is the port's, from
-    /// [`Steering::lock`].
+    /// [`Steering::lock`]. The program steers nothing after `ends` ([`Steering::end_by`]
+    /// moves it).
     pub fn refuse<E: From<SteerError>>(
         lock: PortLock,
         size: Size,
         borrow: impl FnOnce() -> Result<Sockets, E>,
         lasting: Lasting,
+        ends: Expiry,
     ) -> Result<Self, E> {
         let PortLock { port, netns, pins } = lock;
         // Only stalls are injected here (a slow load under CPU contention).
@@ -228,12 +249,15 @@ impl Steering {
             Some(pins) if pin && pins.has_link() => match open_pinned(pins, size)? {
                 Ok(mut pinned) => {
                     info!(port, ?pinned.persistence, "reusing the pinned steering of an earlier drain");
+                    pinned.end_by(ends)?;
                     let sockets = borrow()?;
                     pinned.set_successors(&borrowed_fds(&sockets.successors, port)?)?;
                     pinned.replace_listeners(&borrowed_fds(&sockets.draining, port)?)?;
                     Ok(pinned)
                 }
-                Err(pins) => load_and_attach(port, netns.file(), size, borrow, Some(pins), pin),
+                Err(pins) => {
+                    load_and_attach(port, netns.file(), size, borrow, Some(pins), pin, ends)
+                }
             },
             Some(pins) => {
                 // An earlier drain's pins would go on refusing after this one.
@@ -241,9 +265,9 @@ impl Steering {
                     path: pins.path().to_path_buf(),
                     message: format!("removing an earlier drain's pins: {err}"),
                 })?;
-                load_and_attach(port, netns.file(), size, borrow, Some(pins), pin)
+                load_and_attach(port, netns.file(), size, borrow, Some(pins), pin, ends)
             }
-            None => load_and_attach(port, netns.file(), size, borrow, None, pin),
+            None => load_and_attach(port, netns.file(), size, borrow, None, pin, ends),
         }
     }
 
@@ -259,7 +283,7 @@ impl Steering {
                 root.lock_port(&netns.identity(), port, true)?
             }
             Err(err) if err.is_unavailable() => {
-                warn!("bpffs is not available ({err}); new connections are refused only while this process runs");
+                info!("bpffs is not available ({err}); the refusal is not pinned");
                 None
             }
             Err(err) => return Err(err.into()),
@@ -318,12 +342,22 @@ impl Steering {
         self.logger.take()
     }
 
-    /// Stops refusing now: unpins and detaches the program.
-    pub fn release(self) -> Result<(), PinError> {
+    /// Stops refusing now: the program steers nothing from this instant (a holder sees
+    /// that and exits), and its pins are removed.
+    pub fn release(mut self) -> Result<(), PinError> {
+        if let Err(err) = self.end_by(Expiry::now()) {
+            warn!(port = self.port, "{err}");
+        }
         match self.pins {
             Some(pins) => Ok(pins.remove()?),
             None => Ok(()),
         }
+    }
+
+    /// Ends the steering at `ends` at the latest: the program stops refusing then,
+    /// whether or not this process, or a holder, is still alive.
+    pub fn end_by(&mut self, ends: Expiry) -> Result<(), SteerError> {
+        ends.write(&mut self.expiry).map_err(map_error(EXPIRY_MAP))
     }
 
     fn replace_listeners(&mut self, listeners: &[BorrowedFd<'_>]) -> Result<(), SteerError> {
@@ -460,7 +494,7 @@ pub fn release_checked<E: From<SteerError>>(
         return Ok(false);
     };
     let pinned = pins.has_link();
-    if pinned && pins.has_open_listeners() {
+    if pinned && pins.still_refusing() {
         may()?;
     }
     pins.remove()
@@ -488,7 +522,7 @@ pub fn is_refusing(port: u16) -> bool {
         .ok()
         .flatten()
         .and_then(|root| root.find_port(&identity, port).ok())
-        .is_some_and(|dir| pins::listeners_open(&dir))
+        .is_some_and(|dir| pins::still_refusing(&dir))
 }
 
 /// Opens the drain pinned in `pins` if it still refuses something and has room for a
@@ -507,6 +541,8 @@ fn open_pinned(pins: PortDir, size: Size) -> Result<Result<Steering, PortDir>, S
         // Missing in a drain pinned by an older version: that one is set up anew.
         let v6only = pins.open_map(pins::V6ONLY).ok()?;
         let v6only = Array::try_from(Map::Array(v6only)).ok()?;
+        let expiry = pins.open_map(pins::EXPIRY).ok()?;
+        let expiry = Array::try_from(Map::Array(expiry)).ok()?;
         let link = FdLink::from(pins.open_link().ok()?);
         let logger = link
             .info()
@@ -520,6 +556,7 @@ fn open_pinned(pins: PortDir, size: Size) -> Result<Result<Steering, PortDir>, S
             v6only,
             successors,
             counts,
+            expiry,
             persistence: Persistence::Pinned(pins.path().to_path_buf()),
             logger,
             pins: None,
@@ -571,6 +608,7 @@ fn load_and_attach<E: From<SteerError>>(
     borrow: impl FnOnce() -> Result<Sockets, E>,
     pins: Option<PortDir>,
     pin: bool,
+    ends: Expiry,
 ) -> Result<Steering, E> {
     let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
         aya_log::Level::Debug
@@ -606,6 +644,13 @@ fn load_and_attach<E: From<SteerError>>(
     let mut v6only_map = take(&mut ebpf, V6ONLY_MAP)?;
     let mut successors_map = take(&mut ebpf, SUCCESSORS_MAP)?;
     let counts_map = take(&mut ebpf, COUNTS_MAP)?;
+    let mut expiry_map = take(&mut ebpf, EXPIRY_MAP)?;
+    // Before the attach: no instant of the program's life is without an end.
+    ends.write(
+        &mut Array::<&mut MapData, u64>::try_from(&mut expiry_map)
+            .map_err(map_error(EXPIRY_MAP))?,
+    )
+    .map_err(map_error(EXPIRY_MAP))?;
     let mut borrowed = SockHash::<&mut MapData, u32>::try_from(&mut listeners_map)
         .map_err(map_error(LISTENERS_MAP))?;
     let mut v6only =
@@ -641,6 +686,7 @@ fn load_and_attach<E: From<SteerError>>(
         (pins::V6ONLY, &v6only_map),
         (pins::SUCCESSORS, &successors_map),
         (pins::COUNTS, &counts_map),
+        (pins::EXPIRY, &expiry_map),
     ];
     let (persistence, pins, link) = match pins {
         Some(pins) if !pin => (Persistence::Process, Some(pins), Some(link)),
@@ -651,7 +697,7 @@ fn load_and_attach<E: From<SteerError>>(
                 None,
             ),
             Err((err, Some(link))) => {
-                warn!(dir = %pins.path().display(), "cannot pin the steering program ({err}); new connections are refused only while this process runs");
+                warn!(dir = %pins.path().display(), "cannot pin the steering program ({err})");
                 let _ = pins.remove();
                 (Persistence::Process, None, Some(link))
             }
@@ -667,6 +713,11 @@ fn load_and_attach<E: From<SteerError>>(
     let v6only = Array::try_from(v6only_map).map_err(map_error(V6ONLY_MAP))?;
     let successors = SockHash::try_from(successors_map).map_err(map_error(SUCCESSORS_MAP))?;
     let counts = PerCpuArray::try_from(counts_map).map_err(map_error(COUNTS_MAP))?;
+    let expiry = Array::try_from(expiry_map).map_err(map_error(EXPIRY_MAP))?;
+    let persistence = match (&persistence, &link) {
+        (Persistence::Process, Some(link)) if pin => hold(port, link, &listeners, &expiry),
+        _ => persistence,
+    };
     info!(port, ?persistence, "attached the sk_lookup program");
     Ok(Steering {
         port,
@@ -676,11 +727,40 @@ fn load_and_attach<E: From<SteerError>>(
         v6only,
         successors,
         counts,
+        expiry,
         persistence,
         logger,
         pins,
         _link: link,
     })
+}
+
+/// Hands an unpinned refusal that is to last until the listeners close to a holder
+/// process; where none can be started, it lasts while this process runs, and says so.
+fn hold(
+    port: u16,
+    link: &FdLink,
+    listeners: &SockHash<MapData, u32>,
+    expiry: &Array<MapData, u64>,
+) -> Persistence {
+    let held = link.info().map_err(io::Error::other).and_then(|info| {
+        holder::spawn(
+            port,
+            info.id(),
+            listeners.map().fd().as_fd(),
+            expiry.map().fd().as_fd(),
+        )
+    });
+    match held {
+        Ok(pid) => {
+            info!(port, holder = pid, "no bpffs outlives this process: a holder process keeps the refusal until the listener closes");
+            Persistence::Held(pid)
+        }
+        Err(err) => {
+            warn!(port, "no bpffs outlives this process and no holder process could be started ({err}); new connections are refused only while this process runs");
+            Persistence::Process
+        }
+    }
 }
 
 /// Pins the maps, then the link. If the maps cannot be pinned the link is handed back so

@@ -1,5 +1,5 @@
 //! The pin tree, where a drain's steering outlives the process that set it up:
-//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/{link,listeners,successors,counts,v6only}`.
+//! `/sys/fs/bpf/drain-daemon/netns-<inode>-<cookie>/port-<port>/{link,listeners,successors,counts,v6only,expiry}`.
 //! A namespace is named by its [`Identity`], cookie included, so a namespace that gets a
 //! deleted one's inode never takes that one's leftover pins for its own.
 //!
@@ -25,11 +25,12 @@
 use std::{fs, io, path::Path};
 
 use aya::{
-    maps::{Map, MapData, MapError, SockHash},
+    maps::{Array, Map, MapData, MapError, SockHash},
     programs::links::{FdLink, LinkError, PinnedLink},
 };
 use tracing::{debug, info, warn};
 
+use super::expiry::Expiry;
 use crate::{
     netns::{self, Identity},
     safe_dir::{DirError, SafeDir},
@@ -45,9 +46,10 @@ pub const LISTENERS: &str = "listeners";
 pub const SUCCESSORS: &str = "successors";
 pub const COUNTS: &str = "counts";
 pub const V6ONLY: &str = "v6only";
+pub const EXPIRY: &str = "expiry";
 /// Every name a port directory may hold, the link first: unpinning it detaches the
 /// program at once, before its maps go.
-const PINS: [&str; 5] = [LINK, LISTENERS, SUCCESSORS, COUNTS, V6ONLY];
+const PINS: [&str; 6] = [LINK, LISTENERS, SUCCESSORS, COUNTS, V6ONLY, EXPIRY];
 /// Appended to a pin's name while it is being pinned (bpffs refuses names with a dot).
 const STAGING: &str = "-staging";
 
@@ -260,7 +262,7 @@ impl PinRoot {
                     dir,
                     port,
                 };
-                if !locked.has_open_listeners() {
+                if !locked.still_refusing() {
                     debug!(dir = %locked.path().display(), "removing a stale pinned drain");
                     if let Err(err) = locked.remove() {
                         warn!("cannot remove a stale pinned drain: {err}");
@@ -297,8 +299,10 @@ impl PortDir {
             .is_ok_and(|names| names.iter().any(|n| n == LINK))
     }
 
-    pub fn has_open_listeners(&self) -> bool {
-        listeners_open(&self.dir)
+    /// Whether the pinned program still refuses something: a draining listener is
+    /// open and its [`Expiry`] has not passed.
+    pub fn still_refusing(&self) -> bool {
+        still_refusing(&self.dir)
     }
 
     pub fn open_map(&self, name: &str) -> Result<MapData, MapError> {
@@ -364,11 +368,18 @@ impl PortDir {
     }
 }
 
-/// Whether the pinned drain in `dir` still has a draining listener open.
-pub fn listeners_open(dir: &SafeDir) -> bool {
-    MapData::from_pin(dir.fd_path(LISTENERS))
+/// Whether the pinned drain in `dir` still refuses something: a draining listener is
+/// open, and its [`Expiry`] has not passed (a drain pinned without one has none).
+pub fn still_refusing(dir: &SafeDir) -> bool {
+    let listening = MapData::from_pin(dir.fd_path(LISTENERS))
         .and_then(|data| SockHash::<_, u32>::try_from(Map::SockHash(data)))
-        .is_ok_and(|map| map.keys().any(|key| key.is_ok()))
+        .is_ok_and(|map| map.keys().any(|key| key.is_ok()));
+    let expired = MapData::from_pin(dir.fd_path(EXPIRY))
+        .and_then(|data| Array::<_, u64>::try_from(Map::Array(data)))
+        .ok()
+        .and_then(|map| Expiry::read(&map))
+        .is_some_and(Expiry::passed);
+    listening && !expired
 }
 
 /// The process holding the flock on `dir`, from `/proc/locks` (best effort: flock
