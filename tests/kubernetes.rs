@@ -711,6 +711,105 @@ fn a_pod_flooding_the_pod_socket_holds_up_no_other_pods_drain() {
     );
 }
 
+/// `MAX_NAMESPACES_PER_POD` (drain-daemon/src/control/pod_limits.rs).
+const MAX_NAMESPACES_PER_POD: usize = 16;
+
+/// A pod whose user may create user namespaces (uid 65534, no capability) makes a network
+/// namespace for each drain, each with a listener that stays open, so each drain's record
+/// stays: its drains in 16 namespaces run, the next is refused at once (exit 3) with the
+/// limit and what to do, a drain in a namespace it has records in already still runs,
+/// and another pod's drain runs.
+#[test]
+fn a_pod_making_network_namespaces_has_drain_records_in_a_bounded_number_of_them() {
+    let Some(_node) = pod_node() else {
+        return;
+    };
+    let Some(_unshare) = require_tool("unshare") else {
+        return;
+    };
+    let (_daemon, _log, _root_socket, pod_socket) = spawn_daemon_for_pods("namespaces");
+    let attacker = Pod::enter();
+    let mut made: Vec<MadeNamespace> = (0..MAX_NAMESPACES_PER_POD)
+        .map(|n| {
+            let mut namespace = MadeNamespace::start(&attacker, &pod_socket);
+            let (code, output) = namespace.drain();
+            assert_eq!(code, 0, "the drain in namespace {n}:\n{output}");
+            namespace
+        })
+        .collect();
+    let (code, output) = MadeNamespace::start(&attacker, &pod_socket).drain();
+    assert_eq!(code, 3, "{output}");
+    assert!(
+        output.contains(&format!(
+            "has drain records in {MAX_NAMESPACES_PER_POD} network namespaces already, the most \
+             one pod may have: drain in one of those, or close the listeners"
+        )),
+        "{output}"
+    );
+    let (code, output) = made[0].drain();
+    assert_eq!(code, 0, "a namespace the pod has records in:\n{output}");
+
+    let victim = Pod::enter();
+    let (_victim_server, _victim_events, _) = start_pod_server(&victim, "127.0.0.1:9090");
+    let output = drain_in_pod(
+        &victim,
+        PodUser::Nobody,
+        &pod_socket,
+        &["--port", "9090", "--quiet-period", "200ms", "--json"],
+    );
+    assert_eq!(output.code, Some(0), "log:\n{}", output.stderr_text());
+}
+
+/// A network namespace (and user namespace) a pod made with `unshare -Urn` as its user:
+/// a server that keeps its listener on port 8080, and a shell that drains the port
+/// through the pod socket for each line it is sent.
+struct MadeNamespace {
+    shell: ChildGuard,
+    output: EventReader,
+}
+
+impl MadeNamespace {
+    fn start(pod: &Pod, pod_socket: &Path) -> MadeNamespace {
+        let script = format!(
+            "exec 3<&0; {server} --listen 0.0.0.0:8080 | {{ read -r _; echo listening; \
+             while read -r _ <&3; do {drainctl} --daemon-socket {socket} drain --port 8080 \
+             --quiet-period 50ms --timeout 5s 2>&1; echo \"exit $?\"; done; }}",
+            server = bin_path("drain-demo-server").display(),
+            drainctl = bin_path("drainctl").display(),
+            socket = pod_socket.display(),
+        );
+        let mut shell = pod
+            .command(PodUser::Nobody, true, "unshare")
+            .args(["-Urn", "sh", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(ChildGuard)
+            .expect("spawn unshare -Urn in the pod");
+        let stdout = shell.0.stdout.take().expect("piped");
+        let output = EventReader::from_reader("made namespace", stdout);
+        output
+            .wait_for("listening", 5 * SECOND)
+            .expect("the server in the namespace the pod made listens (user namespaces allowed?)");
+        MadeNamespace { shell, output }
+    }
+
+    /// Drains port 8080 in the namespace: drainctl's exit code and output.
+    fn drain(&mut self) -> (i32, String) {
+        let stdin = self.shell.0.stdin.as_mut().expect("piped");
+        std::io::Write::write_all(stdin, b"drain\n").expect("ask the shell for a drain");
+        let mut output = Vec::new();
+        let exit = self.output.wait_for_line(15 * SECOND, |line| {
+            output.push(line.to_owned());
+            line.starts_with("exit ")
+        });
+        let code = exit
+            .and_then(|exit| exit.strip_prefix("exit ")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no drain ended within 15 s: {output:?}"));
+        (code, output.join("\n"))
+    }
+}
+
 /// A pod that sends a drain request and then bytes without end and no newline: the
 /// daemon reads no more than a line's bound of them, cuts the pod (its drain ends as if
 /// it had left), and its memory stays small (the peak, VmHWM, under 64 MiB).

@@ -15,6 +15,7 @@
 //! best effort: a drain never fails because it could not write.
 
 use std::{
+    collections::HashSet,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -266,6 +267,21 @@ pub fn sweep_stale() {
         // Fails while records remain: that is intended.
         let _ = drains.remove_dir(name);
     }
+}
+
+/// The network namespaces (inodes) that have a record directory: what drains left there
+/// and no sweep has removed yet. No tree, no namespace.
+pub fn namespaces_with_records() -> Result<HashSet<u64>, DirError> {
+    let names = match drains_dir(false) {
+        Ok(dir) => dir.names()?,
+        Err(err) if err.is_not_found() => return Ok(HashSet::new()),
+        Err(err) => return Err(err),
+    };
+    Ok(names
+        .iter()
+        .filter_map(|name| Identity::from_dir_name(name))
+        .map(|identity| identity.inode)
+        .collect())
 }
 
 /// Whether the thread's namespace at `thread` is provably not `identity` but one that

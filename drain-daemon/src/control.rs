@@ -16,11 +16,12 @@
 //!
 //! No peer holds up another: every line read from a peer is bounded ([`lines`]), a peer
 //! has [`REQUEST_TIMEOUT`] to send its request and as long to take each reply, and on
-//! the pod socket each pod has a few requests at once and drains of bounded length
-//! ([`pod_limits`]).
+//! the pod socket each pod has a few requests at once, records in a few network
+//! namespaces ([`pod_quota`]) and drains of bounded length ([`pod_limits`]).
 
 pub mod lines;
 pub mod pod_limits;
+pub mod pod_quota;
 pub mod pod_view;
 
 use std::{
@@ -326,7 +327,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let own_netns = netns::current_inode()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let quota = pod_limits::Quota::default();
+    let quota = pod_quota::Quota::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
@@ -396,7 +397,7 @@ async fn handle(
     stream: UnixStream,
     kind: SocketKind,
     own_netns: u64,
-    quota: &pod_limits::Quota,
+    quota: &pod_quota::Quota,
     drains: Drains,
     metrics: Metrics,
 ) -> Result<(), ControlError> {
@@ -410,19 +411,12 @@ async fn handle(
         }
     };
     // Held until the connection's last reply: a pod's drains and its silent peers alike.
-    let _held = match target {
+    let _held = match &target {
         Target::Own => None,
-        Target::Pod(_) => match quota.take(peer_netns) {
-            Some(held) => Some(held),
-            None => {
-                let reply = error_reply(
-                    ErrorKind::Environment,
-                    format!(
-                        "this pod has {} requests open on the pod socket already, the most one \
-                         pod may have: wait for one to end",
-                        pod_limits::MAX_REQUESTS_PER_POD
-                    ),
-                );
+        Target::Pod(peer) => match blocking::run(|| quota.take(peer.pod, peer_netns)) {
+            Ok(held) => Some(held),
+            Err(refusal) => {
+                let reply = error_reply(ErrorKind::Environment, refusal.to_string());
                 return write_reply(&mut writer, &reply).await;
             }
         },

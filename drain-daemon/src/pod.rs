@@ -11,8 +11,11 @@
 //! with `SO_PEERCRED` may be another process's by the time it is opened), and the
 //! processes it may act on are those of the peer's PID namespace ([`PidNamespace`]). A peer in the node's network namespace or the daemon's
 //! PID namespace (a `hostNetwork` or `hostPID` pod) is refused: its scope would be the
-//! node's.
+//! node's. Which pod a peer belongs to, for its share of the daemon, is its PID
+//! namespace's ancestor one level below the daemon's ([`key`]).
 #![forbid(unsafe_code)]
+
+pub mod key;
 
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 
@@ -28,6 +31,8 @@ use crate::{
     netns,
     pidns::PidNamespace,
 };
+
+use self::key::PodKey;
 
 /// Why a pod peer is refused. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,8 @@ pub enum PodPeerError {
     Own(#[source] std::io::Error),
     #[error("the pod socket serves pods with network and PID namespaces of their own, and this peer shares the node's {0} namespace (hostNetwork or hostPID): use the root control socket with the capabilities of a drain")]
     HostNamespace(&'static str),
+    #[error("drain-daemon cannot tell which pod the peer is in: none of its first {} ancestor processes (/proc/<pid>/status, PPid and NSpid) is in a PID namespace one level below drain-daemon's, as a container's processes are: run drainctl from a process the pod's container started (not one the node entered into a namespace nested in the pod), and again if the pod's processes were exiting", key::MAX_STEPS)]
+    NoPod,
 }
 
 /// A peer on the pod socket, as the kernel describes it.
@@ -66,6 +73,8 @@ pub struct PodPeer {
     pub netns: u64,
     /// Its PID namespace: the processes it may drain.
     pub pidns: PidNamespace,
+    /// The pod it is in, for its share of the pod socket.
+    pub pod: PodKey,
 }
 
 impl PodPeer {
@@ -97,32 +106,34 @@ impl PodPeer {
                 .map(|stat| stat.st_ino)
                 .map_err(|source| PodPeerError::Namespace { kind, source })
         };
-        let peer = PodPeer {
-            netns: namespace("net")?,
-            pidns: PidNamespace::from_inode(namespace("pid")?),
+        let netns = namespace("net")?;
+        let pidns = PidNamespace::from_inode(namespace("pid")?);
+        check_not_host(netns, pidns)?;
+        Ok(PodPeer {
+            pod: key::of(&proc_dir)?,
+            netns,
+            pidns,
             pidfd,
-        };
-        peer.check_not_host()?;
-        Ok(peer)
+        })
     }
+}
 
-    /// A pod in the node's network or PID namespace would have the node's scope. The
-    /// node's network namespace is init's (the daemon sees the host's processes), or
-    /// the daemon's own where it runs there.
-    fn check_not_host(&self) -> Result<(), PodPeerError> {
-        let own_netns = netns::current_inode().map_err(PodPeerError::Own)?;
-        let init_netns = statat(CWD, "/proc/1/ns/net", AtFlags::empty()).map(|stat| stat.st_ino);
-        let own_pidns = PidNamespace::own().ok_or_else(|| {
-            PodPeerError::Own(std::io::Error::other("/proc/self/ns/pid is unreadable"))
-        })?;
-        if self.netns == own_netns || init_netns == Ok(self.netns) {
-            return Err(PodPeerError::HostNamespace("network"));
-        }
-        if self.pidns == own_pidns {
-            return Err(PodPeerError::HostNamespace("PID"));
-        }
-        Ok(())
+/// A pod in the node's network or PID namespace would have the node's scope. The node's
+/// network namespace is init's (the daemon sees the host's processes), or the daemon's
+/// own where it runs there.
+fn check_not_host(netns: u64, pidns: PidNamespace) -> Result<(), PodPeerError> {
+    let own_netns = netns::current_inode().map_err(PodPeerError::Own)?;
+    let init_netns = statat(CWD, "/proc/1/ns/net", AtFlags::empty()).map(|stat| stat.st_ino);
+    let own_pidns = PidNamespace::own().ok_or_else(|| {
+        PodPeerError::Own(std::io::Error::other("/proc/self/ns/pid is unreadable"))
+    })?;
+    if netns == own_netns || init_netns == Ok(netns) {
+        return Err(PodPeerError::HostNamespace("network"));
     }
+    if pidns == own_pidns {
+        return Err(PodPeerError::HostNamespace("PID"));
+    }
+    Ok(())
 }
 
 /// A pidfd of the connecting process: `SO_PEERPIDFD` (Linux 6.5+) names the process

@@ -1,22 +1,38 @@
 //! What one pod may take of the daemon on the pod socket, so that no pod holds up
-//! another's drain: a few requests at once per pod ([`Quota`]), and drains of a bounded
-//! length ([`check_plan`]). A pod is known by its network namespace, which the kernel
-//! gives for the peer's process (never what the pod says): every container of a pod
-//! shares it, and a drain acts in it only. The socket's global cap
-//! ([`super::MAX_CONNECTIONS`]) still bounds all pods together.
+//! another's drain and none fills the node with what drains leave: a few requests at
+//! once, records in a few network namespaces ([`super::pod_quota`]), and drains of a
+//! bounded length ([`check_plan`]). The socket's global cap ([`super::MAX_CONNECTIONS`])
+//! still bounds all pods together.
+//!
+//! A pod is known by what the kernel says of the peer's process, never by what it says:
+//! its network namespace, and its [`PodKey`], the PID namespace one level below the
+//! daemon's that the peer's descends from. A pod that may create user namespaces makes
+//! network namespaces at will, so the caps per network namespace are backed by caps per
+//! key, which it cannot multiply. A pod's containers share its network namespace and,
+//! unless `shareProcessNamespace`, each has a PID namespace, so a key of its own: an
+//! ordinary pod (a few containers draining a few ports in the one network namespace)
+//! meets the namespace's cap of [`MAX_REQUESTS_PER_NETNS`] first, as it always did, and
+//! has records in one namespace; the caps per key bind only a container that makes
+//! network namespaces. It gets twice a namespace's requests, and records in
+//! [`MAX_NAMESPACES_PER_POD`] of them, however many it makes; a pod of n containers n
+//! times that, n being fixed by its spec.
+//!
+//! [`PodKey`]: crate::pod::key::PodKey
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::drain::DrainPlan;
 
-/// Requests one pod may have open at once on the pod socket (connections from accept to
-/// their last reply, drains included). A pod drains a few ports when it stops; more is a
-/// pod holding slots others need.
-pub const MAX_REQUESTS_PER_POD: usize = 4;
+/// Requests one network namespace may have open at once on the pod socket (connections
+/// from accept to their last reply, drains included). A pod drains a few ports when it
+/// stops; more is a pod holding slots others need.
+pub const MAX_REQUESTS_PER_NETNS: usize = 4;
+/// Requests one pod ([`PodKey`](crate::pod::key::PodKey)) may have open at once, in all
+/// its network namespaces together.
+pub const MAX_REQUESTS_PER_POD: usize = 2 * MAX_REQUESTS_PER_NETNS;
+/// Network namespaces one pod may have drain records in (those of a namespace that is
+/// gone are swept: they do not count).
+pub const MAX_NAMESPACES_PER_POD: usize = 16;
 /// The longest `--accept-grace` a pod may ask for.
 pub const MAX_ACCEPT_GRACE: Duration = Duration::from_secs(60);
 /// The longest `--timeout` a pod may ask for.
@@ -46,70 +62,9 @@ pub fn check_plan(plan: &DrainPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// The requests each pod has open. Cloning shares the counts.
-#[derive(Clone, Debug, Default)]
-pub struct Quota(Arc<Mutex<HashMap<u64, usize>>>);
-
-/// One request's place in its pod's quota, given back when dropped (also by a panic).
-#[derive(Debug)]
-pub struct Held {
-    quota: Quota,
-    pod: u64,
-}
-
-impl Quota {
-    /// Takes a place for a request of the pod whose network namespace is `pod`; `None`
-    /// when it has [`MAX_REQUESTS_PER_POD`] open already.
-    pub fn take(&self, pod: u64) -> Option<Held> {
-        let mut open = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(pod).or_default();
-        if *count >= MAX_REQUESTS_PER_POD {
-            return None;
-        }
-        *count += 1;
-        Some(Held {
-            quota: self.clone(),
-            pod,
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut open = self
-            .quota
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = open.get_mut(&self.pod) {
-            *count -= 1;
-            // A pod that has left takes no room in the map.
-            if *count == 0 {
-                open.remove(&self.pod);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pod_gets_its_quota_and_no_more_and_others_are_not_counted_against_it() {
-        let quota = Quota::default();
-        let held: Vec<Held> = (0..MAX_REQUESTS_PER_POD)
-            .map(|_| quota.take(1).expect("within the quota"))
-            .collect();
-        assert!(quota.take(1).is_none());
-        assert!(quota.take(2).is_some(), "another pod is not held up");
-        drop(held);
-        assert!(quota.take(1).is_some());
-        assert!(quota.0.lock().unwrap().get(&2).is_none(), "pod 2 has left");
-    }
 
     #[test]
     fn plans_longer_than_the_pod_socket_allows_are_refused() {
