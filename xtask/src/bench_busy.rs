@@ -16,8 +16,10 @@
 //!
 //! Servers: nginx proxying to `drain-demo-server` (`/sleep/100`), a Go net/http server
 //! (xtask/bench/go-server, built here offline), a Python `websockets` server. Behind a
-//! load balancer there is no successor: haproxy balances over two Go servers on :9001
-//! and :9002 and the one on :9001 is stopped (drained), its share going to the other.
+//! load balancer there is no successor: haproxy balances over a server on :9001 (Go,
+//! apache2 or Node.js) and a Go server on :9002, and the one on :9001 is stopped
+//! (drained), its share going to the other. There drainctl also runs under `ip netns
+//! exec`, where no bpffs outlives it and a holder process keeps its refusal.
 //! Clients:
 //! hey paced (`-c 100 -q 5`, GET and POST), hey back to back (`-c 50`, POST), and 200
 //! websocket clients sending a heartbeat every 0.5 s (xtask/bench/ws_clients.py). A
@@ -93,9 +95,20 @@ impl Options {
 enum Server {
     Nginx,
     Go,
-    /// haproxy over two Go backends; the one on [`LB_STOPPED_PORT`] is stopped.
-    HaproxyGo,
+    /// haproxy over this backend on [`LB_STOPPED_PORT`], which is stopped, and a Go
+    /// server on [`LB_OTHER_PORT`].
+    Haproxy(Backend),
     Websockets,
+}
+
+/// The server behind haproxy that is stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Go,
+    /// apache2 with mpm_event serving a static file (`/sleep/100`, answered at once).
+    Apache,
+    /// Node.js's http server (xtask/bench/node_server.js).
+    Node,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,6 +125,8 @@ enum Stop {
     Graceful,
     Drain,
     DrainGraceful,
+    /// drainctl run by `ip netns exec` (no bpffs outlives it), then TERM.
+    DrainNetnsExec,
 }
 
 impl Server {
@@ -119,16 +134,19 @@ impl Server {
         match self {
             Server::Nginx => "nginx → demo server",
             Server::Go => "Go net/http",
-            Server::HaproxyGo => "haproxy → 2 Go, one stopped",
+            Server::Haproxy(Backend::Go) => "haproxy → 2 Go, one stopped",
+            Server::Haproxy(Backend::Apache) => "haproxy → apache2 + Go, apache2 stopped",
+            Server::Haproxy(Backend::Node) => "haproxy → Node.js + Go, Node.js stopped",
             Server::Websockets => "Python websockets",
         }
     }
 
     fn clients(self) -> &'static [Clients] {
         match self {
-            Server::Nginx | Server::Go | Server::HaproxyGo => {
+            Server::Nginx | Server::Go | Server::Haproxy(Backend::Go) => {
                 &[Clients::PacedGet, Clients::PacedPost, Clients::BackToBack]
             }
+            Server::Haproxy(Backend::Apache | Backend::Node) => &[Clients::BackToBack],
             Server::Websockets => &[Clients::Heartbeats],
         }
     }
@@ -137,7 +155,9 @@ impl Server {
     fn graceful_signal(self) -> Option<libc::c_int> {
         match self {
             Server::Nginx => Some(libc::SIGQUIT),
-            Server::Go | Server::HaproxyGo => Some(libc::SIGTERM),
+            Server::Go | Server::Haproxy(Backend::Go | Backend::Node) => Some(libc::SIGTERM),
+            // apache2's graceful-stop; TERM is its fast stop.
+            Server::Haproxy(Backend::Apache) => Some(libc::SIGWINCH),
             Server::Websockets => None,
         }
     }
@@ -145,7 +165,7 @@ impl Server {
     /// The port of the server that is stopped (and drained).
     fn stopped_port(self) -> u16 {
         match self {
-            Server::HaproxyGo => LB_STOPPED_PORT,
+            Server::Haproxy(_) => LB_STOPPED_PORT,
             _ => PORT,
         }
     }
@@ -153,13 +173,15 @@ impl Server {
     /// Whether a successor takes over the stopped server's port (a handover), or the
     /// other servers behind the load balancer take its share.
     fn has_successor(self) -> bool {
-        self != Server::HaproxyGo
+        !matches!(self, Server::Haproxy(_))
     }
 
     fn graceful_label(self) -> &'static str {
         match self {
             Server::Nginx => "QUIT",
-            Server::Go | Server::HaproxyGo => "TERM → Server.Shutdown",
+            Server::Go | Server::Haproxy(Backend::Go) => "TERM → Server.Shutdown",
+            Server::Haproxy(Backend::Apache) => "WINCH (graceful-stop)",
+            Server::Haproxy(Backend::Node) => "TERM → server.close",
             Server::Websockets => "none",
         }
     }
@@ -203,6 +225,10 @@ impl Cell {
                 None => "drainctl, then TERM".to_string(),
             },
             Stop::DrainGraceful => format!("drainctl + {graceful}"),
+            Stop::DrainNetnsExec => format!(
+                "ip netns exec drainctl (--timeout {}), then TERM",
+                self.drain_timeout().unwrap_or("30s")
+            ),
         }
     }
 
@@ -232,13 +258,26 @@ fn cells() -> Vec<Cell> {
     for server in [
         Server::Nginx,
         Server::Go,
-        Server::HaproxyGo,
+        Server::Haproxy(Backend::Go),
+        Server::Haproxy(Backend::Apache),
+        Server::Haproxy(Backend::Node),
         Server::Websockets,
     ] {
         for &clients in server.clients() {
-            for stop in [Stop::Term, Stop::Graceful, Stop::Drain, Stop::DrainGraceful] {
+            for stop in [
+                Stop::Term,
+                Stop::Graceful,
+                Stop::Drain,
+                Stop::DrainGraceful,
+                Stop::DrainNetnsExec,
+            ] {
                 let graceful = matches!(stop, Stop::Graceful | Stop::DrainGraceful);
-                if !graceful || server.graceful_signal().is_some() {
+                // Behind the load balancer, with the load of the losses it was measured for.
+                let netns_exec = stop == Stop::DrainNetnsExec;
+                let behind_haproxy = matches!(server, Server::Haproxy(_));
+                if (!graceful || server.graceful_signal().is_some())
+                    && (!netns_exec || (behind_haproxy && clients == Clients::BackToBack))
+                {
                     cells.push(Cell {
                         server,
                         clients,
@@ -492,7 +531,7 @@ fn start_others(server: Server, tools: &Tools) -> Result<Vec<ServerProcess>> {
             )?);
             wait_listeners(BACKEND_PORT, 1)?;
         }
-        Server::HaproxyGo => {
+        Server::Haproxy(_) => {
             others.push(ServerProcess::spawn(
                 Command::new(&tools.go_server)
                     .args(["-listen", &format!("127.0.0.1:{LB_OTHER_PORT}")]),
@@ -538,12 +577,28 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
                 .with_context(|| format!("write the nginx prefix {}", prefix.display()))?;
             drain_tests::nginx::command(Path::new("nginx"), &prefix)
         }
-        Server::Go | Server::HaproxyGo => {
+        Server::Go | Server::Haproxy(Backend::Go) => {
             let mut command = Command::new(&tools.go_server);
             let port = cell.server.stopped_port();
             command.args(["-listen", &format!("127.0.0.1:{port}")]);
             if role == "old" && cell.graceful_server() {
                 command.arg("-graceful");
+            }
+            command
+        }
+        Server::Haproxy(Backend::Apache) => {
+            let config = apache_config(&tools.work, role)?;
+            let mut command = Command::new("apache2");
+            command.arg("-f").arg(config).arg("-DFOREGROUND");
+            command
+        }
+        Server::Haproxy(Backend::Node) => {
+            let mut command = Command::new("node");
+            command
+                .arg(tools.scripts.join("node_server.js"))
+                .arg(LB_STOPPED_PORT.to_string());
+            if role == "old" && cell.graceful_server() {
+                command.arg("--graceful");
             }
             command
         }
@@ -556,6 +611,35 @@ fn start_server(cell: Cell, role: &str, tools: &Tools) -> Result<ServerProcess> 
         }
     };
     ServerProcess::spawn(&mut command, log)
+}
+
+/// Writes apache2's configuration for instance `role` on [`LB_STOPPED_PORT`]: mpm_event,
+/// keep-alive without a request limit, a document root with the file `sleep/100` (POST
+/// to a static file is answered with it). Runs as root, its children as www-data.
+fn apache_config(dir: &Path, role: &str) -> Result<PathBuf> {
+    let home = dir.join(format!("apache-{role}"));
+    let root = home.join("root");
+    std::fs::create_dir_all(root.join("sleep"))
+        .with_context(|| format!("create {}", root.display()))?;
+    std::fs::write(root.join("sleep/100"), "ok\n")?;
+    // www-data must reach the document root.
+    for path in [dir, home.as_path(), root.as_path(), &root.join("sleep")] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let (home, root) = (home.display(), root.display());
+    let conf = format!(
+        "LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+         LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+         ServerName localhost\nListen 127.0.0.1:{LB_STOPPED_PORT}\n\
+         PidFile {home}/apache.pid\nErrorLog {home}/error.log\n\
+         DefaultRuntimeDir {home}\nMutex file:{home}\nUser www-data\nGroup www-data\n\
+         KeepAlive On\nMaxKeepAliveRequests 0\nKeepAliveTimeout 30\n\
+         DocumentRoot {root}\n<Directory {root}>\n  Require all granted\n</Directory>\n"
+    );
+    let path = dir.join(format!("apache-{role}.conf"));
+    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 /// Waits until `ss` lists at least `n` TCP listeners on `port`.
@@ -592,7 +676,7 @@ fn stop_old(
             old.signal(signal);
             None
         }
-        (Stop::Drain, _) => {
+        (Stop::Drain | Stop::DrainNetnsExec, _) => {
             let drain = drainctl(cell, old.pid(), tools, None)?;
             old.signal(libc::SIGTERM);
             Some(drain)
@@ -614,7 +698,20 @@ fn stop_old(
 /// the cell's `--timeout`); with `graceful`, that signal goes to the old server
 /// [`GRACEFUL_AFTER_DRAIN`] after drainctl started.
 fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) -> Result<Drain> {
-    let mut command = Command::new(&tools.drainctl);
+    // `ip netns exec` needs the run's namespace under a name: the old server's.
+    let named = (cell.stop == Stop::DrainNetnsExec)
+        .then(|| NamedNetns::of(old))
+        .transpose()?;
+    let mut command = match &named {
+        Some(named) => {
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", &named.0])
+                .arg(&tools.drainctl);
+            command
+        }
+        None => Command::new(&tools.drainctl),
+    };
     command.args([
         "drain",
         "--port",
@@ -662,6 +759,24 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         asked: count("connection_close_sent") + count("websocket_close_sent"),
         peer_cpu,
     })
+}
+
+/// The network namespace of a process under a name, for `ip netns exec`; the name is
+/// deleted on drop (the namespace lives on with its processes).
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn of(pid: u32) -> Result<NamedNetns> {
+        let name = format!("drain-bench-{}-{pid}", std::process::id());
+        crate::run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
+        Ok(NamedNetns(name))
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 /// The peer of drainctl's own cost: what a tool polling the port as often as a drain
@@ -796,10 +911,13 @@ fn render(
          `--timeout {BACK_TO_BACK_TIMEOUT}` is given (with the default each of those runs \
          would last 30 s); drain: its run time and exit codes (with the connections its \
          report lists as remaining at the deadline). Python websockets has no \
-         graceful stop of its own: no rows for one. haproxy: over Go servers on \
-         :{LB_STOPPED_PORT} and :{LB_OTHER_PORT} (round robin, health checks every 500 ms, \
-         `retries 3`, `option redispatch`); the one on :{LB_STOPPED_PORT} is stopped, no \
-         successor, drainctl `--port {LB_STOPPED_PORT}`. Part run time: {:.0} min.\n",
+         graceful stop of its own: no rows for one. haproxy: over a server on \
+         :{LB_STOPPED_PORT} (Go; apache2 with mpm_event, its graceful stop WINCH and its \
+         fast stop TERM; Node.js) and a Go server on :{LB_OTHER_PORT} (round robin, health \
+         checks every 500 ms, `retries 3`, `option redispatch`); the one on \
+         :{LB_STOPPED_PORT} is stopped, no successor, drainctl `--port {LB_STOPPED_PORT}`; \
+         \"ip netns exec drainctl\": the same drain run by `ip netns exec NAME`, alone in a \
+         mount namespace where no bpffs outlives it. Part run time: {:.0} min.\n",
         WARM_UP.as_secs(),
         TAIL.as_secs(),
         took.as_secs_f64() / 60.0
@@ -944,8 +1062,14 @@ mod tests {
     #[test]
     fn every_server_has_its_stop_modes() {
         let cells = cells();
-        // nginx, Go, haproxy: 3 client profiles x 4 stops; websockets: 1 x (TERM, drainctl).
-        assert_eq!(cells.len(), 3 * 3 * 4 + 2);
+        // nginx, Go, haproxy → Go: 3 client profiles x 4 stops, and back to back under ip
+        // netns exec; haproxy → apache2, Node.js: back to back x 5 stops; websockets: 1 x
+        // (TERM, drainctl).
+        assert_eq!(cells.len(), 3 * 3 * 4 + 1 + 2 * 5 + 2);
+        assert!(cells
+            .iter()
+            .filter(|c| c.stop == Stop::DrainNetnsExec)
+            .all(|c| matches!(c.server, Server::Haproxy(_)) && c.clients == Clients::BackToBack));
         assert!(cells
             .iter()
             .filter(|c| c.server == Server::Websockets)

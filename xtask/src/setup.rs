@@ -61,15 +61,16 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
-/// Debian packages of the busy-server benchmark besides setup's (nginx, Go): haproxy.
-/// The benchmark runs its own haproxy, in a private netns ([`HOST_SERVICES`]).
-const BENCH_APT_PACKAGES: &[&str] = &["haproxy"];
+/// Debian packages of the busy-server benchmark besides setup's (nginx, Go): haproxy and
+/// the servers behind it, apache2 and Node.js. The benchmark runs its own, in a private
+/// netns ([`HOST_SERVICES`]).
+const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "apache2", "nodejs"];
 
 /// Packages whose installation starts and enables a host service of the same name
 /// (Debian's policy): when setup installed one, it stops and disables that service, so
 /// that `cargo xtask test` leaves no web server, proxy or Redis listening on the host's
 /// ports (80, 443, 6379). A package that was there before setup ran is left as it was.
-const HOST_SERVICES: &[&str] = &["nginx", "haproxy", "redis-server"];
+const HOST_SERVICES: &[&str] = &["nginx", "haproxy", "redis-server", "apache2"];
 
 /// What `cargo xtask bench` needs beyond `setup`: [`BENCH_APT_PACKAGES`].
 pub fn bench_packages() -> Result<()> {
