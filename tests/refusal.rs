@@ -12,8 +12,8 @@ use std::{
 };
 
 use drain_tests::{
-    assert_refused_at_once, assert_served, bin_path, busy_client, connect_refused_quickly, hey,
-    nginx, spawn_drainctl_with, start_server, ChildGuard, ConnectOutcome, Drainctl, Netns,
+    assert_refused_at_once, assert_served, bin_path, busy_client, connect_refused_quickly, haproxy,
+    hey, nginx, spawn_drainctl_with, start_server, ChildGuard, ConnectOutcome, Drainctl, Netns,
 };
 use nix::sys::signal::Signal;
 
@@ -303,6 +303,74 @@ fn an_nginx_handover_under_ip_netns_exec_then_its_fast_stop_loses_no_request() {
     assert!(
         load.errors.is_empty() && load.failed() == 0,
         "requests lost in the handover:\n{}",
+        load.summary
+    );
+}
+
+/// Behind haproxy (two backends, `retries 3`, `option redispatch`), with clients that
+/// send POSTs back to back: one backend is drained under `ip netns exec` and killed a
+/// second after drainctl exits. The drain asks each of haproxy's connections to close
+/// in its next response, and while the refusal lasts haproxy's new connections to that
+/// backend are refused and redispatched to the other one: no POST is lost. Were the
+/// refusal to end with drainctl, haproxy would connect to the old backend again (its
+/// health checks have not marked it down yet) and the kill would cut POSTs in flight.
+#[test]
+fn behind_haproxy_a_drain_under_ip_netns_exec_then_a_kill_loses_no_post() {
+    let Some(_netns) = Netns::require() else {
+        return;
+    };
+    let Some(_) = drain_tests::systemd::require_tool("haproxy") else {
+        return;
+    };
+    let (old, _old_events, _) = start_server(["--listen", "127.0.0.1:9001"]);
+    let (_other, _other_events, _) = start_server(["--listen", "127.0.0.1:9002"]);
+    let dir = std::env::temp_dir().join(format!(
+        "drain-refusal-haproxy-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let config = haproxy::config(&dir, 8080, [9001, 9002]).expect("haproxy's configuration");
+    let _haproxy = ChildGuard(
+        haproxy::command(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    wait_listeners(8080, 1);
+    let named = NamedNetns::of(&old);
+    let load = std::thread::spawn(|| {
+        hey(&[
+            "-z",
+            "10s",
+            "-c",
+            "50",
+            "-m",
+            "POST",
+            "-d",
+            "order=42",
+            "http://127.0.0.1:8080/sleep/100",
+        ])
+    });
+    std::thread::sleep(3 * SECOND);
+    let output = named
+        .drainctl(&["drain", "--port", "9001", "--timeout", "5s", "--json"])
+        .wait(30 * SECOND);
+    let report = output.json();
+    assert!(
+        matches!(output.code, Some(0 | 1)),
+        "{}",
+        output.stderr_text()
+    );
+    assert_eq!(report["still_refusing"], true, "{report}");
+    assert!(report["refusal_held_by"].is_u64(), "{report}");
+    std::thread::sleep(SECOND);
+    old.signal(Signal::SIGKILL).expect("kill the old backend");
+    let load = load.join().expect("hey");
+    assert!(load.ok > 1000, "{}", load.summary);
+    assert!(
+        load.errors.is_empty() && load.failed() == 0,
+        "POSTs lost behind haproxy:\n{}",
         load.summary
     );
 }

@@ -12,6 +12,7 @@
 //! - [`EventReader`]: waiting for event lines with a timeout.
 //! - [`hey`]: a real keep-alive load generator, and what it saw.
 //! - [`nginx`]: nginx as a reverse proxy in front of the demo server.
+//! - [`haproxy`]: haproxy balancing over two backends.
 //!
 //! A privileged end-to-end test looks like:
 //!
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod drainctl;
 pub mod events;
 pub mod go;
+pub mod haproxy;
 pub mod http;
 pub mod load;
 pub mod mountns;

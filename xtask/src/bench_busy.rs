@@ -538,9 +538,11 @@ fn start_others(server: Server, tools: &Tools) -> Result<Vec<ServerProcess>> {
                 tools.log("go-other")?,
             )?);
             wait_listeners(LB_OTHER_PORT, 1)?;
-            let config = haproxy_config(&tools.work)?;
+            let config =
+                drain_tests::haproxy::config(&tools.work, PORT, [LB_STOPPED_PORT, LB_OTHER_PORT])
+                    .context("write haproxy's configuration")?;
             others.push(ServerProcess::spawn(
-                Command::new("haproxy").arg("-db").arg("-f").arg(config),
+                &mut drain_tests::haproxy::command(&config),
                 tools.log("haproxy")?,
             )?);
             wait_listeners(PORT, 1)?;
@@ -548,23 +550,6 @@ fn start_others(server: Server, tools: &Tools) -> Result<Vec<ServerProcess>> {
         Server::Go | Server::Websockets => {}
     }
     Ok(others)
-}
-
-/// Writes haproxy's configuration: HTTP keep-alive on both sides, round robin over the
-/// two Go backends with health checks, a failed connect retried on the other one.
-fn haproxy_config(dir: &Path) -> Result<PathBuf> {
-    let conf = format!(
-        "global\n  maxconn 4096\n\
-         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  \
-         timeout server 30s\n  retries 3\n  option redispatch\n\
-         frontend web\n  bind 127.0.0.1:{PORT}\n  default_backend go\n\
-         backend go\n  balance roundrobin\n  \
-         server a 127.0.0.1:{LB_STOPPED_PORT} check inter 500ms fall 2 rise 2\n  \
-         server b 127.0.0.1:{LB_OTHER_PORT} check inter 500ms fall 2 rise 2\n"
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, conf).with_context(|| format!("write {}", path.display()))?;
-    Ok(path)
 }
 
 /// Starts an instance (`role`: "old" or "new") of the cell's server on its port.

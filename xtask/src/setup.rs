@@ -4,10 +4,11 @@
 //! and bpf-linker built against that nightly's LLVM; both are named in
 //! drain-ebpf/toolchain, and installed exactly as named whatever else the machine has.
 //! The tests and the demo need iproute2, curl and a keep-alive load generator, and
-//! tests/integrity.rs its real servers (nginx, Go, Python `websockets`, Redis). Each step
-//! checks first and does nothing when its part is there, so a second run takes about a
-//! second. haproxy, which only the busy-server benchmark runs, is installed by `cargo
-//! xtask bench` only ([`bench_packages`]), so that CI, which runs `setup`, stays lean.
+//! tests/integrity.rs its real servers (nginx, Go, Python `websockets`, Redis), and
+//! tests/refusal.rs haproxy. Each step checks first and does nothing when its part is
+//! there, so a second run takes about a second. apache2 and Node.js, which only the
+//! busy-server benchmark runs, are installed by `cargo xtask bench` only
+//! ([`bench_packages`]), so that CI, which runs `setup`, stays lean.
 
 use std::process::Command;
 
@@ -20,8 +21,9 @@ use crate::{output_of, run};
 /// curl and hey as real clients, nginx as a real proxy (tests/busy.rs) and static
 /// server (tests/integrity.rs), strace to inject system call failures
 /// (tests/closing.rs, tests/systemd.rs), Go for the Go net/http server and Redis as a
-/// binary protocol's server (tests/integrity.rs). The tests and the benchmark run
-/// their own nginx and Redis, in a private netns: the services Debian starts and
+/// binary protocol's server (tests/integrity.rs), haproxy as a load balancer
+/// (tests/refusal.rs). The tests and the benchmark run their own nginx, haproxy and
+/// Redis, in a private netns: the services Debian starts and
 /// enables with the packages are stopped and disabled ([`HOST_SERVICES`]).
 const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
@@ -35,6 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "golang-go",
     "redis-server",
+    "haproxy",
 ];
 
 pub fn setup() -> Result<()> {
@@ -61,10 +64,10 @@ fn llvm_packages() -> [String; 2] {
     ]
 }
 
-/// Debian packages of the busy-server benchmark besides setup's (nginx, Go): haproxy and
-/// the servers behind it, apache2 and Node.js. The benchmark runs its own, in a private
-/// netns ([`HOST_SERVICES`]).
-const BENCH_APT_PACKAGES: &[&str] = &["haproxy", "apache2", "nodejs"];
+/// Debian packages of the busy-server benchmark besides setup's (nginx, Go, haproxy): the
+/// servers it runs behind haproxy, apache2 and Node.js. The benchmark runs its own, in a
+/// private netns ([`HOST_SERVICES`]).
+const BENCH_APT_PACKAGES: &[&str] = &["apache2", "nodejs"];
 
 /// Packages whose installation starts and enables a host service of the same name
 /// (Debian's policy): when setup installed one, it stops and disables that service, so

@@ -152,7 +152,13 @@ pub fn run_if_asked() {
     }
     std::process::exit(match hold() {
         Ok(()) => 0,
-        Err(_) => 1,
+        Err(err) => {
+            // Seen only by someone who started it by hand: a drain gives it no stderr.
+            eprintln!(
+                "{HOLD_ARGUMENT}: {err} (a drain starts this itself, with its link on stdin)"
+            );
+            4
+        }
     })
 }
 
