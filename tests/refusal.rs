@@ -276,18 +276,30 @@ fn an_nginx_handover_under_ip_netns_exec_then_its_fast_stop_loses_no_request() {
     });
     std::thread::sleep(2 * SECOND);
     let old_pid = old.0.pid().to_string();
-    let output = named
-        .drainctl(&[
-            "drain",
-            "--port",
-            "8080",
-            "--pid",
-            &old_pid,
-            "--timeout",
-            "4s",
-            "--json",
-        ])
-        .wait(30 * SECOND);
+    let args = [
+        "drain",
+        "--port",
+        "8080",
+        "--pid",
+        &old_pid,
+        "--timeout",
+        "4s",
+        "--json",
+    ];
+    drain_then_stop_loses_nothing(&named, &args, load, || {
+        old.0.signal(Signal::SIGTERM).expect("TERM the old nginx");
+    });
+}
+
+/// Runs drainctl with `args` under `ip netns exec` (a held refusal must outlive it),
+/// then `stop`s the old server a second later; `load` must lose nothing.
+fn drain_then_stop_loses_nothing(
+    named: &NamedNetns,
+    args: &[&str],
+    load: std::thread::JoinHandle<drain_tests::HeyRun>,
+    stop: impl FnOnce(),
+) {
+    let output = named.drainctl(args).wait(30 * SECOND);
     let report = output.json();
     assert!(
         matches!(output.code, Some(0 | 1)),
@@ -297,12 +309,12 @@ fn an_nginx_handover_under_ip_netns_exec_then_its_fast_stop_loses_no_request() {
     assert_eq!(report["still_refusing"], true, "{report}");
     assert!(report["refusal_held_by"].is_u64(), "{report}");
     std::thread::sleep(SECOND);
-    old.0.signal(Signal::SIGTERM).expect("TERM the old nginx");
+    stop();
     let load = load.join().expect("hey");
     assert!(load.ok > 1000, "{}", load.summary);
     assert!(
         load.errors.is_empty() && load.failed() == 0,
-        "requests lost in the handover:\n{}",
+        "requests lost:\n{}",
         load.summary
     );
 }
@@ -353,24 +365,8 @@ fn behind_haproxy_a_drain_under_ip_netns_exec_then_a_kill_loses_no_post() {
         ])
     });
     std::thread::sleep(3 * SECOND);
-    let output = named
-        .drainctl(&["drain", "--port", "9001", "--timeout", "5s", "--json"])
-        .wait(30 * SECOND);
-    let report = output.json();
-    assert!(
-        matches!(output.code, Some(0 | 1)),
-        "{}",
-        output.stderr_text()
-    );
-    assert_eq!(report["still_refusing"], true, "{report}");
-    assert!(report["refusal_held_by"].is_u64(), "{report}");
-    std::thread::sleep(SECOND);
-    old.signal(Signal::SIGKILL).expect("kill the old backend");
-    let load = load.join().expect("hey");
-    assert!(load.ok > 1000, "{}", load.summary);
-    assert!(
-        load.errors.is_empty() && load.failed() == 0,
-        "POSTs lost behind haproxy:\n{}",
-        load.summary
-    );
+    let args = ["drain", "--port", "9001", "--timeout", "5s", "--json"];
+    drain_then_stop_loses_nothing(&named, &args, load, || {
+        old.signal(Signal::SIGKILL).expect("kill the old backend");
+    });
 }
