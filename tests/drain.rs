@@ -27,7 +27,7 @@ fn drain_refuses_new_closes_idle_and_lets_in_flight_finish() {
 
     // The in-flight answer would carry `Connection: close` by default; this test is about
     // the graceful close itself (the server reads EOF), which a blocking server reading
-    // on a socket in the sk_msg map does not see (EAGAIN, see README).
+    // on a socket in the sk_msg map does not see (EAGAIN, see docs/in-band-close.md).
     let drainctl = spawn_drainctl([
         "drain",
         "--port",

@@ -13,7 +13,7 @@ use drain_tests::{
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// The limit as the README and the error messages state it.
+/// The limit as docs/steering.md and the error messages state it.
 const LIMIT: usize = 128;
 
 /// A demo server with `count` SO_REUSEPORT listeners on 127.0.0.1:8080.

@@ -115,7 +115,16 @@ fn the_package_installs_everything_the_units_name() {
         }
     }
     assert!(installed("/usr/share/doc/drain-daemon/examples/example-web.service").is_file());
-    for doc in ["README.md", "LICENSE-MIT", "LICENSE-APACHE", "copyright"] {
+    // The README's links to docs/ resolve in the installed tree too.
+    for doc in [
+        "README.md",
+        "docs/daemon.md",
+        "docs/refusal.md",
+        "docs/trust-model.md",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+        "copyright",
+    ] {
         let path = installed(&format!("/usr/share/doc/{PACKAGE}/{doc}"));
         assert!(path.is_file(), "{} is missing", path.display());
     }

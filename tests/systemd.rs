@@ -1,5 +1,5 @@
 //! The shipped systemd units (`systemd/`): systemd accepts them, the daemon's is hardened
-//! to the exposure the README states, the example service is ordered and timed so its
+//! to the exposure docs/daemon.md states, the example service is ordered and timed so its
 //! ExecStop drain is never cut, and the daemon run with exactly the unit's capabilities
 //! drains a server of another user gracefully, calling only system calls the unit's
 //! filter allows. The capabilities and the filter are read from the unit file, so a

@@ -1,7 +1,7 @@
 //! `drainctl status`: what each port's listeners hold now, and any drain on the port.
 //!
 //! One [`Status`] value feeds both the human table and the JSON output, so scripts and
-//! people see the same facts. The JSON shape is documented in the README and stable:
+//! people see the same facts. The JSON shape is documented in docs/report.md and stable:
 //! fields are only ever added.
 
 use std::net::{IpAddr, SocketAddr};

@@ -15,7 +15,7 @@
 //!
 //! Time per target: `DRAIN_FUZZ_SECONDS`, else 60 s under `CI=true`, else 3 s. The targets
 //! run in parallel. `DRAIN_FUZZ_SEED` replays a run; a failure prints the seed and the
-//! input. The long run (README):
+//! input. The long run (CONTRIBUTING.md, "Fuzzing"):
 //! `DRAIN_FUZZ_SECONDS=3600 cargo test --release -p drain-daemon --test fuzz`.
 
 use std::{

@@ -129,7 +129,7 @@ pub struct StatusArgs {
     /// Only this local address (listeners bound to it or to the wildcard address).
     #[arg(short, long, requires = "port")]
     pub address: Option<std::net::IpAddr>,
-    /// Print one JSON object (the stable format scripts use; see the README).
+    /// Print one JSON object (the stable format scripts use; see docs/report.md).
     #[arg(long)]
     pub json: bool,
     /// Where to read sockets from (default: sock_diag, or /proc/net/tcp where it fails).

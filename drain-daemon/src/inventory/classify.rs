@@ -27,7 +27,7 @@
 //!    its next request. Waiting until the connection has been quiet for a while keeps
 //!    both alone. The default (`drainctl drain --quiet-period`, 1 s) is ten times the
 //!    gap between writes of a streamed response in the tests (100 ms), and twice the
-//!    request interval of the measured keep-alive load (README, "Idle or in flight"):
+//!    request interval of the measured keep-alive load (docs/closing.md, "Idle or in flight"):
 //!    there it leaves only the connections the client's pool had not used for a
 //!    second, where shorter periods also catch connections between two requests.
 //! 6. **Unknown**: no TCP_INFO was reported; the drain never closes what it cannot see.
