@@ -497,9 +497,26 @@ pub fn release_checked<E: From<SteerError>>(
     if pinned && pins.still_refusing() {
         may()?;
     }
+    end_now(&pins);
     pins.remove()
         .map_err(|err| SteerError::from(PinError::from(err)))?;
     Ok(pinned)
+}
+
+/// Makes the pinned program in `pins` steer nothing from now on. Unpinning its link
+/// detaches it too, but the kernel frees a link's last reference on a workqueue, after
+/// the unlink has returned: a client connecting right after a release could still be
+/// refused. The map update takes effect before it returns.
+fn end_now(pins: &PortDir) {
+    let expiry = pins
+        .open_map(pins::EXPIRY)
+        .ok()
+        .and_then(|map| Array::<MapData, u64>::try_from(Map::Array(map)).ok());
+    if let Some(mut expiry) = expiry {
+        if let Err(err) = Expiry::now().write(&mut expiry) {
+            warn!(port = pins.port(), "ending the refusal at once: {err}");
+        }
+    }
 }
 
 /// Removes every pinned drain, in any network namespace, whose listeners are all closed.
