@@ -9,7 +9,7 @@
 //! drain is usually stopping at the same time as the daemon (a host shutdown, a package
 //! upgrade). Under systemd (`Type=notify`) it says when it is ready, which drains run,
 //! and that it is stopping, asking for more stop time while drains need it. Under
-//! systemd it logs to journald with priorities ([`crate::journal`]); with
+//! systemd it logs to journald with priorities ([`crate::app::journal`]); with
 //! `--metrics-address` it serves Prometheus metrics ([`crate::metrics`]).
 
 mod socket;
@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use self::socket::OwnSocket;
 use crate::{
-    cli::Exit,
+    app::{logging, Exit},
     control::{self, Drains, Running, SocketKind},
     metrics::{self, Metrics},
 };
@@ -67,7 +67,7 @@ pub fn command() -> clap::Command {
 /// Entry point of the `drain-daemon` binary.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    init_logging(args.verbose);
+    logging::init_for_daemon(args.verbose);
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "drain-daemon: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH): run it as root"
@@ -110,24 +110,6 @@ pub fn main() -> ExitCode {
             Exit::Environment.into()
         }
     }
-}
-
-/// Logs to journald when stderr is the journal ([`crate::journal`]), as text on stderr
-/// otherwise, or when journald's socket cannot be opened (said on stderr, which then
-/// still reaches the journal, at one priority).
-fn init_logging(verbose: u8) {
-    let journal = if crate::journal::under_journal() {
-        match tracing_journald::Layer::new() {
-            Ok(layer) => Some(layer.with_syslog_identifier("drain-daemon".into())),
-            Err(err) => {
-                eprintln!("drain-daemon: stderr is the journal, but journald's socket cannot be opened ({err}): logging text to stderr");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    crate::cli::init_logging_to(verbose, false, journal);
 }
 
 async fn run(

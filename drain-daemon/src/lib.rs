@@ -12,13 +12,15 @@
 //! `drainctl` through the [`control`] API, and pods with no capability through its pod
 //! socket ([`pod`], scoped to the peer's [`netns`] and [`pidns`]). [`safe_dir`] is how the files they keep as
 //! root (bpffs pins, drain records) are reached without following anyone's symlinks.
-//! [`journal`] decides whether the daemon's log goes to journald; [`metrics`] is what it
+//! [`app`] is what both programs share: exit codes, how a failure is blamed, and where
+//! the log goes (journald for the daemon under systemd). [`metrics`] is what the daemon
 //! tells Prometheus.
 //! [`duration`] is how durations are written and the range each of a drain's settings
 //! must stay in, for both.
 #![forbid(unsafe_code)]
 
 pub mod announce;
+pub mod app;
 pub mod capabilities;
 pub mod cli;
 pub mod close;
@@ -29,7 +31,6 @@ pub mod drain;
 pub mod duration;
 pub mod failpoint;
 pub mod inventory;
-pub mod journal;
 pub mod kernel_btf;
 pub mod metrics;
 pub mod netns;
