@@ -380,7 +380,7 @@ impl Drop for AbortOnDrop {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(received.keep_refusing, DEFAULT_KEEP_REFUSING);
     }
 
-    fn plan() -> DrainPlan {
+    pub(crate) fn plan() -> DrainPlan {
         DrainPlan {
             port: 8080,
             timeout: Duration::from_secs(30),

@@ -187,3 +187,5 @@ impl ClosePolicy for InBand {
     }
 }
 
+#[cfg(test)]
+mod tests;
