@@ -1,7 +1,7 @@
 //! Drains announce themselves so `drainctl status` can show them.
 //!
-//! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). Each
-//! pass it rewrites a small JSON record at
+//! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). As
+//! the drain's observer ([`crate::drain::DrainObserver`]), each pass it rewrites a small JSON record at
 //! `/run/drain-daemon/drains/netns-<inode>-<cookie>/port-<port>.json` (the namespace's
 //! [`Identity`], so a namespace that gets a deleted one's inode does not read that one's
 //! records as its own), and a last time with its

@@ -1,8 +1,9 @@
 //! How a pass closes connections: each way is a [`ClosePolicy`], and a pass runs them in
-//! one fixed order ([`Policies::standard`]). A policy only chooses; what it chose is
-//! done by the pass: FINs at once, closes through the paced executor
-//! ([`super::paced`]), which spreads them by the schedule and stops at the deadline. A
-//! new way to ask a client to leave (HTTP/2's GOAWAY) is one more policy.
+//! one fixed order ([`Policies::standard`]). A policy chooses, and the pass acts: FINs
+//! at once, closes through the paced executor ([`super::paced`]), which spreads them by
+//! the schedule and stops at the deadline; only the in-band close acts itself, on its
+//! program's map, as the kernel closes for it. A new way to ask a client to leave
+//! (HTTP/2's GOAWAY) is one more policy.
 //!
 //! The order, and why:
 //!
