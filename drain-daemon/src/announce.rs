@@ -1,7 +1,7 @@
 //! Drains announce themselves so `drainctl status` can show them.
 //!
-//! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). Each
-//! pass it rewrites a small JSON record at
+//! A drain runs in whichever process started it (a `drainctl` or `drain-daemon`). As
+//! the drain's observer ([`crate::drain::DrainObserver`]), each pass it rewrites a small JSON record at
 //! `/run/drain-daemon/drains/netns-<inode>-<cookie>/port-<port>.json` (the namespace's
 //! [`Identity`], so a namespace that gets a deleted one's inode does not read that one's
 //! records as its own), and a last time with its
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::{
-    drain::{Outcome, Progress},
+    drain::{DrainObserver, Outcome, Progress},
     netns::{self, parse_canonical, Identity},
     safe_dir::{DirError, SafeDir},
 };
@@ -126,36 +126,6 @@ impl Announcer {
         }
     }
 
-    pub fn progress(&mut self, progress: &Progress) {
-        self.record.closed = progress.closed;
-        self.record.refused = progress.refused;
-        self.record.steered = progress.steered;
-        self.record.idle = progress.idle;
-        self.record.in_flight = progress.in_flight;
-        self.record.accept_queue = progress.accept_queue;
-        self.write();
-    }
-
-    pub fn finish(&mut self, outcome: Outcome, refused: u64, steered: u64) {
-        self.record.phase = outcome.into();
-        self.record.refused = refused;
-        self.record.steered = steered;
-        if outcome == Outcome::Drained {
-            self.record.idle = 0;
-            self.record.in_flight = 0;
-            self.record.accept_queue = 0;
-        }
-        self.write();
-    }
-
-    /// The drain stopped on an error.
-    pub fn fail(&mut self, refused: u64, steered: u64) {
-        self.record.phase = Phase::Failed;
-        self.record.refused = refused;
-        self.record.steered = steered;
-        self.write();
-    }
-
     fn write(&mut self) {
         self.record.updated_unix_ms = unix_ms();
         let written = serde_json::to_vec(&self.record)
@@ -177,6 +147,38 @@ impl Announcer {
             }
             Err(err) => debug!("cannot announce the drain: {err}"),
         }
+    }
+}
+
+/// The record follows the drain: `Draining` with each pass's counts, then how it ended.
+impl DrainObserver for Announcer {
+    fn progress(&mut self, progress: &Progress) {
+        self.record.closed = progress.closed;
+        self.record.refused = progress.refused;
+        self.record.steered = progress.steered;
+        self.record.idle = progress.idle;
+        self.record.in_flight = progress.in_flight;
+        self.record.accept_queue = progress.accept_queue;
+        self.write();
+    }
+
+    fn finished(&mut self, outcome: Outcome, refused: u64, steered: u64) {
+        self.record.phase = outcome.into();
+        self.record.refused = refused;
+        self.record.steered = steered;
+        if outcome == Outcome::Drained {
+            self.record.idle = 0;
+            self.record.in_flight = 0;
+            self.record.accept_queue = 0;
+        }
+        self.write();
+    }
+
+    fn failed(&mut self, refused: u64, steered: u64) {
+        self.record.phase = Phase::Failed;
+        self.record.refused = refused;
+        self.record.steered = steered;
+        self.write();
     }
 }
 

@@ -7,9 +7,14 @@
 //! blocking thread from the drain's start, and the passes arm connections from the first
 //! one after it is in.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    future::Future as _,
+    pin::pin,
+    task::{Context, Poll, Waker},
+};
 
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{close_http::CloseHttp, inventory::PortInventory};
@@ -32,12 +37,10 @@ impl InBand {
     }
 
     /// The loaded program, once it is in; never waits for it.
-    pub(super) async fn ready(&mut self) -> Option<&mut CloseHttp> {
+    pub(super) fn ready(&mut self) -> Option<&mut CloseHttp> {
         if let Self::Loading(loading) = self {
-            if !loading.is_finished() {
-                return None;
-            }
-            *self = match loading.await {
+            let loaded = finished(loading)?;
+            *self = match loaded {
                 Ok(Some(close_http)) => {
                     info!("in-band close in place: busy HTTP/1.x connections are asked to close in a response");
                     Self::Ready(Box::new(close_http))
@@ -59,6 +62,20 @@ impl InBand {
             Self::Ready(close_http) => Some(close_http),
             Self::Off | Self::Loading(_) => None,
         }
+    }
+}
+
+/// The result of a task that has finished, taken without waiting (a pass runs on a
+/// blocking thread); `None` while it runs. Unconstrained: tokio's cooperative budget
+/// would otherwise make a poll of a finished task pending.
+fn finished<T>(task: &mut JoinHandle<T>) -> Option<Result<T, JoinError>> {
+    if !task.is_finished() {
+        return None;
+    }
+    let mut context = Context::from_waker(Waker::noop());
+    match pin!(tokio::task::unconstrained(task)).poll(&mut context) {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
     }
 }
 

@@ -126,8 +126,6 @@ pub(super) struct Tally {
     first_seen: HashMap<u64, Instant>,
     /// When the drain asked each server to close a connection.
     pub(super) asked_at: HashMap<u64, Instant>,
-    /// Connections whose FIN the drain sent after the close grace.
-    pub(super) fin_sent: HashSet<u64>,
     pub(super) closed_gracefully: u64,
     pub(super) closed_abortively: u64,
     pub(super) closed_at_boundary: u64,

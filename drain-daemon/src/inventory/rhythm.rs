@@ -249,7 +249,7 @@ fn answered(activity: Activity) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inventory::{
         classify::{self, classify},
@@ -261,7 +261,7 @@ mod tests {
 
     /// A connection whose latest request arrived `recv_ms` ago and latest response left
     /// `sent_ms` ago, after `requests` requests and `responses` responses.
-    fn socket(recv_ms: u32, sent_ms: u32, requests: u32, responses: u32) -> TcpSocket {
+    pub(crate) fn socket(recv_ms: u32, sent_ms: u32, requests: u32, responses: u32) -> TcpSocket {
         let info = TcpInfo {
             last_data_recv_ms: recv_ms,
             last_data_sent_ms: sent_ms,
