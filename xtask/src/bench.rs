@@ -549,7 +549,7 @@ pub(crate) struct ChildRun {
     pub(crate) max_rss_kib: u64,
     pub(crate) status: ExitStatus,
     pub(crate) stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
 }
 
 impl ChildRun {

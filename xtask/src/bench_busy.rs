@@ -725,6 +725,11 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         (run, peer_cpu)
     });
     let (run, peer_cpu) = (run?, peer_cpu??);
+    // Each drain's log, numbered in run order, for a run that went wrong.
+    static DRAINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let number = DRAINS.fetch_add(1, Ordering::Relaxed) + 1;
+    let log = tools.work.join(format!("drainctl-{number}.log"));
+    std::fs::write(&log, &run.stderr).with_context(|| format!("write {}", log.display()))?;
     let code = run.status.code();
     ensure!(
         matches!(code, Some(0 | 1)),
