@@ -13,7 +13,8 @@ use std::{
 
 use drain_tests::{
     assert_refused_at_once, assert_served, bin_path, busy_client, connect_refused_quickly, haproxy,
-    hey, nginx, spawn_drainctl_with, start_server, ChildGuard, ConnectOutcome, Drainctl, Netns,
+    hey, nginx, spawn_drainctl_with, start_server, wait_listeners, ChildGuard, ConnectOutcome,
+    Drainctl, NamedNetns, Netns,
 };
 use nix::sys::signal::Signal;
 
@@ -22,36 +23,15 @@ const SECOND: Duration = Duration::from_secs(1);
 /// The argument a holder process is started with (drain-daemon's `steer::holder`).
 const HOLDER_ARGUMENT: &str = "--hold-drain-refusal";
 
-/// The test's network namespace under a name, for `ip netns exec`; deleted on drop.
-struct NamedNetns(String);
-
-impl NamedNetns {
-    fn of(server: &ChildGuard) -> NamedNetns {
-        let name = format!("drain-refusal-{}-{}", std::process::id(), server.pid());
-        let attached = Command::new("ip")
-            .args(["netns", "attach", &name, &server.pid().to_string()])
-            .status()
-            .expect("ip netns attach");
-        assert!(attached.success(), "ip netns attach {name}");
-        NamedNetns(name)
-    }
-
-    /// drainctl with `args`, run by `ip netns exec`: alone in a mount namespace of its
-    /// own, where no bpffs outlives it.
-    fn drainctl(&self, args: &[&str]) -> Drainctl {
-        spawn_drainctl_with(
-            Command::new("ip")
-                .args(["netns", "exec", &self.0])
-                .arg(bin_path("drainctl"))
-                .args(args),
-        )
-    }
+/// The network namespace of process `pid` under a name, for `ip netns exec`.
+fn name_netns(pid: u32) -> NamedNetns {
+    NamedNetns::of(pid).expect("ip netns attach")
 }
 
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// drainctl with `args`, run by `ip netns exec` in `named`: alone in a mount namespace of
+/// its own, where no bpffs outlives it.
+fn drainctl_under(named: &NamedNetns, args: &[&str]) -> Drainctl {
+    spawn_drainctl_with(named.exec(bin_path("drainctl")).args(args))
 }
 
 /// The holder processes in this test's network namespace.
@@ -114,7 +94,7 @@ const ENDS_AFTER: Duration = Duration::from_secs(5);
 fn a_killed_drains_refusal_ends_by_itself(under_ip_netns_exec: bool) {
     let (server, events, addr) = start_server(["--listen", "127.0.0.1:8090"]);
     let _busy = busy_client(addr, &events, "/sleep/30000");
-    let named = under_ip_netns_exec.then(|| NamedNetns::of(&server));
+    let named = under_ip_netns_exec.then(|| name_netns(server.pid()));
     let started = Instant::now();
     let args = [
         "drain",
@@ -127,7 +107,7 @@ fn a_killed_drains_refusal_ends_by_itself(under_ip_netns_exec: bool) {
         "--standalone",
     ];
     let drainctl = match &named {
-        Some(named) => named.drainctl(&args),
+        Some(named) => drainctl_under(named, &args),
         None => spawn_drainctl_with(Command::new(bin_path("drainctl")).args(args)),
     };
     drainctl.wait_until_refusing();
@@ -175,10 +155,8 @@ fn under_ip_netns_exec_the_refusal_outlives_drainctl_until_the_server_stops() {
         return;
     };
     let (mut server, _events, addr) = start_server(["--listen", "127.0.0.1:8090"]);
-    let named = NamedNetns::of(&server);
-    let output = named
-        .drainctl(&["drain", "--port", "8090", "--json"])
-        .wait(40 * SECOND);
+    let named = name_netns(server.pid());
+    let output = drainctl_under(&named, &["drain", "--port", "8090", "--json"]).wait(40 * SECOND);
     assert_eq!(output.code, Some(0), "{}", output.stderr_text());
     let report = output.json();
     assert_eq!(report["still_refusing"], true, "{report}");
@@ -208,8 +186,8 @@ fn an_interrupted_drain_under_ip_netns_exec_stops_refusing_at_once() {
     };
     let (server, events, addr) = start_server(["--listen", "127.0.0.1:8090"]);
     let _busy = busy_client(addr, &events, "/sleep/30000");
-    let named = NamedNetns::of(&server);
-    let drainctl = named.drainctl(&["drain", "--port", "8090", "--timeout", "20s"]);
+    let named = name_netns(server.pid());
+    let drainctl = drainctl_under(&named, &["drain", "--port", "8090", "--timeout", "20s"]);
     drainctl.wait_until_refusing();
     assert_refused_at_once(addr);
     assert_eq!(holders().len(), 1, "a holder keeps it");
@@ -218,26 +196,6 @@ fn an_interrupted_drain_under_ip_netns_exec_stops_refusing_at_once() {
     assert_eq!(output.code, Some(130), "{}", output.stderr_text());
     assert_served(addr, "accepted after the abort");
     assert!(holders_gone_within(3 * SECOND));
-}
-
-/// Waits (5 s at most) until `count` sockets listen on 127.0.0.1:`port`.
-fn wait_listeners(port: u16, count: usize) {
-    let until = Instant::now() + 5 * SECOND;
-    loop {
-        let listing = Command::new("ss")
-            .args(["-Htln", &format!("sport = :{port}")])
-            .output()
-            .expect("ss");
-        let listening = String::from_utf8_lossy(&listing.stdout).lines().count();
-        if listening == count {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{listening} listeners on port {port}, not {count}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A restart behind `ip netns exec`: the new nginx shares the port (reuseport), the old
@@ -258,10 +216,10 @@ fn an_nginx_handover_under_ip_netns_exec_then_its_fast_stop_loses_no_request() {
     };
     let (_backend, _backend_events, backend) = start_server(["--listen", "127.0.0.1:9000"]);
     let old = nginx::spawn_proxy(&nginx_path, "old", 8080, backend.port());
-    wait_listeners(8080, 1);
+    wait_listeners(8080, 1, 5 * SECOND).expect("listening");
     let _new = nginx::spawn_proxy(&nginx_path, "new", 8080, backend.port());
-    wait_listeners(8080, 2);
-    let named = NamedNetns::of(&old.0);
+    wait_listeners(8080, 2, 5 * SECOND).expect("listening");
+    let named = name_netns(old.0.pid());
     let load = std::thread::spawn(|| {
         hey(&[
             "-z",
@@ -299,7 +257,7 @@ fn drain_then_stop_loses_nothing(
     load: std::thread::JoinHandle<drain_tests::HeyRun>,
     stop: impl FnOnce(),
 ) {
-    let output = named.drainctl(args).wait(30 * SECOND);
+    let output = drainctl_under(named, args).wait(30 * SECOND);
     let report = output.json();
     assert!(
         matches!(output.code, Some(0 | 1)),
@@ -349,8 +307,8 @@ fn behind_haproxy_a_drain_under_ip_netns_exec_then_a_kill_loses_no_post() {
             .spawn()
             .expect("start haproxy"),
     );
-    wait_listeners(8080, 1);
-    let named = NamedNetns::of(&old);
+    wait_listeners(8080, 1, 5 * SECOND).expect("listening");
+    let named = name_netns(old.pid());
     let load = std::thread::spawn(|| {
         hey(&[
             "-z",

@@ -57,7 +57,7 @@ pub use http::{
 };
 pub use load::{hey, HeyRun};
 pub use mountns::PrivateMounts;
-pub use netns::{current_thread_netns_inode, Netns};
+pub use netns::{current_thread_netns_inode, NamedNetns, Netns};
 pub use pod::{Container, Pod, PodUser};
 pub use process::{
     bin_path, raise_open_files_limit, spawn_demo_server, spawn_demo_server_as,
@@ -65,7 +65,7 @@ pub use process::{
 };
 pub use scenario::{
     assert_refused_at_once, assert_served, assert_untouched, busy_client, idle_client,
-    start_server, start_server_via, wait_request_read,
+    start_server, start_server_via, wait_listeners, wait_request_read,
 };
 
 static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

@@ -21,7 +21,8 @@
 //! Cleanup: there is none to do. The kernel deletes a network namespace when the last thing
 //! that refers to it goes (threads and processes in it, sockets created in it, open handles
 //! of it), so after the guard is dropped, the children are reaped and the sockets closed,
-//! it disappears, also when the test panicked. Nothing is mounted under `/run/netns`.
+//! it disappears, also when the test panicked. Nothing is mounted under `/run/netns`, but
+//! for a [`NamedNetns`], whose name goes when it is dropped.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -149,19 +150,53 @@ impl Netns {
     /// stderr if it exits non-zero. Convenience for adding addresses (`addr add 127.0.0.2/8
     /// dev lo`) and the like.
     pub fn run_ip(&self, args: &[&str]) -> anyhow::Result<()> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .with_context(|| format!("spawn `ip {}`", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "`ip {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        run_ip(args)
+    }
+}
+
+/// Runs `ip ARGS...` as a child of the calling thread, failing with its stderr if it
+/// exits non-zero.
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("spawn `ip {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The network namespace of a process under a name (`ip netns attach`, a bind mount under
+/// /run/netns), for `ip netns exec NAME`, which runs a command alone in a mount namespace
+/// of its own with a /sys of its own. Dropping it deletes the name; the namespace lives on
+/// with its processes.
+pub struct NamedNetns(String);
+
+impl NamedNetns {
+    /// Names the network namespace of process `pid`.
+    pub fn of(pid: u32) -> anyhow::Result<NamedNetns> {
+        let name = format!("drain-test-{}-{pid}", std::process::id());
+        run_ip(&["netns", "attach", &name, &pid.to_string()])?;
+        Ok(NamedNetns(name))
+    }
+
+    /// `ip netns exec NAME program`.
+    pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.0]).arg(program);
+        command
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

@@ -103,6 +103,33 @@ pub fn assert_refused_at_once(addr: SocketAddr) {
     }
 }
 
+/// Waits until `ss` lists at least `count` TCP listeners on `port`, for `within` at most.
+pub fn wait_listeners(port: u16, count: usize, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let listing = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("( sport = :{port} )")])
+            .output()?;
+        anyhow::ensure!(
+            listing.status.success(),
+            "ss -Hltn failed: {}",
+            listing.status
+        );
+        let seen = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .count();
+        if seen >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{seen} listeners on :{port} after {within:?}, expected {count}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Asserts that a new client of `addr` is accepted and served (`why` says when).
 pub fn assert_served(addr: SocketAddr, why: &str) {
     let mut client =

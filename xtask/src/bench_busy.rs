@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use drain_tests::{ChildGuard, HeyRun, Netns};
+use drain_tests::{ChildGuard, HeyRun, NamedNetns, Netns};
 
 use crate::bench::{median, ms, read_to_end_in_thread, run_child, ss, Machine, PORT};
 use crate::output_of;
@@ -629,19 +629,7 @@ fn apache_config(dir: &Path, role: &str) -> Result<PathBuf> {
 
 /// Waits until `ss` lists at least `n` TCP listeners on `port`.
 fn wait_listeners(port: u16, n: usize) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let listing =
-            output_of(Command::new("ss").args(["-Hltn", &format!("( sport = :{port} )")]))?;
-        let seen = listing.lines().filter(|l| !l.trim().is_empty()).count();
-        if seen >= n {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{seen} listeners on :{port} after {START_TIMEOUT:?}, expected {n}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drain_tests::wait_listeners(port, n, START_TIMEOUT)
 }
 
 /// Stops the old server the cell's way; returns the time to its exit and drainctl's run.
@@ -688,13 +676,7 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         .then(|| NamedNetns::of(old))
         .transpose()?;
     let mut command = match &named {
-        Some(named) => {
-            let mut command = Command::new("ip");
-            command
-                .args(["netns", "exec", &named.0])
-                .arg(&tools.drainctl);
-            command
-        }
+        Some(named) => named.exec(&tools.drainctl),
         None => Command::new(&tools.drainctl),
     };
     command.args([
@@ -749,24 +731,6 @@ fn drainctl(cell: Cell, old: u32, tools: &Tools, graceful: Option<libc::c_int>) 
         asked: count("connection_close_sent") + count("websocket_close_sent"),
         peer_cpu,
     })
-}
-
-/// The network namespace of a process under a name, for `ip netns exec`; the name is
-/// deleted on drop (the namespace lives on with its processes).
-struct NamedNetns(String);
-
-impl NamedNetns {
-    fn of(pid: u32) -> Result<NamedNetns> {
-        let name = format!("drain-bench-{}-{pid}", std::process::id());
-        crate::run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
-        Ok(NamedNetns(name))
-    }
-}
-
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// The peer of drainctl's own cost: what a tool polling the port as often as a drain
