@@ -69,19 +69,11 @@ mod tests {
     #[test]
     fn plans_longer_than_the_pod_socket_allows_are_refused() {
         let mut plan = DrainPlan {
-            port: 8080,
             timeout: MAX_TIMEOUT,
-            poll_interval: Duration::from_millis(100),
-            quiet_period: Duration::from_secs(1),
             close_grace: MAX_CLOSE_GRACE,
-            pace: crate::drain::Pace::Spread(Duration::ZERO),
-            force: false,
             accept_grace: MAX_ACCEPT_GRACE,
-            pid: None,
-            successor_port: None,
-            no_connection_close: false,
-            websocket_close: false,
-            keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
+            keep_refusing: MAX_KEEP_REFUSING,
+            ..crate::drain::tests::plan()
         };
         assert!(check_plan(&plan).is_ok());
         plan.accept_grace = Duration::from_secs(24 * 3600);

@@ -134,18 +134,7 @@ mod tests {
     fn plan(port: u16) -> DrainPlan {
         DrainPlan {
             port,
-            timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(100),
-            quiet_period: Duration::from_secs(1),
-            close_grace: Duration::from_secs(2),
-            pace: crate::drain::Pace::Spread(Duration::ZERO),
-            force: false,
-            accept_grace: Duration::from_secs(5),
-            pid: None,
-            successor_port: None,
-            no_connection_close: false,
-            websocket_close: false,
-            keep_refusing: crate::drain::DEFAULT_KEEP_REFUSING,
+            ..crate::drain::tests::plan()
         }
     }
 
