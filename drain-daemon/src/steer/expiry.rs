@@ -16,6 +16,7 @@
 use std::{
     borrow::{Borrow, BorrowMut},
     fs,
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -64,12 +65,17 @@ fn clamp(nanos: i128) -> u64 {
 }
 
 /// This process's time namespace's offset of `CLOCK_BOOTTIME`, in nanoseconds (0 outside
-/// one, and on kernels without time namespaces).
+/// one, and on kernels without time namespaces). Read once: this process never changes its
+/// time namespace, and the kernel refuses to change a namespace's offsets once a process
+/// is in it.
 fn boottime_offset() -> i128 {
-    fs::read_to_string("/proc/self/timens_offsets")
-        .ok()
-        .and_then(|offsets| parse_boottime_offset(&offsets))
-        .unwrap_or(0)
+    static OFFSET: OnceLock<i128> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        fs::read_to_string("/proc/self/timens_offsets")
+            .ok()
+            .and_then(|offsets| parse_boottime_offset(&offsets))
+            .unwrap_or(0)
+    })
 }
 
 /// The `boottime <seconds> <nanoseconds>` line of `/proc/PID/timens_offsets`.
